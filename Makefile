@@ -1,0 +1,31 @@
+# Two entry points: `make run` (the demo study) and `make test` (the test suite).
+VENV ?= .venv
+PYTHON ?= python3
+CORES ?= all
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: run test install dry-run-paper report clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/snakemake --cores $(CORES)
+
+test: install
+	$(BIN)/python -m pytest
+
+dry-run-paper: install
+	$(BIN)/snakemake -n --configfile config/paper.yaml --quiet rules
+
+report: install
+	$(BIN)/snakemake --cores $(CORES) --report results/report.html
+
+clean:
+	rm -rf results logs .snakemake

@@ -1,0 +1,30 @@
+# AMDiff reproducibility workflow.
+#   snakemake --cores all                               # demo: synthetic cohort, CPU, minutes
+#   snakemake --configfile config/paper.yaml -n         # plan the paper-size study
+#   snakemake --workflow-profile profiles/slurm ...     # run on a SLURM cluster
+# Stages live in rules/*.smk; every rule calls the `amdiff` command line.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/phantom.smk"
+if config["cohort"]["source"] == "manifest":
+
+    include: "rules/own_data.smk"
+
+include: "rules/listmode.smk"
+include: "rules/recon.smk"
+include: "rules/labels.smk"
+include: "rules/qc.smk"
+
+
+rule all:
+    input:
+        data_targets(),
+    default_target: True

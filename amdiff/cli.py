@@ -1,0 +1,142 @@
+"""The ``amdiff`` command line: one verb per workflow stage.
+
+Every Snakemake rule calls one of these verbs, and each verb also works on its own.
+Bad input ends the command with a single line ``amdiff: error: <file>: <problem>``
+and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from amdiff.errors import InputError
+
+
+def _levels(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"count levels must be comma-separated percents, got {text!r}")
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="amdiff", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("check-config", help="validate a config file against config/schema.yaml")
+    p.add_argument("config")
+
+    p = sub.add_parser("phantom", help="generate one synthetic PET/CT subject with its truth labels")
+    p.add_argument("--config", required=True)
+    p.add_argument("--site", required=True)
+    p.add_argument("--subject", required=True)
+    p.add_argument("--outdir", required=True)
+
+    p = sub.add_parser("simulate", help="simulate a PETSIRD list-mode acquisition of an SUV image")
+    p.add_argument("--config", required=True)
+    p.add_argument("--site", required=True)
+    p.add_argument("--subject", required=True)
+    p.add_argument("--suv", required=True, help="activity image in SUV (phantom truth or a real SUV image)")
+    p.add_argument("--mumap", required=True, help="511 keV attenuation map in 1/cm on the same grid")
+    p.add_argument("--weight-kg", type=float, required=True)
+    p.add_argument("--height-m", type=float, default=1.75)
+    p.add_argument("--out", required=True)
+    p.add_argument("--summary", required=True, help="JSON with dose, events and duration")
+
+    p = sub.add_parser("downsample", help="non-overlapping list-mode down-sampling (any PETSIRD file)")
+    p.add_argument("--input", required=True)
+    p.add_argument("--levels", type=_levels, required=True, help="percents, e.g. 5,10,20")
+    p.add_argument("--realizations", type=int, default=1)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--outdir", required=True)
+    p.add_argument("--counts", help="write the events per output as JSON here")
+
+    p = sub.add_parser("recon", help="OSEM reconstruction of a list-mode file into an SUV NIfTI")
+    p.add_argument("--config", required=True)
+    p.add_argument("--site", required=True)
+    p.add_argument("--listmode", required=True)
+    p.add_argument("--mumap", required=True)
+    p.add_argument("--count-percent", type=float, default=100.0,
+                   help="percent of the full list this file holds (a down-sampled list scales the model)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default=None)
+
+    p = sub.add_parser("mumap", help="511 keV attenuation map (1/cm) from a CT in HU")
+    p.add_argument("--ct", required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("labels", help="organ label map: phantom truth, TotalSegmentator, or provided")
+    p.add_argument("--method", choices=["phantom", "totalsegmentator", "provided"], required=True)
+    p.add_argument("--ct", required=True)
+    p.add_argument("--source", help="truth or provided label map (methods phantom/provided)")
+    p.add_argument("--fast", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("qc", help="per-subject QC figure: coronal MIPs with lesion and organ overlays")
+    p.add_argument("--hc", required=True)
+    p.add_argument("--lc", nargs="*", default=[], help="LEVEL=PATH pairs")
+    p.add_argument("--lesion", required=True)
+    p.add_argument("--organs", required=True)
+    p.add_argument("--title", default="")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("subject-stats", help="per-subject statistics for the cohort summary")
+    p.add_argument("--site", required=True)
+    p.add_argument("--subject", required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--hc", required=True)
+    p.add_argument("--lesion", required=True)
+    p.add_argument("--acquisition", help="simulate summary JSON")
+    p.add_argument("--counts", help="downsample counts JSON")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("summary", help="cohort summary table (Table 1 analog) from subject stats")
+    p.add_argument("stats", nargs="+")
+    p.add_argument("--out-tsv", required=True)
+    p.add_argument("--out-md")
+
+    p = sub.add_parser("manifest", help="write the manifest of the prepared cohort (input to training)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--validate", action="store_true", help="also read every image and check geometry")
+
+    p = sub.add_parser("import-image", help="copy a user image into the results after checking it")
+    p.add_argument("--kind", choices=["suv", "ct", "labels"], required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--reference", help="image whose grid (shape, affine) this one must share")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("import-autopet", help="turn an autoPET-style folder into a manifest")
+    p.add_argument("root")
+    p.add_argument("--out", required=True)
+    p.add_argument("--site", default="autopet")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from amdiff import stages
+
+    try:
+        getattr(stages, args.verb.replace("-", "_"))(args)
+    except InputError as exc:
+        print(f"amdiff: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Load and validate the workflow configuration; derive the subject list.
+
+Validation gives one line naming the offending key, e.g.
+``config/config.yaml: sites.mct.recon: unknown key 'iteratons'``.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from amdiff.errors import InputError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+SPLITS = ("train", "val", "test")
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def _one_line(error: jsonschema.ValidationError) -> str:
+    where = _key_path(error)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return f"{where}: unknown key {', '.join(repr(e) for e in extra)}"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    if error.validator == "propertyNames":
+        return f"{where}: {error.message}"
+    return f"{where}: {error.message}"
+
+
+def validate_config(config: dict, source: str = "config") -> dict:
+    """Validate against config/schema.yaml plus the cross-key rules; return the config."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        raise InputError(source, _one_line(errors[0]))
+    for site, cfg in config["sites"].items():
+        _check_site(site, cfg, source)
+    if config["cohort"]["source"] == "manifest" and not config["cohort"].get("manifest"):
+        raise InputError(source, "cohort.manifest: required when cohort.source is 'manifest'")
+    return config
+
+
+def _check_site(site: str, cfg: dict, source: str) -> None:
+    sc, im = cfg["scanner"], cfg["image"]
+    if sc["fov_radius_mm"] >= sc["radius_mm"]:
+        raise InputError(source, f"sites.{site}.scanner: fov_radius_mm must be below radius_mm")
+    if sc["max_ring_difference"] >= sc["n_rings"]:
+        raise InputError(source, f"sites.{site}.scanner: max_ring_difference must be below n_rings")
+    axial = im["shape"][2] * im["voxel_size_mm"][2]
+    if axial > sc["n_rings"] * sc["ring_pitch_mm"] + 1e-6:
+        raise InputError(source, f"sites.{site}: image axial length {axial:.0f} mm exceeds the scanner's "
+                                 f"{sc['n_rings'] * sc['ring_pitch_mm']:.0f} mm")
+    for split in SPLITS:
+        if cfg["split"][split] > 0 and not cfg["count_levels"].get(split):
+            raise InputError(source, f"sites.{site}.count_levels.{split}: required, the split has subjects")
+    for split, levels in cfg["count_levels"].items():
+        if sum(levels) * cfg["realizations"] > 100 + 1e-9 and cfg["realizations"] > 1:
+            # Realizations of one level must stay disjoint: f * R <= 1 for every level.
+            too_big = [p for p in levels if p * cfg["realizations"] > 100]
+            if too_big:
+                raise InputError(source, f"sites.{site}.count_levels.{split}: {too_big} % x "
+                                         f"{cfg['realizations']} realizations exceed 100 %")
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "config file does not exist")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise InputError(path, "config must be a YAML mapping")
+    return validate_config(config, str(path))
+
+
+def derived_seed(base: int, *keys: str) -> int:
+    """A stable per-item seed: same base and keys give the same seed on every machine."""
+    return (int(base) * 1_000_003 + zlib.crc32("/".join(keys).encode())) % (2**32)
+
+
+def phantom_subjects(config: dict) -> list[dict]:
+    """Subjects of the synthetic cohort: ``{site}{index:03d}``, splits assigned in order."""
+    subjects = []
+    for site, cfg in config["sites"].items():
+        index = 0
+        for split in SPLITS:
+            for _ in range(cfg["split"][split]):
+                index += 1
+                subjects.append({"site": site, "subject": f"{site}{index:03d}", "split": split})
+    return subjects
+
+
+def count_levels(config: dict, site: str, split: str) -> list[float]:
+    return list(config["sites"][site]["count_levels"].get(split, []))

@@ -1,0 +1,237 @@
+"""Stage functions behind the CLI verbs: they wire the packages to files.
+
+Each function takes the parsed CLI arguments, reads its inputs with the checking
+readers, and writes its outputs atomically. Science lives in the packages; this
+module only decides file names and passes config values.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from amdiff.config import derived_seed, load_config, phantom_subjects
+from amdiff.errors import InputError
+from amdiff.io.atomic import atomic_path, write_text
+from amdiff.io.nifti import check_same_grid, read_volume, write_volume
+
+
+def _write_json(path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _read_json(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _site(config: dict, site: str, source: str) -> dict:
+    if site not in config["sites"]:
+        raise InputError(source, f"site {site!r} is not configured (sites: {', '.join(config['sites'])})")
+    return config["sites"][site]
+
+
+def check_config(args) -> None:
+    config = load_config(args.config)
+    print(f"{args.config}: valid ({len(config['sites'])} sites)")
+
+
+def phantom(args) -> None:
+    from amdiff.phantom import generate_subject
+
+    config = load_config(args.config)
+    site = _site(config, args.site, args.config)
+    seed = derived_seed(config["seed"], "phantom", args.site, args.subject)
+    subj = generate_subject(site["image"]["shape"], site["image"]["voxel_size_mm"], seed,
+                            config.get("phantom", {}))
+    out = Path(args.outdir)
+    write_volume(out / "truth_suv.nii.gz", subj.suv, subj.affine)
+    write_volume(out / "ct.nii.gz", subj.ct, subj.affine)
+    write_volume(out / "mumap.nii.gz", subj.mu, subj.affine)
+    write_volume(out / "organs_truth.nii.gz", subj.organs, subj.affine, dtype=np.uint8)
+    write_volume(out / "lesion.nii.gz", subj.lesions, subj.affine, dtype=np.uint8)
+    _write_json(out / "phantom.json", {
+        "site": args.site, "subject": args.subject, "seed": seed,
+        "weight_kg": subj.weight_kg, "height_cm": subj.height_cm, "sex": subj.sex,
+        "lesions": subj.lesion_table,
+    })
+
+
+def simulate(args) -> None:
+    from amdiff.listmode.simulate import simulate_listmode
+
+    config = load_config(args.config)
+    site = _site(config, args.site, args.config)
+    suv = read_volume(args.suv, "suv")
+    mu = read_volume(args.mumap, "mumap")
+    check_same_grid(suv, mu)
+    acq = dict(site["acquisition"])
+    seed = derived_seed(config["seed"], "acquisition", args.site, args.subject)
+    rng = np.random.default_rng(seed)
+    mean, sd = acq.pop("dose_mbq")
+    # Doses vary between subjects like Table 1 (mean +- sd), never below half the mean.
+    acq["dose_mbq"] = float(max(rng.normal(mean, sd), 0.5 * mean))
+    result = simulate_listmode(args.out, suv.data, mu.data, suv.affine, _scanner(site), acq,
+                               subject_id=args.subject, weight_kg=args.weight_kg,
+                               height_m=args.height_m, seed=seed)
+    _write_json(args.summary, {"site": args.site, "subject": args.subject, "seed": seed,
+                               "dose_mbq": acq["dose_mbq"], "weight_kg": args.weight_kg, **result})
+
+
+def _scanner(site_cfg: dict):
+    from amdiff.scanner import CylindricalScanner
+
+    return CylindricalScanner.from_config(site_cfg["scanner"])
+
+
+def downsample(args) -> None:
+    from amdiff.listmode.downsample import downsample as run
+    from amdiff.listmode.levels import level_name
+
+    outdir = Path(args.outdir)
+    outputs = {p: [outdir / f"{level_name(p)}_r{r}.petsird" for r in range(args.realizations)]
+               for p in args.levels}
+    counts = run(args.input, outputs, seed=args.seed)
+    if args.counts:
+        _write_json(args.counts, {"input": str(args.input), "seed": args.seed,
+                                  "events": {str(k): v for k, v in counts.items()}})
+
+
+def recon(args) -> None:
+    from amdiff.recon.osem import reconstruct_listmode
+
+    config = load_config(args.config)
+    site = _site(config, args.site, args.config)
+    mu = read_volume(args.mumap, "mumap")
+    recon_cfg = dict(site["recon"])
+    device = args.device or recon_cfg.pop("device", "cpu")
+    recon_cfg.pop("device", None)
+    reconstruct_listmode(args.listmode, mu.data, mu.affine, recon_cfg, args.out,
+                         count_fraction=args.count_percent / 100.0, device=device)
+
+
+def mumap(args) -> None:
+    from amdiff.phantom import hu_to_mu_511
+
+    ct = read_volume(args.ct, "ct")
+    write_volume(args.out, hu_to_mu_511(ct.data), ct.affine)
+
+
+def labels(args) -> None:
+    ct = read_volume(args.ct, "ct")
+    if args.method == "totalsegmentator":
+        from amdiff.labels.totalseg import label_ct
+
+        label_ct(args.ct, args.out, fast=args.fast, device=args.device)
+        return
+    if not args.source:
+        raise InputError(args.out, f"labels --method {args.method} needs --source")
+    if args.method == "provided":
+        from amdiff.labels.totalseg import load_provided_labels
+
+        organs = load_provided_labels(args.source, ct)
+    else:
+        vol = read_volume(args.source, "labels")
+        check_same_grid(ct, vol)
+        organs = vol.data
+    write_volume(args.out, organs, ct.affine, dtype=np.uint8)
+
+
+def qc(args) -> None:
+    from amdiff.qc.figures import qc_figure
+
+    qc_figure(args.hc, _pairs_or_fail(args.lc), args.lesion, args.organs, args.out, args.title)
+
+
+def _pairs_or_fail(items) -> dict:
+    from amdiff.cli import _pairs
+
+    return _pairs(items)
+
+
+def subject_stats(args) -> None:
+    from amdiff.qc.summary import lesion_stats_from_masks
+
+    stats = {"site": args.site, "subject": args.subject, "split": args.split,
+             "lesions": lesion_stats_from_masks(args.hc, args.lesion)}
+    if args.acquisition:
+        acq = _read_json(args.acquisition)
+        stats.update(events=acq.get("events"), dose_mbq=acq.get("dose_mbq"))
+    if args.counts:
+        stats["events_per_level"] = _read_json(args.counts)["events"]
+    _write_json(args.out, stats)
+
+
+def summary(args) -> None:
+    from amdiff.qc.summary import cohort_summary, write_cohort_summary
+
+    rows = [_read_json(p) for p in args.stats]
+    write_cohort_summary(cohort_summary(rows), args.out_tsv, args.out_md)
+
+
+def manifest(args) -> None:
+    """The manifest of the prepared cohort: the same format users write for their own data."""
+    import pandas as pd
+
+    from amdiff.listmode.levels import level_name
+
+    config = load_config(args.config)
+    root = Path(config["results_dir"])
+    rows = []
+    for s in phantom_subjects(config) if config["cohort"]["source"] == "phantom" else _manifest_subjects(config):
+        d = root / s["site"] / s["subject"]
+        levels = config["sites"][s["site"]]["count_levels"].get(s["split"], [])
+        lc = ";".join(f"{level_name(p)}_r{r}={d / f'lc_{level_name(p)}_r{r}.nii.gz'}"
+                      for p in levels for r in range(config["sites"][s["site"]]["realizations"]))
+        rows.append({"subject": s["subject"], "site": s["site"], "split": s["split"],
+                     "hc_pet": str(d / "hc.nii.gz"), "lc_pet": lc, "ct": str(d / "ct.nii.gz"),
+                     "lesion": str(d / "lesion.nii.gz"), "organs": str(d / "organs.nii.gz")})
+    df = pd.DataFrame(rows)
+    if args.validate:
+        from amdiff.io.manifest import validate_subject_images
+
+        for _, row in df.iterrows():
+            validate_subject_images(row)
+    with atomic_path(args.out) as tmp:
+        df.to_csv(tmp, sep="\t", index=False)
+
+
+def _manifest_subjects(config: dict) -> list[dict]:
+    from amdiff.io.manifest import read_manifest
+
+    df = read_manifest(config["cohort"]["manifest"], config["cohort"].get("data_roots"),
+                       config["cohort"].get("allow_outside_data_roots", False))
+    return df[["site", "subject", "split"]].to_dict("records")
+
+
+def import_autopet(args) -> None:
+    from amdiff.io.autopet import autopet_to_manifest
+
+    autopet_to_manifest(args.root, args.out, site=args.site, seed=args.seed)
+
+
+def import_image(args) -> None:
+    """Import a user image after checking it (the input is never modified)."""
+    vol = read_volume(args.input, args.kind)
+    if args.reference:
+        check_same_grid(read_volume(args.reference, "image"), vol)
+    if args.kind == "labels" and vol.data.max() > 1:
+        raise InputError(args.input, f"lesion mask must be binary, found values up to {vol.data.max()}")
+    with atomic_path(args.out) as tmp:
+        shutil.copyfile(args.input, tmp)

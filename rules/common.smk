@@ -1,0 +1,140 @@
+# Input functions, wildcard constraints and the subject table shared by all rules.
+
+import json
+import re
+import sys
+
+from amdiff.config import count_levels, derived_seed, phantom_subjects, validate_config
+from amdiff.errors import InputError
+from amdiff.listmode.levels import level_name
+
+try:
+    validate_config(config, " ".join(workflow.configfiles) or "config")
+except InputError as _err:
+    # One clear line instead of a traceback.
+    sys.exit(f"config error: {_err}")
+
+RESULTS = config["results_dir"]
+
+
+def _effective_config_file():
+    """The merged config (config files plus --config overrides) that the `amdiff` verbs read.
+
+    Rewritten only when its content changes, so file times stay stable between runs; rules
+    also carry their site's settings as params, so a changed setting re-runs its jobs.
+    """
+    import os
+
+    import yaml
+
+    path = f"{RESULTS}/.effective_config.yaml"
+    text = yaml.safe_dump(dict(config), sort_keys=True)
+    if not os.path.exists(path) or open(path).read() != text:
+        os.makedirs(RESULTS, exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    return path
+
+
+CONFIG_FILE = _effective_config_file()
+
+
+def _load_subjects():
+    if config["cohort"]["source"] == "phantom":
+        return phantom_subjects(config)
+    from amdiff.io.manifest import read_manifest
+
+    try:
+        df = read_manifest(config["cohort"]["manifest"], config["cohort"].get("data_roots"),
+                           config["cohort"].get("allow_outside_data_roots", False))
+    except InputError as err:
+        sys.exit(f"manifest error: {err}")
+    return df.fillna("").to_dict("records")
+
+
+SUBJECTS = _load_subjects()
+BY_ID = {(s["site"], s["subject"]): s for s in SUBJECTS}
+
+
+wildcard_constraints:
+    site="|".join(config["sites"]),
+    subject="[A-Za-z0-9_-]+",
+    level=r"p\d{3,}",
+    real=r"\d+",
+
+
+def subject_of(wildcards):
+    return BY_ID[(wildcards.site, wildcards.subject)]
+
+
+def subject_dir(site, subject):
+    return f"{RESULTS}/{site}/{subject}"
+
+
+def own_lowcount_images(subject):
+    """{pXXX_rN: path} from a manifest's lc_pet column ("p005=a.nii.gz;p010_r1=b.nii.gz")."""
+    images = {}
+    for item in filter(None, str(subject.get("lc_pet") or "").split(";")):
+        name, path = item.split("=", 1)
+        images[name if "_r" in name else f"{name}_r0"] = path
+    return images
+
+
+def lc_names(site, split, subject=None):
+    """Names pXXX_rN of the low-count images of one subject."""
+    if subject is not None and not PHANTOM and subject.get("lc_pet"):
+        return sorted(own_lowcount_images(subject))
+    return [f"{level_name(p)}_r{r}" for p in count_levels(config, site, split)
+            for r in range(config["sites"][site]["realizations"])]
+
+
+def own_lowcount(wildcards):
+    return own_lowcount_images(subject_of(wildcards))[f"{wildcards.level}_r{wildcards.real}"]
+
+
+def lc_images(wildcards):
+    s = subject_of(wildcards)
+    d = subject_dir(s["site"], s["subject"])
+    return {name: f"{d}/lc_{name}.nii.gz" for name in lc_names(s["site"], s["split"], s)}
+
+
+def percent_of(level):
+    from amdiff.listmode.levels import parse_level_name
+
+    return parse_level_name(level)
+
+
+def site_json(wildcards):
+    return json.dumps(config["sites"][wildcards.site])
+
+
+def data_targets():
+    targets = [f"{RESULTS}/manifest.tsv", f"{RESULTS}/cohort/summary.tsv"]
+    for s in SUBJECTS:
+        d = subject_dir(s["site"], s["subject"])
+        targets += [f"{d}/hc.nii.gz", f"{d}/organs.nii.gz", f"{RESULTS}/qc/{s['site']}/{s['subject']}.png"]
+        targets += [f"{d}/lc_{n}.nii.gz" for n in lc_names(s["site"], s["split"], s)]
+    return targets
+
+
+def _ids(predicate):
+    """Regex matching the subject ids for which ``predicate`` holds (never matches if none)."""
+    ids = sorted({s["subject"] for s in SUBJECTS if predicate(s)})
+    return "|".join(ids) if ids else "(?!x)x"
+
+
+PHANTOM = config["cohort"]["source"] == "phantom"
+# Subjects whose list-mode data we simulate (phantom, or own images flagged simulate_from_images),
+# whose list-mode file the user gave, and whose low-count images the user gave.
+SIMULATED = _ids(lambda s: PHANTOM or str(s.get("simulate_from_images", "")).lower() == "true")
+OWN_LISTMODE = _ids(lambda s: not PHANTOM and bool(s.get("listmode")))
+OWN_IMAGES = _ids(lambda s: not PHANTOM and bool(s.get("lc_pet")))
+
+
+def full_listmode(wildcards):
+    s = subject_of(wildcards)
+    if not PHANTOM and s.get("listmode"):
+        return s["listmode"]
+    return f"{subject_dir(wildcards.site, wildcards.subject)}/listmode/full.petsird"

@@ -1,0 +1,37 @@
+# Organ labels (0 background, 1 liver, 2 lung, 3 bone, 4 muscle, 5 kidney, 6 spleen, 7 aorta):
+# phantom truth, TotalSegmentator on the CT, or a label map the user provides.
+
+LABELS = config["labels"]
+
+
+def label_source(wildcards):
+    if LABELS["method"] == "phantom":
+        return {"source": f"{subject_dir(wildcards.site, wildcards.subject)}/organs_truth.nii.gz"}
+    if LABELS["method"] == "provided":
+        return {"source": subject_of(wildcards)["organs"]}
+    return {}
+
+
+rule organ_labels:
+    input:
+        unpack(label_source),
+        ct=f"{RESULTS}/{{site}}/{{subject}}/ct.nii.gz",
+    output:
+        f"{RESULTS}/{{site}}/{{subject}}/organs.nii.gz",
+    params:
+        method=LABELS["method"],
+        source=lambda w, input: f"--source {input.source}" if "source" in input.keys() else "",
+        ts=("--fast " if LABELS.get("totalsegmentator", {}).get("fast", True) else "")
+        + f"--device {LABELS.get('totalsegmentator', {}).get('device', 'cpu')}",
+    log:
+        "logs/labels/{site}/{subject}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/labels/{{site}}/{{subject}}.tsv"
+    threads: 2 if LABELS["method"] == "totalsegmentator" else 1
+    resources:
+        mem_mb=8000 if LABELS["method"] == "totalsegmentator" else 1000,
+        runtime=30,
+        gpu=1 if LABELS.get("totalsegmentator", {}).get("device") == "gpu" and LABELS["method"] == "totalsegmentator" else 0,
+    shell:
+        "amdiff labels --method {params.method} --ct {input.ct} {params.source} {params.ts}"
+        " --out {output} > {log} 2>&1"

@@ -1,0 +1,66 @@
+# List-mode: simulated PETSIRD acquisitions and non-overlapping down-sampling.
+
+
+def simulate_inputs(wildcards):
+    d = subject_dir(wildcards.site, wildcards.subject)
+    if PHANTOM:
+        return {"suv": f"{d}/truth_suv.nii.gz", "mumap": f"{d}/mumap.nii.gz", "meta": f"{d}/phantom.json"}
+    return {"suv": subject_of(wildcards)["hc_pet"], "mumap": f"{d}/mumap.nii.gz"}
+
+
+def body_size(wildcards, input):
+    if PHANTOM:
+        meta = json.loads(open(input.meta).read())
+        return f"--weight-kg {meta['weight_kg']} --height-m {meta['height_cm'] / 100:.3f}"
+    return f"--weight-kg {subject_of(wildcards)['weight_kg']}"
+
+
+rule simulate_listmode:
+    input:
+        unpack(simulate_inputs),
+    output:
+        listmode=f"{RESULTS}/{{site}}/{{subject}}/listmode/full.petsird",
+        summary=f"{RESULTS}/{{site}}/{{subject}}/listmode/acquisition.json",
+    params:
+        site=site_json,
+        body=body_size,
+    wildcard_constraints:
+        subject=SIMULATED,
+    log:
+        "logs/simulate/{site}/{subject}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/simulate/{{site}}/{{subject}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "amdiff simulate --config {CONFIG_FILE} --site {wildcards.site} --subject {wildcards.subject}"
+        " --suv {input.suv} --mumap {input.mumap} {params.body}"
+        " --out {output.listmode} --summary {output.summary} > {log} 2>&1"
+
+
+# The number of low-count lists depends on the subject's split, so the rule declares
+# counts.json as its output; the lists beside it are written in the same atomic step.
+rule downsample:
+    input:
+        full_listmode,
+    output:
+        counts=f"{RESULTS}/{{site}}/{{subject}}/listmode/counts.json",
+    params:
+        levels=lambda w: ",".join(f"{p:g}" for p in count_levels(config, w.site, subject_of(w)["split"])),
+        realizations=lambda w: config["sites"][w.site]["realizations"],
+        seed=lambda w: derived_seed(config["seed"], "downsample", w.site, w.subject),
+        outdir=lambda w: f"{subject_dir(w.site, w.subject)}/listmode",
+    log:
+        "logs/downsample/{site}/{subject}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/downsample/{{site}}/{{subject}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    shell:
+        "amdiff downsample --input {input} --levels {params.levels} --realizations {params.realizations}"
+        " --seed {params.seed} --outdir {params.outdir} --counts {output.counts} > {log} 2>&1"
+

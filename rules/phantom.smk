@@ -1,0 +1,28 @@
+# Synthetic cohort: one whole-body 18F-FDG PET/CT phantom per subject, with truth labels.
+
+
+rule phantom:
+    output:
+        suv=f"{RESULTS}/{{site}}/{{subject}}/truth_suv.nii.gz",
+        ct=f"{RESULTS}/{{site}}/{{subject}}/ct.nii.gz",
+        mumap=f"{RESULTS}/{{site}}/{{subject}}/mumap.nii.gz",
+        organs=f"{RESULTS}/{{site}}/{{subject}}/organs_truth.nii.gz",
+        lesion=f"{RESULTS}/{{site}}/{{subject}}/lesion.nii.gz",
+        meta=f"{RESULTS}/{{site}}/{{subject}}/phantom.json",
+    params:
+        site=site_json,
+        phantom=json.dumps(config.get("phantom", {})),
+        seed=config["seed"],
+    wildcard_constraints:
+        subject=SIMULATED if PHANTOM else "(?!x)x",
+    log:
+        "logs/phantom/{site}/{subject}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/phantom/{{site}}/{{subject}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "amdiff phantom --config {CONFIG_FILE} --site {wildcards.site} --subject {wildcards.subject}"
+        " --outdir {RESULTS}/{wildcards.site}/{wildcards.subject} > {log} 2>&1"

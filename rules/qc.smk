@@ -1,0 +1,91 @@
+# Quality control: per-subject MIP figure, cohort summary (Table 1 analog), and the manifest
+# of the prepared cohort, which is what the training stages read.
+
+
+rule qc_subject:
+    input:
+        unpack(lc_images),
+        hc=f"{RESULTS}/{{site}}/{{subject}}/hc.nii.gz",
+        lesion=f"{RESULTS}/{{site}}/{{subject}}/lesion.nii.gz",
+        organs=f"{RESULTS}/{{site}}/{{subject}}/organs.nii.gz",
+    output:
+        report(
+            f"{RESULTS}/qc/{{site}}/{{subject}}.png",
+            caption="../reports/captions/qc_subject.rst",
+            category="Data QC",
+            subcategory="{site}",
+            labels={"site": "{site}", "subject": "{subject}"},
+        ),
+    params:
+        lc=lambda w, input: " ".join(f"{name}={input[name]}" for name in lc_images(w)),
+    log:
+        "logs/qc/{site}/{subject}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "amdiff qc --hc {input.hc} --lc {params.lc} --lesion {input.lesion} --organs {input.organs}"
+        " --title '{wildcards.site} {wildcards.subject}' --out {output} > {log} 2>&1"
+
+
+def stats_inputs(wildcards):
+    d = subject_dir(wildcards.site, wildcards.subject)
+    inputs = {"hc": f"{d}/hc.nii.gz", "lesion": f"{d}/lesion.nii.gz"}
+    if re.fullmatch(SIMULATED, wildcards.subject):
+        inputs["acquisition"] = f"{d}/listmode/acquisition.json"
+    if re.fullmatch(f"(?:{SIMULATED})|(?:{OWN_LISTMODE})", wildcards.subject):
+        inputs["counts"] = f"{d}/listmode/counts.json"
+    return inputs
+
+
+rule subject_stats:
+    input:
+        unpack(stats_inputs),
+    output:
+        f"{RESULTS}/{{site}}/{{subject}}/stats.json",
+    params:
+        split=lambda w: subject_of(w)["split"],
+        extra=lambda w, input: " ".join(f"--{k} {input[k]}" for k in ("acquisition", "counts") if k in input.keys()),
+    log:
+        "logs/stats/{site}/{subject}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "amdiff subject-stats --site {wildcards.site} --subject {wildcards.subject} --split {params.split}"
+        " --hc {input.hc} --lesion {input.lesion} {params.extra} --out {output} > {log} 2>&1"
+
+
+rule cohort_summary:
+    input:
+        [f"{subject_dir(s['site'], s['subject'])}/stats.json" for s in SUBJECTS],
+    output:
+        tsv=report(f"{RESULTS}/cohort/summary.tsv", caption="../reports/captions/cohort_summary.rst",
+                   category="Data QC"),
+        md=f"{RESULTS}/cohort/summary.md",
+    log:
+        "logs/cohort_summary.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "amdiff summary {input} --out-tsv {output.tsv} --out-md {output.md} > {log} 2>&1"
+
+
+rule manifest:
+    input:
+        [f"{subject_dir(s['site'], s['subject'])}/{name}.nii.gz" for s in SUBJECTS
+         for name in ["hc", "ct", "lesion", "organs"] + [f"lc_{n}" for n in lc_names(s["site"], s["split"], s)]],
+    output:
+        f"{RESULTS}/manifest.tsv",
+    log:
+        "logs/manifest.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "amdiff manifest --config {CONFIG_FILE} --out {output} --validate > {log} 2>&1"

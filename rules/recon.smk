@@ -1,0 +1,56 @@
+# OSEM reconstruction: the high-count reference from the full list, each low-count image
+# from one down-sampled list, with identical settings.
+
+
+def recon_resources(wildcards):
+    return 1 if config["sites"][wildcards.site]["recon"].get("device") == "cuda" else 0
+
+
+rule recon_highcount:
+    input:
+        listmode=full_listmode,
+        mumap=f"{RESULTS}/{{site}}/{{subject}}/mumap.nii.gz",
+    output:
+        f"{RESULTS}/{{site}}/{{subject}}/hc.nii.gz",
+    params:
+        site=site_json,
+    wildcard_constraints:
+        subject=f"(?:{SIMULATED})|(?:{OWN_LISTMODE})",
+    log:
+        "logs/recon/{site}/{subject}/hc.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/recon/{{site}}/{{subject}}/hc.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=recon_resources,
+    shell:
+        "amdiff recon --config {CONFIG_FILE} --site {wildcards.site} --listmode {input.listmode}"
+        " --mumap {input.mumap} --count-percent 100 --out {output} > {log} 2>&1"
+
+
+rule recon_lowcount:
+    input:
+        counts=f"{RESULTS}/{{site}}/{{subject}}/listmode/counts.json",
+        mumap=f"{RESULTS}/{{site}}/{{subject}}/mumap.nii.gz",
+    output:
+        f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
+    params:
+        listmode=lambda w: f"{subject_dir(w.site, w.subject)}/listmode/{w.level}_r{w.real}.petsird",
+        percent=lambda w: percent_of(w.level),
+        site=site_json,
+    wildcard_constraints:
+        subject=f"(?:{SIMULATED})|(?:{OWN_LISTMODE})",
+    log:
+        "logs/recon/{site}/{subject}/lc_{level}_r{real}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/recon/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=recon_resources,
+    shell:
+        "amdiff recon --config {CONFIG_FILE} --site {wildcards.site} --listmode {params.listmode}"
+        " --mumap {input.mumap} --count-percent {params.percent} --out {output} > {log} 2>&1"
