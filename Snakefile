@@ -9,7 +9,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo config is the default; a --configfile given on the command line replaces it
+# entirely (Snakemake would otherwise merge the two, keeping sites the user removed).
+if not workflow.overwrite_configfiles:
+
+    configfile: f"{workflow.basedir}/config/config.yaml"
+
 
 
 include: "rules/common.smk"

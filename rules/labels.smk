@@ -13,6 +13,8 @@ def label_source(wildcards):
 
 
 rule organ_labels:
+    conda:
+        "../envs/amdiff.yaml"
     input:
         unpack(label_source),
         ct=f"{RESULTS}/{{site}}/{{subject}}/ct.nii.gz",

@@ -16,6 +16,8 @@ def body_size(wildcards, input):
 
 
 rule simulate_listmode:
+    conda:
+        "../envs/amdiff.yaml"
     input:
         unpack(simulate_inputs),
     output:
@@ -43,6 +45,8 @@ rule simulate_listmode:
 # The number of low-count lists depends on the subject's split, so the rule declares
 # counts.json as its output; the lists beside it are written in the same atomic step.
 rule downsample:
+    conda:
+        "../envs/amdiff.yaml"
     input:
         full_listmode,
     output:

@@ -3,6 +3,8 @@
 
 
 rule import_ct:
+    conda:
+        "../envs/amdiff.yaml"
     input:
         lambda w: subject_of(w)["ct"],
     output:
@@ -15,6 +17,8 @@ rule import_ct:
 
 
 rule import_lesion:
+    conda:
+        "../envs/amdiff.yaml"
     input:
         mask=lambda w: subject_of(w)["lesion"],
         reference=lambda w: subject_of(w)["hc_pet"],
@@ -29,6 +33,8 @@ rule import_lesion:
 
 
 rule mumap_from_ct:
+    conda:
+        "../envs/amdiff.yaml"
     input:
         f"{RESULTS}/{{site}}/{{subject}}/ct.nii.gz",
     output:
@@ -44,6 +50,8 @@ rule mumap_from_ct:
 
 
 rule import_highcount:
+    conda:
+        "../envs/amdiff.yaml"
     input:
         image=lambda w: subject_of(w)["hc_pet"],
         reference=lambda w: subject_of(w)["ct"],
@@ -60,6 +68,8 @@ rule import_highcount:
 
 
 rule import_lowcount:
+    conda:
+        "../envs/amdiff.yaml"
     input:
         image=lambda w: own_lowcount(w),
         reference=lambda w: subject_of(w)["hc_pet"],

@@ -2,6 +2,8 @@
 
 
 rule phantom:
+    conda:
+        "../envs/amdiff.yaml"
     output:
         suv=f"{RESULTS}/{{site}}/{{subject}}/truth_suv.nii.gz",
         ct=f"{RESULTS}/{{site}}/{{subject}}/ct.nii.gz",

@@ -3,6 +3,8 @@
 
 
 rule qc_subject:
+    conda:
+        "../envs/amdiff.yaml"
     input:
         unpack(lc_images),
         hc=f"{RESULTS}/{{site}}/{{subject}}/hc.nii.gz",
@@ -40,6 +42,8 @@ def stats_inputs(wildcards):
 
 
 rule subject_stats:
+    conda:
+        "../envs/amdiff.yaml"
     input:
         unpack(stats_inputs),
     output:
@@ -59,6 +63,8 @@ rule subject_stats:
 
 
 rule cohort_summary:
+    conda:
+        "../envs/amdiff.yaml"
     input:
         [f"{subject_dir(s['site'], s['subject'])}/stats.json" for s in SUBJECTS],
     output:
@@ -76,6 +82,8 @@ rule cohort_summary:
 
 
 rule manifest:
+    conda:
+        "../envs/amdiff.yaml"
     input:
         [f"{subject_dir(s['site'], s['subject'])}/{name}.nii.gz" for s in SUBJECTS
          for name in ["hc", "ct", "lesion", "organs"] + [f"lc_{n}" for n in lc_names(s["site"], s["split"], s)]],

@@ -7,6 +7,8 @@ def recon_resources(wildcards):
 
 
 rule recon_highcount:
+    conda:
+        "../envs/amdiff.yaml"
     input:
         listmode=full_listmode,
         mumap=f"{RESULTS}/{{site}}/{{subject}}/mumap.nii.gz",
@@ -31,6 +33,8 @@ rule recon_highcount:
 
 
 rule recon_lowcount:
+    conda:
+        "../envs/amdiff.yaml"
     input:
         counts=f"{RESULTS}/{{site}}/{{subject}}/listmode/counts.json",
         mumap=f"{RESULTS}/{{site}}/{{subject}}/mumap.nii.gz",

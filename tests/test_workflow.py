@@ -1,0 +1,90 @@
+"""Workflow tests: the tiny config runs end to end; the paper config plans; bad configs stop."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from amdiff.io.nifti import read_volume
+
+
+def snakemake(repo, workdir, env, *args, timeout=1500):
+    cmd = ["snakemake", "-s", str(repo / "Snakefile"), "--directory", str(workdir), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(repo, venv_env, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    result = snakemake(repo, workdir, venv_env, "--configfile", str(repo / ".test/config/config.yaml"),
+                       "--cores", "2")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir
+
+
+@pytest.mark.slow
+def test_tiny_workflow_produces_the_cohort(tiny_run, repo):
+    res = tiny_run / "results"
+    manifest = pd.read_csv(res / "manifest.tsv", sep="\t")
+    assert sorted(manifest.subject) == ["mct001", "mct002", "vision001"]
+    assert dict(zip(manifest.subject, manifest.split)) == {"mct001": "train", "mct002": "test", "vision001": "test"}
+    for _, row in manifest.iterrows():
+        hc = read_volume(row.hc_pet, "suv")
+        lesion = read_volume(row.lesion, "labels")
+        organs = read_volume(row.organs, "labels")
+        assert hc.data.shape == (40, 40, 64) and np.allclose(hc.affine, lesion.affine)
+        assert set(np.unique(organs.data)) <= set(range(8)) and lesion.data.max() == 1
+        names = [item.split("=")[0] for item in row.lc_pet.split(";")]
+        assert names == (["p010_r0", "p020_r0"] if row.split == "train" else
+                         ["p005_r0", "p040_r0"] if row.site == "mct" else ["p0167_r0"])
+        # Noise rises as counts fall: liver CV of the lowest level above the high-count one.
+        liver = organs.data == 1
+        lowest = read_volume(row.lc_pet.split(";")[0].split("=")[1], "suv").data
+        cv = lambda img: img[liver].std() / img[liver].mean()
+        assert cv(lowest) > 1.5 * cv(hc.data)
+        # Mean liver SUV of the high-count image close to the phantom's truth.
+        truth = read_volume(res / row.site / row.subject / "truth_suv.nii.gz", "suv").data
+        assert hc.data[liver].mean() == pytest.approx(truth[liver].mean(), rel=0.15)
+    counts = json.loads((res / "mct" / "mct002" / "listmode" / "counts.json").read_text())
+    acq = json.loads((res / "mct" / "mct002" / "listmode" / "acquisition.json").read_text())
+    for percent, n in counts["events"].items():
+        assert n == [int(np.floor(float(percent) / 100 * acq["events"] + 0.5))]
+    summary = pd.read_csv(res / "cohort" / "summary.tsv", sep="\t")
+    assert set(summary.site) >= {"mct", "vision"}
+    png = (res / "qc" / "mct" / "mct001.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+@pytest.mark.slow
+def test_rerun_has_nothing_to_do(tiny_run, repo, venv_env):
+    result = snakemake(repo, tiny_run, venv_env, "--configfile", str(repo / ".test/config/config.yaml"),
+                       "-n", "--cores", "1")
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_paper_config_plans_the_full_study(repo, venv_env, tmp_path):
+    result = snakemake(repo, tmp_path, venv_env, "--configfile", str(repo / "config/paper.yaml"),
+                       "-n", "--quiet", "rules", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    # 244 subjects: one phantom, one simulation, one down-sampling and one HC recon each
+    for rule in ("phantom", "simulate_listmode", "downsample", "recon_highcount"):
+        assert any(line.split()[:2] == [rule, "244"] for line in out.splitlines()), out[-2000:]
+    # low-count recons: mct 195x3 + 29x2, vision 10x1, uexplorer 10x3
+    assert any(line.split()[:2] == ["recon_lowcount", str(195 * 3 + 29 * 2 + 10 + 10 * 3)] for line in out.splitlines())
+
+
+def test_bad_config_key_stops_with_one_line(repo, venv_env, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    shutil.copy(repo / ".test/config/config.yaml", bad)
+    bad.write_text(bad.read_text().replace("iterations:", "iteratons:", 1))
+    result = snakemake(repo, tmp_path, venv_env, "--configfile", str(bad), "-n")
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "config error" in line]
+    assert lines == [f"config error: {bad}: sites.mct.recon: unknown key 'iteratons'"] or \
+        any("unknown key 'iteratons'" in line for line in lines), result.stderr[-2000:]
+    assert not (tmp_path / "results" / "mct").exists()
