@@ -186,30 +186,43 @@ def summary(args) -> None:
 
 
 def manifest(args) -> None:
-    """The manifest of the prepared cohort: the same format users write for their own data."""
+    """The manifest of the prepared cohort: the same format users write for their own data.
+
+    Paths are relative to the manifest's folder, so the results folder can be moved.
+    """
+    import os
+
     import pandas as pd
 
+    from amdiff.io.manifest import format_lc_pet, lc_pet_images, validate_subject_images, write_manifest
     from amdiff.listmode.levels import level_name
 
     config = load_config(args.config)
-    root = Path(config["results_dir"])
+    root = Path(config["results_dir"]).resolve()
+    out_dir = Path(args.out).resolve().parent
+    rel = lambda p: os.path.relpath(p, out_dir)
+    own = config["cohort"]["source"] == "manifest"
+    subjects = _manifest_subjects(config) if own else phantom_subjects(config)
     rows = []
-    for s in phantom_subjects(config) if config["cohort"]["source"] == "phantom" else _manifest_subjects(config):
+    for s in subjects:
         d = root / s["site"] / s["subject"]
-        levels = config["sites"][s["site"]]["count_levels"].get(s["split"], [])
-        lc = ";".join(f"{level_name(p)}_r{r}={d / f'lc_{level_name(p)}_r{r}.nii.gz'}"
-                      for p in levels for r in range(config["sites"][s["site"]]["realizations"]))
+        if own and s.get("lc_pet"):
+            names = sorted(n if "_r" in n else f"{n}_r0" for n in lc_pet_images(s["lc_pet"]))
+        else:
+            site = config["sites"][s["site"]]
+            names = [f"{level_name(p)}_r{r}" for p in site["count_levels"].get(s["split"], [])
+                     for r in range(site["realizations"])]
         rows.append({"subject": s["subject"], "site": s["site"], "split": s["split"],
-                     "hc_pet": str(d / "hc.nii.gz"), "lc_pet": lc, "ct": str(d / "ct.nii.gz"),
-                     "lesion": str(d / "lesion.nii.gz"), "organs": str(d / "organs.nii.gz")})
+                     "hc_pet": rel(d / "hc.nii.gz"), "ct": rel(d / "ct.nii.gz"),
+                     "lesion": rel(d / "lesion.nii.gz"), "organs": rel(d / "organs.nii.gz"),
+                     "lc_pet": format_lc_pet({n: rel(d / f"lc_{n}.nii.gz") for n in names})})
     df = pd.DataFrame(rows)
     if args.validate:
-        from amdiff.io.manifest import validate_subject_images
-
-        for _, row in df.iterrows():
-            validate_subject_images(row)
-    with atomic_path(args.out) as tmp:
-        df.to_csv(tmp, sep="\t", index=False)
+        for rec in rows:
+            absolute = {k: str(out_dir / v) for k, v in rec.items() if k in ("hc_pet", "ct", "lesion", "organs")}
+            absolute["lc_pet"] = format_lc_pet({n: str(out_dir / p) for n, p in lc_pet_images(rec["lc_pet"]).items()})
+            validate_subject_images(absolute)
+    write_manifest(df, args.out)
 
 
 def _manifest_subjects(config: dict) -> list[dict]:
@@ -217,7 +230,7 @@ def _manifest_subjects(config: dict) -> list[dict]:
 
     df = read_manifest(config["cohort"]["manifest"], config["cohort"].get("data_roots"),
                        config["cohort"].get("allow_outside_data_roots", False))
-    return df[["site", "subject", "split"]].to_dict("records")
+    return df.to_dict("records")
 
 
 def import_autopet(args) -> None:

@@ -12,7 +12,10 @@ def body_size(wildcards, input):
     if PHANTOM:
         meta = json.loads(open(input.meta).read())
         return f"--weight-kg {meta['weight_kg']} --height-m {meta['height_cm'] / 100:.3f}"
-    return f"--weight-kg {subject_of(wildcards)['weight_kg']}"
+    # Public cohorts (autoPET) often lack the weight; SUV images do not depend on it, only
+    # the simulated count level does, so a reference adult is used then.
+    weight = subject_of(wildcards).get("weight_kg") or 75.0
+    return f"--weight-kg {weight}"
 
 
 rule simulate_listmode:
