@@ -1,0 +1,56 @@
+"""Names of count levels (percent of the full list-mode) used in file names and wildcards.
+
+Rule: "p" + integer part zero-padded to 3 digits + fractional digits without the dot,
+trailing zeros dropped: 5 -> p005, 6.25 -> p00625, 12.5 -> p0125, 40 -> p040, 100 -> p100.
+The percent is read through its shortest decimal repr, so 16.7 means exactly 167/10 %.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from fractions import Fraction
+
+_NAME = re.compile(r"p(\d{3})(\d*)")
+
+
+def percent_decimal(percent) -> Decimal:
+    """The exact decimal a user meant by ``percent`` (16.7 -> Decimal('16.7'))."""
+    if isinstance(percent, bool):
+        raise ValueError(f"count level {percent!r} is not a number")
+    try:
+        d = Decimal(repr(float(percent))) if not isinstance(percent, (int, Decimal)) \
+            else Decimal(percent)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"count level {percent!r} is not a number") from err
+    if not d.is_finite() or not Decimal(0) < d <= Decimal(100):
+        raise ValueError(f"count level {percent!r} % must lie in (0, 100]")
+    return d
+
+
+def level_fraction(percent) -> Fraction:
+    """Exact fraction of the list that a level keeps (6.25 -> 1/16)."""
+    return Fraction(percent_decimal(percent)) / 100
+
+
+def level_name(percent) -> str:
+    d = percent_decimal(percent)
+    text = format(d.normalize(), "f")  # plain notation, no exponent, no trailing zeros
+    whole, _, frac = text.partition(".")
+    return f"p{int(whole):03d}{frac}"
+
+
+def parse_level_name(name: str) -> float:
+    """Inverse of level_name; rejects names that level_name would not produce."""
+    m = _NAME.fullmatch(name)
+    if not m:
+        raise ValueError(f"{name!r} is not a count-level name like p005 or p00625")
+    whole, frac = m.groups()
+    percent = float(f"{int(whole)}.{frac}" if frac else whole)
+    try:
+        canonical = level_name(percent)
+    except ValueError as err:
+        raise ValueError(f"{name!r}: {err}") from err
+    if canonical != name:
+        raise ValueError(f"{name!r} is not canonical; the level {percent:g} % is named {canonical}")
+    return percent
