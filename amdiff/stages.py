@@ -122,8 +122,11 @@ def recon(args) -> None:
     recon_cfg = dict(site["recon"])
     device = args.device or recon_cfg.pop("device", "cpu")
     recon_cfg.pop("device", None)
+    # The flat randoms+scatter model is known from the acquisition settings (the PETSIRD
+    # header has no field for it), exactly as the simulation used it.
     reconstruct_listmode(args.listmode, mu.data, mu.affine, recon_cfg, args.out,
-                         count_fraction=args.count_percent / 100.0, device=device)
+                         count_fraction=args.count_percent / 100.0, device=device,
+                         background_fraction=site["acquisition"]["background_fraction"])
 
 
 def mumap(args) -> None:
