@@ -35,7 +35,7 @@ def test_tiny_workflow_produces_the_cohort(tiny_run, repo):
         hc = read_volume(row.hc_pet, "suv")
         lesion = read_volume(row.lesion, "labels")
         organs = read_volume(row.organs, "labels")
-        assert hc.data.shape == (40, 40, 64) and np.allclose(hc.affine, lesion.affine)
+        assert hc.data.shape == (48, 48, 64) and np.allclose(hc.affine, lesion.affine)
         assert set(np.unique(organs.data)) <= set(range(8)) and lesion.data.max() == 1
         names = [item.split("=")[0] for item in row.lc_pet.split(";")]
         assert names == (["p010_r0", "p020_r0"] if row.split == "train" else
