@@ -107,10 +107,10 @@ def downsample(args) -> None:
     outdir = Path(args.outdir)
     outputs = {p: [outdir / f"{level_name(p)}_r{r}.petsird" for r in range(args.realizations)]
                for p in args.levels}
-    counts = run(args.input, outputs, seed=args.seed)
+    written = {str(path): n for path, n in run(args.input, outputs, seed=args.seed).items()}
     if args.counts:
-        _write_json(args.counts, {"input": str(args.input), "seed": args.seed,
-                                  "events": {str(k): v for k, v in counts.items()}})
+        events = {level_name(p): [written[str(path)] for path in paths] for p, paths in outputs.items()}
+        _write_json(args.counts, {"input": str(args.input), "seed": args.seed, "events": events})
 
 
 def recon(args) -> None:

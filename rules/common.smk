@@ -9,7 +9,7 @@ from amdiff.errors import InputError
 from amdiff.listmode.levels import level_name
 
 try:
-    validate_config(config, " ".join(workflow.configfiles) or "config")
+    validate_config(config, " ".join(map(str, workflow.configfiles)) or "config")
 except InputError as _err:
     # One clear line instead of a traceback.
     sys.exit(f"config error: {_err}")
@@ -61,7 +61,7 @@ BY_ID = {(s["site"], s["subject"]): s for s in SUBJECTS}
 wildcard_constraints:
     site="|".join(config["sites"]),
     subject="[A-Za-z0-9_-]+",
-    level=r"p\d{3,}",
+    level="p[0-9][0-9][0-9][0-9]*",
     real=r"\d+",
 
 
