@@ -108,7 +108,7 @@ def test_lc_pet_realizations(cohort):
     rows[0]["lc_pet"] = "p005=sub-0/lc_p005.nii.gz;p005_r0=sub-0/hc.nii.gz"
     expect_error(write_tsv(root / "m.tsv", rows), "line 3.*level p005_r0 given twice")
     rows[0]["lc_pet"] = "p150=sub-0/lc_p005.nii.gz"
-    expect_error(write_tsv(root / "m.tsv", rows), r"p150 = 150.0 % is outside \(0, 100\]")
+    expect_error(write_tsv(root / "m.tsv", rows), r"'p150': count level 150.0 % must lie in \(0, 100\]")
 
 
 def test_missing_columns_are_listed(cohort):
@@ -129,7 +129,7 @@ def test_duplicate_subject(cohort):
     ("split", "training", "column 'split': invalid split 'training'"),
     ("site", "Bad.Site", "column 'site': invalid site"),
     ("hc_pet", "sub-0/nothere.nii.gz", "column 'hc_pet': file .*nothere.nii.gz does not exist"),
-    ("lc_pet", "5pct=sub-0/lc_p005.nii.gz", "column 'lc_pet'.*'5pct' is not p"),
+    ("lc_pet", "5pct=sub-0/lc_p005.nii.gz", "column 'lc_pet'.*'5pct' is not a count-level name"),
     ("lc_pet", "", "exactly one low-count source.*found none"),
     ("weight_kg", "-3", "column 'weight_kg': must be a positive number"),
     ("lesion", "", "column 'lesion': empty, but a file is required"),

@@ -66,6 +66,9 @@ def test_osem_converges_to_true_concentration_on_noise_free_data():
     assert np.abs(x[CENTRE] / 5000.0 - 1).max() < 0.05
     outside = (_R2 > 130.0 ** 2)[:, :, None] & np.ones(SHAPE, dtype=bool)
     assert x[outside].mean() < 0.02 * 5000.0
+    # nothing is reconstructed beyond the scanner's transaxial FOV (150 mm), even with background
+    beyond_fov = np.broadcast_to((_R2 > 150.0 ** 2)[:, :, None], SHAPE)
+    assert beyond_fov.any() and np.all(x[beyond_fov] == 0)
 
 
 def _thin(src, dst, fraction, seed):

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from amdiff.errors import InputError
+from amdiff.listmode.levels import parse_image_name
 from amdiff.io.atomic import write_text
 from amdiff.io.nifti import check_same_grid, read_volume
 from amdiff.labels.totalseg import load_provided_labels
@@ -55,17 +56,12 @@ SPLITS = ("train", "val", "test")
 
 _SUBJECT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _SITE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-_LEVEL_RE = re.compile(r"^p(\d{3})(\d*)(_r\d+)?$")
 _TRUE, _FALSE = ("true",), ("false", "")
 
 
 def level_percent(level: str) -> float:
     """Percent of the full count a level name stands for: p005 -> 5, p00625 -> 6.25, p010_r1 -> 10."""
-    m = _LEVEL_RE.match(level)
-    if not m:
-        raise ValueError(f"level '{level}' is not p + 3 integer digits + optional fraction digits"
-                         " + optional _rN")
-    return int(m.group(1)) + (float("0." + m.group(2)) if m.group(2) else 0.0)
+    return parse_image_name(level)[0]
 
 
 class _Row:
@@ -145,11 +141,9 @@ def _parse_lc_pet(row: _Row, value: str, base: Path, roots) -> dict[str, str]:
         if not sep or not p:
             raise row.error("lc_pet", f"'{item}' is not level=path")
         try:
-            pct = level_percent(level)
+            level_percent(level)  # validates the name and its range
         except ValueError as exc:
             raise row.error("lc_pet", str(exc)) from None
-        if not 0 < pct <= 100:
-            raise row.error("lc_pet", f"level {level} = {pct} % is outside (0, 100]")
         canonical = level if "_r" in level else f"{level}_r0"  # p005 is realization r0
         if canonical in {k if "_r" in k else f"{k}_r0" for k in levels}:
             raise row.error("lc_pet", f"level {level} given twice")

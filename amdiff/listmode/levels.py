@@ -54,3 +54,11 @@ def parse_level_name(name: str) -> float:
     if canonical != name:
         raise ValueError(f"{name!r} is not canonical; the level {percent:g} % is named {canonical}")
     return percent
+
+
+def parse_image_name(name: str) -> tuple[float, int]:
+    """(percent, realization) of a low-count image name: p005 -> (5, 0), p00625_r1 -> (6.25, 1)."""
+    level, sep, real = str(name).partition("_r")
+    if sep and not real.isdigit():
+        raise ValueError(f"{name!r}: realization suffix must be _r followed by digits")
+    return parse_level_name(level), int(real) if sep else 0

@@ -29,7 +29,7 @@ from scipy import ndimage  # noqa: E402
 from amdiff.errors import InputError  # noqa: E402
 from amdiff.io.atomic import atomic_path  # noqa: E402
 from amdiff.io.nifti import Volume, check_same_grid, read_volume  # noqa: E402
-from amdiff.listmode.levels import parse_level_name  # noqa: E402
+from amdiff.listmode.levels import parse_image_name  # noqa: E402
 
 # Organ classes of the data contract, label value -> name.
 ORGANS = {1: "liver", 2: "lung", 3: "bone", 4: "muscle", 5: "kidney", 6: "spleen", 7: "aorta"}
@@ -48,27 +48,22 @@ SUV_PERCENTILE = 99.9          # robust top of the shared SUV window, taken from
 MAX_PANEL_HEIGHT_IN = 14.0     # keeps paper-size volumes to a viewable PNG
 LIVER_MIN_VOXELS = 10          # below this the eroded liver is too small for a CV estimate
 
-_REALIZATION = re.compile(r"^(p\d+)(?:_r(\d+))?$")
 
 
 def level_percent(name: str) -> float:
-    """Percent of the full list encoded in a level name: p005 -> 5, p00625 -> 6.25, p0125 -> 12.5.
+    """Percent of the full list encoded in a level name: p005 -> 5, p00625 -> 6.25, p0125_r1 -> 12.5."""
+    return _parse(name)[0]
 
-    The naming rule lives in amdiff.listmode.levels; an optional realization suffix
-    ("p005_r1", the workflow's image names) is accepted and ignored here.
-    """
-    match = _REALIZATION.match(str(name))
+
+def _parse(name: str) -> tuple[float, int]:
     try:
-        if match is None:
-            raise ValueError("expected p + 3-digit integer part + fractional digits, e.g. p005")
-        return parse_level_name(match.group(1))
+        return parse_image_name(name)
     except ValueError as err:
         raise InputError(name, f"not a count-level name: {err}") from None
 
 
 def _level_sort_key(name: str) -> tuple[float, int]:
-    realization = _REALIZATION.match(name).group(2)
-    return level_percent(name), int(realization or 0)
+    return _parse(name)
 
 
 @dataclass

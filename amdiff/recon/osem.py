@@ -60,6 +60,16 @@ def angular_subsets(scanner: CylindricalScanner, n_subsets: int) -> list[np.ndar
 
 
 @torch.no_grad()
+def fov_mask(projector: RayProjector) -> torch.Tensor:
+    """Voxels whose centre lies within the scanner's transaxial FOV radius."""
+    nx, ny, nz = projector.shape
+    vx, vy, _ = projector.voxel_size_mm
+    x = (torch.arange(nx, device=projector.device) - (nx - 1) / 2) * vx
+    y = (torch.arange(ny, device=projector.device) - (ny - 1) / 2) * vy
+    inside = (x[:, None] ** 2 + y[None, :] ** 2) <= projector.scanner.fov_radius_mm ** 2
+    return inside[:, :, None].expand(nx, ny, nz)
+
+
 def run_osem(projector: RayProjector, counts, scale: float, attenuation, background,
              iterations: int, subsets: int, progress: bool = True) -> torch.Tensor:
     """OSEM estimate of the activity x (Bq/mL) from prompts ``counts`` (one per LOR).
@@ -80,7 +90,9 @@ def run_osem(projector: RayProjector, counts, scale: float, attenuation, backgro
     total = torch.stack(sens).sum(0)
     # voxels a subset hardly sees keep their value for that subset (no division by ~0)
     seen = [sen > 1e-6 * float(sen.max()) for sen in sens]
-    support = total > 1e-6 * float(total.max())
+    # Reconstruct inside the scanner's transaxial field of view only, as scanners do: voxels
+    # beyond it are seen by few, grazing LORs and would hold only noise spikes.
+    support = (total > 1e-6 * float(total.max())) & fov_mask(projector)
     # start from a uniform image with the right total count, which saves an iteration
     net = max(float(y.double().sum() - b.double().sum()), 1e-12)
     x = support.to(torch.float32) * (net / float(total[support].double().sum()))
