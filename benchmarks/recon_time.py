@@ -3,9 +3,9 @@
 Demo: the ``mct`` site of config/config.yaml (its grid, scanner, acquisition and recon
 settings) on a simple synthetic torso; times simulation, histogramming + OSEM + SUV writing.
 
-Paper size: 440 x 440 x 300 voxels of 2.04 x 2.04 x 2.03 mm with an mCT-like scanner
-(624 crystals per ring, radius 427.6 mm, 4.07 mm ring pitch, rings covering the 609 mm of the
-volume as continuous bed motion, max ring difference 49, 700 mm transaxial FOV). A full
+Paper size: the ``mct`` site of config/paper.yaml (440 x 440 x 400 voxels of 2.04 x 2.04 x
+2.03 mm, mCT-like scanner: 624 crystals per ring, radius 427.6 mm, rings covering the volume
+as continuous bed motion, 700 mm transaxial FOV; --paper-mrd adds oblique planes). A full
 reconstruction is far too slow on CPU, so forward and back projection are timed on a random
 sample of LORs of the first angular subset and EXTRAPOLATED to one subset update and to the
 whole reconstruction (attenuation + sensitivity images + 2 iterations x 21 subsets).
@@ -119,19 +119,20 @@ def thin(src, dst, fraction, seed=0):
                     for b in iter_event_blocks(src)))
 
 
-def paper(device: str, n_sample_pairs: int, mrd: int) -> None:
-    shape, vox = (440, 440, 300), (2.04, 2.04, 2.03)
-    scanner = CylindricalScanner(name="mct-like", n_crystals=624, n_rings=150,
-                                 radius_mm=427.6, ring_pitch_mm=4.07, max_ring_difference=mrd,
-                                 fov_radius_mm=350.0)
-    n_sub, n_it = 21, 2
+def paper(device: str, n_sample_pairs: int, mrd: int | None) -> None:
+    cfg = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())["sites"]["mct"]
+    shape, vox = tuple(cfg["image"]["shape"]), tuple(cfg["image"]["voxel_size_mm"])
+    sc = dict(cfg["scanner"])
+    if mrd is not None:
+        sc["max_ring_difference"] = mrd
+    scanner = CylindricalScanner.from_config(sc)
+    n_sub, n_it = cfg["recon"]["subsets"], cfg["recon"]["iterations"]
     print(f"paper size: grid {shape} at {vox} mm, scanner {scanner.name} ({scanner.n_crystals} "
           f"crystals x {scanner.n_rings} rings, MRD {mrd}): {scanner.n_lors:,} LORs, "
           f"device {device}, {torch.get_num_threads()} thread(s)")
     proj = RayProjector(scanner, shape, vox, device=device)
     # LORs of the first angular subset: its in-plane pairs are found on a 1-ring copy
-    flat = CylindricalScanner(name="flat", n_crystals=624, n_rings=1, radius_mm=427.6,
-                              ring_pitch_mm=4.07, max_ring_difference=0, fov_radius_mm=350.0)
+    flat = CylindricalScanner.from_config(dict(sc, n_rings=1, max_ring_difference=0))
     pairs0 = angular_subsets(flat, n_sub)[0]
     rng = np.random.default_rng(0)
     pairs = rng.choice(pairs0, size=min(n_sample_pairs, len(pairs0)), replace=False)
@@ -175,7 +176,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-paper", action="store_true")
     ap.add_argument("--paper-pairs", type=int, default=8,
                     help="in-plane crystal pairs sampled (x all ring pairs) for the paper timing")
-    ap.add_argument("--paper-mrd", type=int, default=49, help="max ring difference, paper scanner")
+    ap.add_argument("--paper-mrd", type=int, default=None,
+                    help="override the max ring difference of config/paper.yaml's mct scanner")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not args.skip_demo:

@@ -166,6 +166,18 @@ def test_body_fits_grid_and_arms_follow_the_field_of_view(demo):
 
 
 # ---------------------------------------------------------------- lesions
+def test_laterality_follows_ras(demo):
+    """RAS+: +x is the patient's right. The liver lies right, spleen and heart apex left."""
+    def centroid_x(mask):
+        i = np.argwhere(mask).mean(0)
+        return float((demo.affine[:3, :3] @ i + demo.affine[:3, 3])[0])
+
+    assert centroid_x(demo.organs == LABEL["liver"]) > 20
+    assert centroid_x(demo.organs == LABEL["spleen"]) < -20
+    assert centroid_x(demo.organs == LABEL["aorta"]) < 10   # descending aorta left of the spine
+    assert demo.affine[0, 0] > 0
+
+
 def test_every_lesion_in_mask_and_table_consistent(demo, fine):
     for s in (demo, fine):
         tab = s.lesion_table

@@ -90,3 +90,57 @@ def test_bad_config_key_stops_with_one_line(repo, venv_env, tmp_path):
     assert lines == [f"config error: {bad}: sites.mct.recon: unknown key 'iteratons'"] or \
         any("unknown key 'iteratons'" in line for line in lines), result.stderr[-2000:]
     assert not (tmp_path / "results" / "mct").exists()
+
+
+@pytest.mark.slow
+def test_own_data_from_an_autopet_folder_runs_through_the_same_path(tiny_run, repo, venv_env, tmp_path):
+    """autoPET-style studies (SUV, CTres, SEG) become a manifest and go through simulated
+    list-mode, down-sampling and reconstruction like the synthetic cohort."""
+    import yaml
+
+    data = tmp_path / "autopet"
+    for i, (site, subject) in enumerate([("mct", "mct001"), ("mct", "mct002")]):
+        study = data / f"PETCT_{i}" / "study_a"
+        study.mkdir(parents=True)
+        src = tiny_run / "results" / site / subject
+        for ours, theirs in (("truth_suv", "SUV"), ("ct", "CTres"), ("lesion", "SEG")):
+            shutil.copy(src / f"{ours}.nii.gz", study / f"{theirs}.nii.gz")
+    manifest = tmp_path / "cohort.tsv"
+    result = subprocess.run(["amdiff", "import-autopet", str(data), "--out", str(manifest), "--seed", "1"],
+                            env=venv_env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = pd.read_csv(manifest, sep="\t")
+    assert len(rows) == 2 and rows.simulate_from_images.tolist() == [True, True]
+    rows["split"] = ["train", "test"]
+    rows.to_csv(manifest, sep="\t", index=False)
+
+    config = yaml.safe_load((repo / ".test/config/config.yaml").read_text())
+    config["cohort"] = {"source": "manifest", "manifest": str(manifest), "data_roots": [str(tmp_path)]}
+    config["labels"]["method"] = "totalsegmentator"
+    site = config["sites"].pop("mct")
+    site["count_levels"] = {"train": [10], "test": [5]}
+    config["sites"] = {"autopet": site}
+    cfg = tmp_path / "own.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    work = tmp_path / "work"
+    # Without TotalSegmentator weights only the labels (and what needs them) fail: --keep-going
+    env = dict(venv_env, TOTALSEG_HOME_DIR=str(tmp_path / "no_weights"))
+    result = snakemake(repo, work, env, "--configfile", str(cfg), "--cores", "2", "--keep-going")
+    assert result.returncode != 0
+    log = result.stdout + result.stderr
+    assert "totalseg_download_weights" in (work / "logs/labels/autopet").joinpath(
+        sorted(p.name for p in (work / "logs/labels/autopet").iterdir())[0]).read_text()
+    res = work / "results" / "autopet"
+    made = sorted(p.relative_to(res).as_posix() for p in res.glob("*/*.nii.gz"))
+    split = dict(zip(rows.subject, rows.split))
+    train = next(s for s, sp in split.items() if sp == "train")
+    test = next(s for s, sp in split.items() if sp == "test")
+    assert f"{train}/hc.nii.gz" in made and f"{train}/lc_p010_r0.nii.gz" in made
+    assert f"{test}/lc_p005_r0.nii.gz" in made and f"{test}/mumap.nii.gz" in made
+    assert not any(name.endswith("organs.nii.gz") for name in made), log[-2000:]
+    # the reconstruction of the list simulated from the study's SUV matches it in the liver
+    source = {"PETCT_0": "mct001", "PETCT_1": "mct002"}[test.split("_study")[0]]
+    liver = read_volume(tiny_run / "results/mct" / source / "organs_truth.nii.gz", "labels").data == 1
+    hc = read_volume(res / test / "hc.nii.gz", "suv").data
+    suv = read_volume(tiny_run / "results/mct" / source / "truth_suv.nii.gz", "suv").data
+    assert hc[liver].mean() == pytest.approx(suv[liver].mean(), rel=0.15)

@@ -210,8 +210,13 @@ def generate_subject(shape, voxel_size_mm, seed: int, params: dict | None = None
     del suv_tex
 
     ct = cv.ct
+    # The anatomy is laid out with the liver at -x; RAS+ puts the patient's right at +x,
+    # so mirror x once here (the grid is centred, so reversing axis 0 maps x to -x).
+    suv, ct, labels, mask, ids = (np.ascontiguousarray(a[::-1]) for a in (cv.suv, ct, cv.labels, mask, ids))
+    for row in table:
+        row["center_mm"] = [-row["center_mm"][0], *row["center_mm"][1:]]
     subject = PhantomSubject(
-        suv=cv.suv, ct=ct, mu=hu_to_mu_511(ct, int(p["kvp"])), organs=cv.labels, lesions=mask,
+        suv=suv, ct=ct, mu=hu_to_mu_511(ct, int(p["kvp"])), organs=labels, lesions=mask,
         affine=grid.affine, weight_kg=round(body.weight_kg, 2), height_cm=round(body.height_cm, 1),
         sex=body.sex, lesion_table=table, lesion_ids=ids,
         meta={
