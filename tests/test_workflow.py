@@ -33,9 +33,10 @@ def test_tiny_workflow_produces_the_cohort(tiny_run, repo):
     assert sorted(manifest.subject) == ["mct001", "mct002", "vision001"]
     assert dict(zip(manifest.subject, manifest.split)) == {"mct001": "train", "mct002": "test", "vision001": "test"}
     for _, row in manifest.iterrows():
-        hc = read_volume(row.hc_pet, "suv")
-        lesion = read_volume(row.lesion, "labels")
-        organs = read_volume(row.organs, "labels")
+        # manifest paths are relative to the manifest's folder
+        hc = read_volume(res / row.hc_pet, "suv")
+        lesion = read_volume(res / row.lesion, "labels")
+        organs = read_volume(res / row.organs, "labels")
         assert hc.data.shape == (48, 48, 64) and np.allclose(hc.affine, lesion.affine)
         assert set(np.unique(organs.data)) <= set(range(8)) and lesion.data.max() == 1
         names = [item.split("=")[0] for item in row.lc_pet.split(";")]
@@ -43,7 +44,7 @@ def test_tiny_workflow_produces_the_cohort(tiny_run, repo):
                          ["p005_r0", "p040_r0"] if row.site == "mct" else ["p0167_r0"])
         # Noise rises as counts fall: liver CV of the lowest level above the high-count one.
         liver = organs.data == 1
-        lowest = read_volume(row.lc_pet.split(";")[0].split("=")[1], "suv").data
+        lowest = read_volume(res / row.lc_pet.split(";")[0].split("=")[1], "suv").data
         cv = lambda img: img[liver].std() / img[liver].mean()
         assert cv(lowest) > 1.5 * cv(hc.data)
         # Mean liver SUV of the high-count image close to the phantom's truth.
