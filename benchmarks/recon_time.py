@@ -128,7 +128,7 @@ def paper(device: str, n_sample_pairs: int, mrd: int | None) -> None:
     scanner = CylindricalScanner.from_config(sc)
     n_sub, n_it = cfg["recon"]["subsets"], cfg["recon"]["iterations"]
     print(f"paper size: grid {shape} at {vox} mm, scanner {scanner.name} ({scanner.n_crystals} "
-          f"crystals x {scanner.n_rings} rings, MRD {mrd}): {scanner.n_lors:,} LORs, "
+          f"crystals x {scanner.n_rings} rings, MRD {scanner.max_ring_difference}): {scanner.n_lors:,} LORs, "
           f"device {device}, {torch.get_num_threads()} thread(s)")
     proj = RayProjector(scanner, shape, vox, device=device)
     # LORs of the first angular subset: its in-plane pairs are found on a 1-ring copy
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     ap.add_argument("--count-scale", type=float, default=None,
                     help="override the demo site's acquisition count_scale")
     ap.add_argument("--skip-paper", action="store_true")
-    ap.add_argument("--paper-pairs", type=int, default=8,
+    ap.add_argument("--paper-pairs", type=int, default=96,
                     help="in-plane crystal pairs sampled (x all ring pairs) for the paper timing")
     ap.add_argument("--paper-mrd", type=int, default=None,
                     help="override the max ring difference of config/paper.yaml's mct scanner")
