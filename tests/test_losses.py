@@ -388,3 +388,44 @@ def test_total_loss_during_warm_up(labels):
     assert only["total"].item() == pytest.approx(1.0) and only["seg"].item() == 0.0
     with pytest.raises(InputError, match="required"):
         total_loss(vol([1.0, -1.0, 2.0, 0.0]), vol([0.0] * 4), epoch=100, e_T=100, e_max=800)
+
+
+def test_focal_tversky_form_by_hand_and_perfect_prediction():
+    from amdiff.losses.segmentation import focal_tversky_dice_terms
+
+    probs = torch.tensor([0.5, 0.0]).view(1, 1, 2, 1, 1)
+    masks = torch.tensor([1.0, 0.0]).view(1, 1, 2, 1, 1)
+    # DSC = (2*0.5 + eps) / (0.25 + 1 + eps); FD = (1 - DSC)^(3/4)
+    eps = 1e-5
+    dsc = (1.0 + eps) / (1.25 + eps)
+    expected = (1 - dsc) ** 0.75
+    assert float(focal_tversky_dice_terms(probs, masks, 4 / 3, eps)) == pytest.approx(expected, rel=1e-6)
+    # a perfect prediction gives 0 (the printed form gives ~1, see the module docstring)
+    assert float(focal_tversky_dice_terms(masks, masks, 4 / 3, eps)) == pytest.approx(0.0, abs=1e-6)
+    # an absent class predicted absent gives 0, predicted present gives ~1
+    empty = torch.zeros_like(masks)
+    assert float(focal_tversky_dice_terms(empty, empty)) == pytest.approx(0.0, abs=1e-6)
+    assert float(focal_tversky_dice_terms(masks, empty)) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_focal_tversky_form_drives_small_lesions_above_one_half():
+    from amdiff.losses.regularizers import semantic_masks
+    from amdiff.losses.segmentation import segmentation_terms
+
+    torch.manual_seed(0)
+    lesion = torch.zeros(1, 1, 8, 8, 8, dtype=torch.long)
+    lesion[..., 3:5, 3:5, 3:5] = 1
+    organs = torch.zeros_like(lesion)
+    lesion_logits = torch.zeros(1, 2, 8, 8, 8, requires_grad=True)
+    organ_logits = torch.zeros(1, 8, 8, 8, 8, requires_grad=True)
+    opt = torch.optim.Adam([lesion_logits, organ_logits], lr=0.05)
+    masks = semantic_masks(lesion, organs)
+    for _ in range(400):
+        opt.zero_grad()
+        terms = segmentation_terms(lesion_logits, organ_logits, masks, form="focal_tversky")
+        (terms["ce"] + terms["focal_dice"]).sum().backward()
+        opt.step()
+    p = torch.softmax(lesion_logits, 1)[:, 1][lesion[:, 0] == 1]
+    assert float(p.min()) > 0.5
+    with pytest.raises(InputError, match="form"):
+        segmentation_terms(lesion_logits, organ_logits, masks, form="dice")

@@ -42,7 +42,7 @@ def total_loss(eps_pred: torch.Tensor, eps: torch.Tensor, *, epoch: float, e_T: 
                lesion: torch.Tensor | None = None, organs: torch.Tensor | None = None,
                lor_weights: WeightsLike = None, rev_weights: WeightsLike = None, seg_weights: WeightsLike = None,
                drop_lesion: bool = False, drop_organs: bool = False,
-               gamma: float = GAMMA, seg_eps: float = EPS) -> dict[str, torch.Tensor]:
+               gamma: float = GAMMA, seg_eps: float = EPS, seg_form: str = "printed") -> dict[str, torch.Tensor]:
     """Eq. 10 with every term for logging.
 
     p_hc / i_hc: denoised x0 estimate and target in one domain (L_lor); p_hcr / i_hc_suv: revised
@@ -75,7 +75,7 @@ def total_loss(eps_pred: torch.Tensor, eps: torch.Tensor, *, epoch: float, e_T: 
     w_lor = ablation_weights(lor_weights, drop_lesion, drop_organs).to(p_hc.device, p_hc.dtype)
     w_rev = class_weights(rev_weights, device=p_hc.device, dtype=p_hc.dtype)
     w_seg = class_weights(seg_weights, device=p_hc.device, dtype=p_hc.dtype)
-    seg = segmentation_terms(lesion_logits, organ_logits, masks, gamma, seg_eps)
+    seg = segmentation_terms(lesion_logits, organ_logits, masks, gamma, seg_eps, seg_form)
 
     out["lor"] = lesion_organ_regularizer(p_hc, i_hc, masks, w_lor)
     out["rev"] = revision_loss(p_hcr, i_hc_suv, masks, w_rev)
@@ -94,16 +94,16 @@ class AMDiffLoss(nn.Module):
 
     def __init__(self, e_T: float, e_max: float, lor_weights: WeightsLike = None, rev_weights: WeightsLike = None,
                  seg_weights: WeightsLike = None, drop_lesion: bool = False, drop_organs: bool = False,
-                 gamma: float = GAMMA, seg_eps: float = EPS):
+                 gamma: float = GAMMA, seg_eps: float = EPS, seg_form: str = "printed"):
         super().__init__()
         lambda_warm(0, e_T, e_max)  # validate the schedule now, not at the first e_T epoch
         self.e_T, self.e_max = e_T, e_max
         self.register_buffer("lor_weights", ablation_weights(lor_weights, drop_lesion, drop_organs))
         self.register_buffer("rev_weights", class_weights(rev_weights))
         self.register_buffer("seg_weights", class_weights(seg_weights))
-        self.gamma, self.seg_eps = gamma, seg_eps
+        self.gamma, self.seg_eps, self.seg_form = gamma, seg_eps, seg_form
 
     def forward(self, eps_pred, eps, *, epoch, **aux):
         return total_loss(eps_pred, eps, epoch=epoch, e_T=self.e_T, e_max=self.e_max,
                           lor_weights=self.lor_weights, rev_weights=self.rev_weights, seg_weights=self.seg_weights,
-                          gamma=self.gamma, seg_eps=self.seg_eps, **aux)
+                          gamma=self.gamma, seg_eps=self.seg_eps, seg_form=self.seg_form, **aux)

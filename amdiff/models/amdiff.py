@@ -1,0 +1,96 @@
+"""AMDiff: semantic-informed denoiser + denoising-informed segmenter (paper Fig. 2).
+
+One module holds f_den (conditioned diffusion UNet), f_rev (revision) and f_seg (dual-branch
+segmenter), plus the cosine schedule. The ablations of Table 4 are variants of this module:
+
+- ``amdiff_no_revision``: no f_rev; the segmenter gets [P_HC, I_LC] directly.
+- ``amdiff_no_organ_reg`` / ``amdiff_no_lesion_reg``: L_lor without the organ / lesion terms
+  (the loss, not the network, changes).
+- ``amdiff_no_resmamba``: the segmenter's encoder uses plain residual conv blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from amdiff.diffusion.schedule import CosineSchedule, diffusion_to_suv, suv_to_diffusion
+from amdiff.models.denoiser import DenoiserUNet
+from amdiff.models.revision import RevisionModule
+from amdiff.models.segmenter import DualBranchSegmenter
+
+
+@dataclass(frozen=True)
+class Variant:
+    revision: bool = True
+    drop_lesion_reg: bool = False
+    drop_organ_reg: bool = False
+    use_mamba: bool = True
+
+
+VARIANTS = {
+    "amdiff": Variant(),
+    "amdiff_no_revision": Variant(revision=False),
+    "amdiff_no_organ_reg": Variant(drop_organ_reg=True),
+    "amdiff_no_lesion_reg": Variant(drop_lesion_reg=True),
+    "amdiff_no_resmamba": Variant(use_mamba=False),
+}
+
+
+class AMDiff(nn.Module):
+    def __init__(self, variant: str = "amdiff", denoiser: dict | None = None,
+                 revision: dict | None = None, segmenter: dict | None = None,
+                 timesteps: int = 250, suv_cutoff: float = 20.0):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown AMDiff variant {variant!r}; choose from {sorted(VARIANTS)}")
+        self.variant_name = variant
+        self.variant = VARIANTS[variant]
+        den = dict(denoiser or {})
+        if "channels" in den:
+            den["channels"] = tuple(den["channels"])
+        self.denoiser = DenoiserUNet(**den)
+        self.revision = RevisionModule(**(revision or {})) if self.variant.revision else None
+        self.segmenter = DualBranchSegmenter(use_mamba=self.variant.use_mamba, **(segmenter or {}))
+        self.schedule = CosineSchedule(timesteps)
+        self.suv_cutoff = float(suv_cutoff)
+
+    # ---- domains ----------------------------------------------------------------------
+    def to_diffusion(self, suv: torch.Tensor) -> torch.Tensor:
+        return suv_to_diffusion(suv, self.suv_cutoff)
+
+    def to_suv(self, x: torch.Tensor) -> torch.Tensor:
+        return diffusion_to_suv(x, self.suv_cutoff)
+
+    # ---- pieces used by training and inference -----------------------------------------
+    def eps(self, x_t: torch.Tensor, i_lc_suv: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """f_den(I^t (+) I_LC, t), Eq. 2 (the condition enters in the diffusion domain)."""
+        return self.denoiser(x_t, self.to_diffusion(i_lc_suv), t)
+
+    def revise(self, p_hc_suv: torch.Tensor, i_lc_suv: torch.Tensor) -> torch.Tensor:
+        """P_HCR = f_rev(P_HC, I_LC) (Eq. 6); without the module, P_HC itself."""
+        return p_hc_suv if self.revision is None else self.revision(p_hc_suv, i_lc_suv)
+
+    def segment(self, p_hcr_suv: torch.Tensor, i_lc_suv: torch.Tensor) -> dict[str, torch.Tensor]:
+        """P_seg = f_seg(P_HCR (+) I_LC), Eq. 8."""
+        return self.segmenter(torch.cat([p_hcr_suv, i_lc_suv], dim=1))
+
+    def lor_switches(self) -> dict:
+        return {"drop_lesion": self.variant.drop_lesion_reg, "drop_organs": self.variant.drop_organ_reg}
+
+    def parameter_groups(self) -> tuple[list, list]:
+        """(denoiser parameters, revision + segmenter parameters): separate learning rates."""
+        seg = list(self.segmenter.parameters())
+        if self.revision is not None:
+            seg += list(self.revision.parameters())
+        return list(self.denoiser.parameters()), seg
+
+
+def build_model(variant: str, config: dict) -> AMDiff:
+    """An AMDiff variant sized by the config's ``models`` and ``diffusion`` sections."""
+    models, diffusion = config["models"], config["diffusion"]
+    return AMDiff(variant, denoiser=models["denoiser"], revision=models.get("revision"),
+                  segmenter=models.get("segmenter"), timesteps=diffusion["timesteps"],
+                  suv_cutoff=diffusion["suv_cutoff"])
