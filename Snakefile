@@ -27,9 +27,18 @@ include: "rules/listmode.smk"
 include: "rules/recon.smk"
 include: "rules/labels.smk"
 include: "rules/qc.smk"
+# The model stages need the models/training/diffusion/inference sections (a data-only
+# config prepares the cohort and stops there).
+MODELS = all(k in config for k in ("models", "training", "diffusion", "inference"))
+if MODELS:
+
+    include: "rules/train.smk"
+    include: "rules/predict.smk"
+
 
 
 rule all:
     input:
         data_targets(),
+        prediction_targets() if MODELS else [],
     default_target: True

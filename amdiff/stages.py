@@ -251,3 +251,53 @@ def import_image(args) -> None:
         raise InputError(args.input, f"lesion mask must be binary, found values up to {vol.data.max()}")
     with atomic_path(args.out) as tmp:
         shutil.copyfile(args.input, tmp)
+
+
+def _threads(n) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+
+
+def train(args) -> None:
+    from amdiff.train.trainer import Trainer
+
+    config = load_config(args.config)
+    _require_sections(config, args.config, ("models", "training", "diffusion"))
+    _threads(args.threads or config["training"].get("threads"))
+    Trainer(config, args.variant, args.site, args.manifest, args.out_dir,
+            device=args.device).fit(max_epochs_this_run=args.max_epochs)
+
+
+def predict(args) -> None:
+    """Write denoised.nii.gz (SUV), lesion.nii.gz, organs.nii.gz (and uncertainty.nii.gz)."""
+    from amdiff.infer.predict import predict_volume
+    from amdiff.train.checkpoint import load_checkpoint
+
+    config = load_config(args.config)
+    _require_sections(config, args.config, ("inference",))
+    _threads(args.threads)
+    state = load_checkpoint(args.checkpoint)
+    trained = state["config"]  # the network is rebuilt exactly as it was trained
+    from amdiff.models.amdiff import build_model
+
+    model = build_model(state["variant"], trained)
+    model.load_state_dict(state["model"])
+    device = args.device or config["inference"].get("device", "cpu")
+    model.to(device)
+    lc = read_volume(args.lc, "suv")
+    seed = derived_seed(config["seed"], "predict", args.subject, args.level)
+    pred = predict_volume(model, lc.data, config["inference"], seed, device=device)
+    out = Path(args.out_dir)
+    write_volume(out / "denoised.nii.gz", pred.denoised, lc.affine)
+    write_volume(out / "lesion.nii.gz", pred.lesion, lc.affine, dtype=np.uint8)
+    write_volume(out / "organs.nii.gz", pred.organs, lc.affine, dtype=np.uint8)
+    if pred.uncertainty is not None:
+        write_volume(out / "uncertainty.nii.gz", pred.uncertainty, lc.affine)
+
+
+def _require_sections(config: dict, source, sections) -> None:
+    missing = [s for s in sections if s not in config]
+    if missing:
+        raise InputError(source, f"config lacks the section(s) {', '.join(missing)} needed here")

@@ -1,0 +1,49 @@
+# Inference: every trained variant predicts every test subject at every count level of the
+# sites it is evaluated on (training.train_sites), writing the denoised SUV image, the lesion
+# mask and the organ label map on the input's grid.
+
+INFERENCE = config["inference"]
+TRAINED_ON = {test: train for train, tests in TRAINING["train_sites"].items() for test in tests}
+
+
+def test_cases():
+    """(site, subject, image name pXXX_rN) of every test image a model predicts."""
+    return [(s["site"], s["subject"], name) for s in SUBJECTS
+            if s["split"] == "test" and s["site"] in TRAINED_ON
+            for name in lc_names(s["site"], s["split"], s)]
+
+
+def prediction_targets():
+    return [f"{RESULTS}/predictions/{model}/{site}/{subject}/{name}/{item}.nii.gz"
+            for model in VARIANTS for site, subject, name in test_cases()
+            for item in ("denoised", "lesion", "organs")]
+
+
+rule predict_amdiff:
+    input:
+        model=lambda w: f"{RESULTS}/models/{w.model}/{TRAINED_ON[w.site]}/best.pt",
+        lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
+    output:
+        denoised=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",
+        lesion=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/lesion.nii.gz",
+        organs=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/organs.nii.gz",
+    params:
+        inference=json.dumps(INFERENCE),
+        outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
+    wildcard_constraints:
+        model="|".join(VARIANTS),
+    log:
+        "logs/predict/{model}/{site}/{subject}/{level}_r{real}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000 if INFERENCE.get("device", "cpu") == "cpu" else 32000,
+        runtime=60 if INFERENCE.get("device", "cpu") == "cpu" else 240,
+        gpu=1 if INFERENCE.get("device", "cpu") == "cuda" else 0,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        "amdiff predict --config {CONFIG_FILE} --checkpoint {input.model} --lc {input.lc}"
+        " --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
+        " --out-dir {params.outdir} --threads {threads} > {log} 2>&1"

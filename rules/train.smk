@@ -1,0 +1,41 @@
+# Training: every AMDiff variant per training site. The job writes last.pt every epoch (not a
+# declared output), so a killed job resumes from it when re-run; best.pt is the best-validation
+# checkpoint that inference uses.
+
+TRAINING = config["training"]
+VARIANTS = config["models"]["variants"]
+TRAIN_SITES = list(TRAINING["train_sites"])
+
+
+def training_device():
+    return TRAINING.get("device", "cpu")
+
+
+rule train_amdiff:
+    input:
+        manifest=f"{RESULTS}/manifest.tsv",
+    output:
+        best=f"{RESULTS}/models/{{model}}/{{train_site}}/best.pt",
+        log=report(f"{RESULTS}/models/{{model}}/{{train_site}}/log.csv", category="Training",
+                   caption="../reports/captions/training_log.rst",
+                   labels={"model": "{model}", "site": "{train_site}"}),
+    params:
+        training=json.dumps({k: config[k] for k in ("models", "training", "diffusion")}),
+        outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
+    wildcard_constraints:
+        model="|".join(VARIANTS),
+        train_site="|".join(TRAIN_SITES),
+    log:
+        "logs/train/{model}/{train_site}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{model}}/{{train_site}}.tsv"
+    threads: TRAINING.get("threads", 1)
+    resources:
+        mem_mb=8000 if training_device() == "cpu" else 32000,
+        runtime=120 if training_device() == "cpu" else 2880,
+        gpu=1 if training_device() == "cuda" else 0,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        "amdiff train --config {CONFIG_FILE} --manifest {input.manifest} --site {wildcards.train_site}"
+        " --variant {wildcards.model} --out-dir {params.outdir} --threads {threads} > {log} 2>&1"
