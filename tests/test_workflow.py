@@ -30,8 +30,9 @@ def tiny_run(repo, venv_env, tmp_path_factory):
 def test_tiny_workflow_produces_the_cohort(tiny_run, repo):
     res = tiny_run / "results"
     manifest = pd.read_csv(res / "manifest.tsv", sep="\t")
-    assert sorted(manifest.subject) == ["mct001", "mct002", "vision001"]
-    assert dict(zip(manifest.subject, manifest.split)) == {"mct001": "train", "mct002": "test", "vision001": "test"}
+    assert sorted(manifest.subject) == ["mct001", "mct002", "mct003", "vision001"]
+    assert dict(zip(manifest.subject, manifest.split)) == {"mct001": "train", "mct002": "val", "mct003": "test",
+                                                           "vision001": "test"}
     for _, row in manifest.iterrows():
         # manifest paths are relative to the manifest's folder
         hc = read_volume(res / row.hc_pet, "suv")
@@ -40,8 +41,8 @@ def test_tiny_workflow_produces_the_cohort(tiny_run, repo):
         assert hc.data.shape == (48, 48, 64) and np.allclose(hc.affine, lesion.affine)
         assert set(np.unique(organs.data)) <= set(range(8)) and lesion.data.max() == 1
         names = [item.split("=")[0] for item in row.lc_pet.split(";")]
-        assert names == (["p010_r0", "p020_r0"] if row.split == "train" else
-                         ["p005_r0", "p040_r0"] if row.site == "mct" else ["p0167_r0"])
+        assert names == {"train": ["p010_r0", "p020_r0"], "val": ["p010_r0"],
+                         "test": ["p005_r0", "p040_r0"] if row.site == "mct" else ["p0167_r0"]}[row.split]
         # Noise rises as counts fall: liver CV of the lowest level above the high-count one.
         liver = organs.data == 1
         lowest = read_volume(res / row.lc_pet.split(";")[0].split("=")[1], "suv").data
@@ -50,8 +51,8 @@ def test_tiny_workflow_produces_the_cohort(tiny_run, repo):
         # Mean liver SUV of the high-count image close to the phantom's truth.
         truth = read_volume(res / row.site / row.subject / "truth_suv.nii.gz", "suv").data
         assert hc.data[liver].mean() == pytest.approx(truth[liver].mean(), rel=0.15)
-    counts = json.loads((res / "mct" / "mct002" / "listmode" / "counts.json").read_text())
-    acq = json.loads((res / "mct" / "mct002" / "listmode" / "acquisition.json").read_text())
+    counts = json.loads((res / "mct" / "mct003" / "listmode" / "counts.json").read_text())
+    acq = json.loads((res / "mct" / "mct003" / "listmode" / "acquisition.json").read_text())
     assert sorted(counts["events"]) == ["p005", "p040"]
     for level, n in counts["events"].items():
         assert n == [int(np.floor(parse_level_name(level) / 100 * acq["events"] + 0.5))]
@@ -59,6 +60,29 @@ def test_tiny_workflow_produces_the_cohort(tiny_run, repo):
     assert set(summary.site) >= {"mct", "vision"}
     png = (res / "qc" / "mct" / "mct001.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+@pytest.mark.slow
+def test_tiny_workflow_trains_every_variant_and_predicts_every_test_image(tiny_run):
+    res = tiny_run / "results"
+    variants = ["amdiff", "amdiff_no_revision", "amdiff_no_organ_reg", "amdiff_no_lesion_reg", "amdiff_no_resmamba"]
+    for variant in variants:
+        log = pd.read_csv(res / "models" / variant / "mct" / "log.csv")
+        assert log.epoch.tolist() == [0, 1] and log.lambda_warm[0] == 0 and log.train_seg[1] > 0
+        assert (res / "models" / variant / "mct" / "best.pt").stat().st_size > 10_000
+        for site, subject, image in (("mct", "mct003", "p005_r0"), ("mct", "mct003", "p040_r0"),
+                                     ("vision", "vision001", "p0167_r0")):
+            out = res / "predictions" / variant / site / subject / image
+            lc = read_volume(res / site / subject / f"lc_{image}.nii.gz", "suv")
+            denoised = read_volume(out / "denoised.nii.gz", "suv")
+            lesion = read_volume(out / "lesion.nii.gz", "labels")
+            organs = read_volume(out / "organs.nii.gz", "labels")
+            for vol in (denoised, lesion, organs):
+                assert vol.data.shape == lc.data.shape and np.allclose(vol.affine, lc.affine)
+            assert lesion.data.max() <= 1 and organs.data.max() <= 7
+            if variant == "amdiff_no_revision":   # P_HC is bounded by the diffusion cutoff
+                assert denoised.data.max() <= 20.0 + 1e-3
+    assert not (res / "models" / "amdiff" / "uexplorer").exists()
 
 
 @pytest.mark.slow
@@ -79,6 +103,10 @@ def test_paper_config_plans_the_full_study(repo, venv_env, tmp_path):
         assert any(line.split()[:2] == [rule, "244"] for line in out.splitlines()), out[-2000:]
     # low-count recons: mct 195x3 + 29x2, vision 10x1, uexplorer 10x3
     assert any(line.split()[:2] == ["recon_lowcount", str(195 * 3 + 29 * 2 + 10 + 10 * 3)] for line in out.splitlines())
+    # 5 AMDiff variants x 2 training sites; predictions of every test image:
+    # mct 29x2 + vision 10x1 (mct models) + uexplorer 5x3
+    assert any(line.split()[:2] == ["train_amdiff", "10"] for line in out.splitlines())
+    assert any(line.split()[:2] == ["predict_amdiff", str(5 * (29 * 2 + 10 + 5 * 3))] for line in out.splitlines())
 
 
 def test_bad_config_key_stops_with_one_line(repo, venv_env, tmp_path):
@@ -117,6 +145,8 @@ def test_own_data_from_an_autopet_folder_runs_through_the_same_path(tiny_run, re
 
     config = yaml.safe_load((repo / ".test/config/config.yaml").read_text())
     config["cohort"] = {"source": "manifest", "manifest": str(manifest), "data_roots": [str(tmp_path)]}
+    for section in ("models", "training", "diffusion", "inference"):   # data stages only
+        config.pop(section)
     config["labels"]["method"] = "totalsegmentator"
     site = config["sites"].pop("mct")
     site["count_levels"] = {"train": [10], "test": [5]}
