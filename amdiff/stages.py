@@ -273,16 +273,15 @@ def train(args) -> None:
 def predict(args) -> None:
     """Write denoised.nii.gz (SUV), lesion.nii.gz, organs.nii.gz (and uncertainty.nii.gz)."""
     from amdiff.infer.predict import predict_volume
+    from amdiff.models.amdiff import build_model
     from amdiff.train.checkpoint import load_checkpoint
 
     config = load_config(args.config)
     _require_sections(config, args.config, ("inference",))
     _threads(args.threads)
     state = load_checkpoint(args.checkpoint)
-    trained = state["config"]  # the network is rebuilt exactly as it was trained
-    from amdiff.models.amdiff import build_model
-
-    model = build_model(state["variant"], trained)
+    # the network is rebuilt exactly as it was trained, from the config inside the checkpoint
+    model = build_model(state["variant"], state["config"])
     model.load_state_dict(state["model"])
     device = args.device or config["inference"].get("device", "cpu")
     model.to(device)
