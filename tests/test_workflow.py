@@ -150,6 +150,7 @@ def test_own_data_from_an_autopet_folder_runs_through_the_same_path(tiny_run, re
     config["labels"]["method"] = "totalsegmentator"
     site = config["sites"].pop("mct")
     site["count_levels"] = {"train": [10], "test": [5]}
+    site["split"] = {"train": 1, "val": 0, "test": 1}
     config["sites"] = {"autopet": site}
     cfg = tmp_path / "own.yaml"
     cfg.write_text(yaml.safe_dump(config))
