@@ -290,8 +290,9 @@ def predict(args) -> None:
     pred = predict_volume(model, lc.data, config["inference"], seed, device=device)
     out = Path(args.out_dir)
     write_volume(out / "denoised.nii.gz", pred.denoised, lc.affine)
-    write_volume(out / "lesion.nii.gz", pred.lesion, lc.affine, dtype=np.uint8)
-    write_volume(out / "organs.nii.gz", pred.organs, lc.affine, dtype=np.uint8)
+    if pred.lesion is not None:   # denoiser-only models (med_ddpm) write no masks
+        write_volume(out / "lesion.nii.gz", pred.lesion, lc.affine, dtype=np.uint8)
+        write_volume(out / "organs.nii.gz", pred.organs, lc.affine, dtype=np.uint8)
     if pred.uncertainty is not None:
         write_volume(out / "uncertainty.nii.gz", pred.uncertainty, lc.affine)
 

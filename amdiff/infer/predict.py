@@ -23,8 +23,8 @@ from amdiff.models.amdiff import AMDiff
 @dataclass
 class Prediction:
     denoised: np.ndarray          # P_HCR in SUV, full range (P_HC for the no-revision ablation)
-    lesion: np.ndarray            # uint8 binary
-    organs: np.ndarray            # uint8 labels 0..7
+    lesion: np.ndarray | None     # uint8 binary (None for a denoiser-only model)
+    organs: np.ndarray | None     # uint8 labels 0..7
     uncertainty: np.ndarray | None = None   # voxel-wise SD over samples (SUV), if samples > 1
 
 
@@ -69,10 +69,12 @@ def predict_volume(model: AMDiff, lc_suv: np.ndarray, inference: dict, seed: int
         samples.append(model.revise(model.to_suv(x0.clamp(-1, 1)), lc))
     stack = torch.stack(samples)
     p_hcr = stack.mean(0)
+    uncertainty = stack.std(0, unbiased=True)[crop][0, 0].cpu().numpy() if len(samples) > 1 else None
+    denoised = p_hcr[crop][0, 0].cpu().numpy().astype(np.float32)
+    if model.segmenter is None:
+        return Prediction(denoised=denoised, lesion=None, organs=None, uncertainty=uncertainty)
     seg = windows(torch.cat([p_hcr, lc], 1), lambda patch: model.segment(patch[:, :1], patch[:, 1:]))
     lesion = seg["lesion"].argmax(1, keepdim=True).to(torch.uint8)
     organs = seg["organs"].argmax(1, keepdim=True).to(torch.uint8)
-    uncertainty = stack.std(0, unbiased=True)[crop][0, 0].cpu().numpy() if len(samples) > 1 else None
-    return Prediction(denoised=p_hcr[crop][0, 0].cpu().numpy().astype(np.float32),
-                      lesion=lesion[crop][0, 0].cpu().numpy(), organs=organs[crop][0, 0].cpu().numpy(),
-                      uncertainty=uncertainty)
+    return Prediction(denoised=denoised, lesion=lesion[crop][0, 0].cpu().numpy(),
+                      organs=organs[crop][0, 0].cpu().numpy(), uncertainty=uncertainty)

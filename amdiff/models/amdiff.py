@@ -7,6 +7,10 @@ segmenter), plus the cosine schedule. The ablations of Table 4 are variants of t
 - ``amdiff_no_organ_reg`` / ``amdiff_no_lesion_reg``: L_lor without the organ / lesion terms
   (the loss, not the network, changes).
 - ``amdiff_no_resmamba``: the segmenter's encoder uses plain residual conv blocks.
+
+``med_ddpm`` is the comparison model 3D Med-DDPM (Dorjsembe et al. 2024) as the paper uses it:
+the same conditioned diffusion module with no semantic parts (no L_lor, no revision module, no
+segmenter), trained with L_diff alone.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class Variant:
     drop_lesion_reg: bool = False
     drop_organ_reg: bool = False
     use_mamba: bool = True
+    segmentation: bool = True
 
 
 VARIANTS = {
@@ -36,6 +41,7 @@ VARIANTS = {
     "amdiff_no_organ_reg": Variant(drop_organ_reg=True),
     "amdiff_no_lesion_reg": Variant(drop_lesion_reg=True),
     "amdiff_no_resmamba": Variant(use_mamba=False),
+    "med_ddpm": Variant(revision=False, segmentation=False),
 }
 
 
@@ -53,7 +59,8 @@ class AMDiff(nn.Module):
             den["channels"] = tuple(den["channels"])
         self.denoiser = DenoiserUNet(**den)
         self.revision = RevisionModule(**(revision or {})) if self.variant.revision else None
-        self.segmenter = DualBranchSegmenter(use_mamba=self.variant.use_mamba, **(segmenter or {}))
+        self.segmenter = (DualBranchSegmenter(use_mamba=self.variant.use_mamba, **(segmenter or {}))
+                          if self.variant.segmentation else None)
         self.schedule = CosineSchedule(timesteps)
         self.suv_cutoff = float(suv_cutoff)
 
@@ -82,7 +89,7 @@ class AMDiff(nn.Module):
 
     def parameter_groups(self) -> tuple[list, list]:
         """(denoiser parameters, revision + segmenter parameters): separate learning rates."""
-        seg = list(self.segmenter.parameters())
+        seg = [] if self.segmenter is None else list(self.segmenter.parameters())
         if self.revision is not None:
             seg += list(self.revision.parameters())
         return list(self.denoiser.parameters()), seg
@@ -92,5 +99,6 @@ def build_model(variant: str, config: dict) -> AMDiff:
     """An AMDiff variant sized by the config's ``models`` and ``diffusion`` sections."""
     models, diffusion = config["models"], config["diffusion"]
     return AMDiff(variant, denoiser=models["denoiser"], revision=models.get("revision"),
-                  segmenter=models.get("segmenter"), timesteps=diffusion["timesteps"],
+                  segmenter=models.get("segmenter") if VARIANTS[variant].segmentation else None,
+                  timesteps=diffusion["timesteps"],
                   suv_cutoff=diffusion["suv_cutoff"])

@@ -76,8 +76,13 @@ class Trainer:
         torch.manual_seed(self.seed)
         self.model = build_model(variant, config).to(self.device)
         den, seg = self.model.parameter_groups()
-        self.optimizer = torch.optim.Adam([{"params": den, "lr": self.tcfg["lr_denoiser"]},
-                                           {"params": seg, "lr": self.tcfg["lr_segmenter"]}])
+        groups = [{"params": den, "lr": self.tcfg["lr_denoiser"]}]
+        if seg:
+            groups.append({"params": seg, "lr": self.tcfg["lr_segmenter"]})
+        self.optimizer = torch.optim.Adam(groups)
+        self.segments = self.model.segmenter is not None
+        if not self.segments:   # a denoiser-only model (med_ddpm) never leaves the warm-up: L_diff alone
+            self.e_T = self.e_max
         # both learning rates x0.1 after half the epochs (paper: 400 of 800)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=[max(1, self.e_max // 2)], gamma=self.tcfg.get("lr_decay_factor", 0.1))
@@ -153,6 +158,8 @@ class Trainer:
                 ref = hc.clamp(max=m.suv_cutoff)
                 sq.append(float(((p_hc - ref) ** 2).mean()))
                 ranges.append(float(ref.max() - ref.min()))
+                if not self.segments:
+                    continue
                 seg = m.segment(m.revise(p_hc, lc), lc)
                 for head, truth in (("lesion", batch["lesion"] > 0), ("organs", batch["organs"])):
                     pred = seg[head].argmax(1).cpu()
@@ -168,7 +175,9 @@ class Trainer:
         m.train()
         dice = {h: (1.0 if total[h] == 0 else 2 * inter[h] / total[h]) for h in inter}
         nrmse = math.sqrt(float(np.mean(sq))) / max(float(np.max(ranges)), 1e-6)
-        score = nrmse + 1.0 - 0.5 * (dice["lesion"] + dice["organs"])
+        if not self.segments:
+            dice = {h: float("nan") for h in dice}
+        score = nrmse + (1.0 - 0.5 * (dice["lesion"] + dice["organs"]) if self.segments else 0.0)
         return {"val_diff": float(np.mean(diffs)), "val_nrmse": nrmse, "val_dice_lesion": dice["lesion"],
                 "val_dice_organs": dice["organs"], "val_score": score}
 
@@ -204,7 +213,7 @@ class Trainer:
                 self.optimizer.step()
                 for key in ("total", "diff", "lor", "rev", "seg"):
                     sums[key] = sums.get(key, 0.0) + float(terms[key].detach()) * len(batch["hc"]) / len(patches)
-            lrs = [g["lr"] for g in self.optimizer.param_groups]
+            lrs = [g["lr"] for g in self.optimizer.param_groups] + [float("nan")]
             self.scheduler.step()
             val = self._validate()
             improved = val["val_score"] < self.best_score
