@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
 
+    p = sub.add_parser("params", help="parameter counts of every model at paper size")
+    p.add_argument("--config", default=None, help="config with a models section (default: config/paper.yaml)")
+
     p = sub.add_parser("import-image", help="copy a user image into the results after checking it")
     p.add_argument("--kind", choices=["suv", "ct", "labels"], required=True)
     p.add_argument("--input", required=True)

@@ -301,3 +301,32 @@ def _require_sections(config: dict, source, sections) -> None:
     missing = [s for s in sections if s not in config]
     if missing:
         raise InputError(source, f"config lacks the section(s) {', '.join(missing)} needed here")
+
+
+def params(args) -> None:
+    """Print parameter counts at paper size: AMDiff's networks and variants, then the baselines."""
+    import importlib
+
+    from amdiff.config import SCHEMA_PATH
+    from amdiff.models.amdiff import VARIANTS, build_model
+    from amdiff.models.params import count_parameters
+
+    config = load_config(args.config or SCHEMA_PATH.parent / "paper.yaml")
+    _require_sections(config, args.config or "config/paper.yaml", ("models", "diffusion"))
+    rows = []
+    for variant in VARIANTS:
+        model = build_model(variant, config)
+        parts = {"denoiser": model.denoiser, "revision": model.revision, "segmenter": model.segmenter}
+        detail = ", ".join(f"{k} {count_parameters(v) / 1e6:.2f} M" for k, v in parts.items() if v is not None)
+        rows.append((variant, count_parameters(model), detail))
+    for name in ("leqmod_gan", "spach_transformer", "swin_unetr", "nnmamba", "medsam3d"):
+        try:
+            module = importlib.import_module(f"amdiff.models.baselines.{name}")
+        except ImportError as exc:
+            rows.append((name, None, f"not available ({exc})"))
+            continue
+        rows.append((name, count_parameters(module.build(**module.PAPER)), module.publication.split(";")[0]))
+    width = max(len(r[0]) for r in rows)
+    for name, n, detail in rows:
+        count = f"{n / 1e6:8.2f} M" if n is not None else "       -  "
+        print(f"{name:<{width}}  {count}  {detail}")
