@@ -1,0 +1,146 @@
+"""SwinUNETR-V2 comparison segmenter (AMDiff paper Sec. 4.2, Table 3), MONAI's network unchanged.
+
+The paper cites He et al., "SwinUNETR-V2: stronger Swin transformers with stagewise convolutions
+for 3D medical image segmentation" (MICCAI 2023), which MONAI implements as
+``monai.networks.nets.SwinUNETR(use_v2=True)``: a Swin transformer encoder (patch 2, window 7,
+depths 2/2/2/2, heads 3/6/12/24) whose stages each start with a residual conv block (the V2
+change), UNETR-style conv skips and decoder. ``PAPER`` uses feature_size 48 as in the Swin UNETR
+papers (1 in / 1 out: 62.2 M parameters for V1, 72.8 M for V2).
+
+Two outputs: ONE SwinUNETR with out_channels = 2 + 8, whose output layer (a 1x1x1 conv on the
+last decoder features) is split into the lesion logits (channels 0-1: background, lesion) and the
+organ logits (channels 2-9: background, liver, lung, bone, muscle, kidney, spleen, aorta). The
+channel slices of a 1x1x1 conv are two independent linear heads on shared features, so this is a
+shared-decoder, two-head network with each head's own softmax -- the closest to AMDiff's
+lesion/organ outputs that keeps MONAI's network as published. A shared encoder with two MONAI
+decoders would need MONAI's internals re-wired, i.e. no longer the published model.
+
+Input: [I_LC, denoised] in SUV, (B, 2, X, Y, Z), normalised inside by asinh (as AMDiff's
+segmenter, ``amdiff.models.segmenter.normalise_suv``). Sides must be multiples of 32 (five
+halvings: patch embedding + four merges); with instance norm (MONAI's default) the deepest 1/32
+map must also hold more than one voxel, e.g. 32 x 32 x 64 or 64^3, since instance statistics of a
+single voxel are undefined.
+
+Loss: AMDiff's segmentation loss (``amdiff_segmentation_loss``); the Swin UNETR papers train with
+Dice + CE, which that loss (CE + a focal Dice per class) contains up to the focal exponent.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from monai.networks.nets import SwinUNETR
+from torch import nn
+
+from amdiff.errors import InputError
+from amdiff.losses.regularizers import S, WeightsLike, class_weights, semantic_masks
+from amdiff.losses.segmentation import EPS, GAMMA, segmentation_terms
+from amdiff.models.segmenter import normalise_suv
+
+publication = ("He Y, Nath V, Yang D, Tang Y, Myronenko A, Xu D. SwinUNETR-V2: stronger Swin "
+               "transformers with stagewise convolutions for 3D medical image segmentation. "
+               "MICCAI 2023, LNCS 14223:416-426. Code: MONAI monai.networks.nets.SwinUNETR "
+               "(use_v2=True), github.com/Project-MONAI/MONAI")
+
+N_LESION, N_ORGAN = 2, 8
+NORMS = ("instance", "batch")
+DIVISOR = 32  # 2**5: patch embedding (2) and four patch merges
+
+PAPER = dict(in_channels=2, feature_size=48, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24),
+             window_size=7, use_v2=True, norm_name="instance")
+DEMO = dict(in_channels=2, feature_size=12, depths=(1, 1, 1, 1), num_heads=(3, 6, 12, 24),
+            window_size=7, use_v2=True, norm_name="instance")
+
+
+class SwinUNETRSegmenter(nn.Module):
+    """MONAI SwinUNETR(-V2) with 10 output channels split into lesion (2) and organ (8) logits."""
+
+    def __init__(self, in_channels: int = 2, feature_size: int = 48,
+                 depths: tuple[int, ...] = (2, 2, 2, 2), num_heads: tuple[int, ...] = (3, 6, 12, 24),
+                 window_size: int = 7, use_v2: bool = True, norm_name: str = "instance",
+                 dropout_path_rate: float = 0.0, use_checkpoint: bool = False):
+        super().__init__()
+        if feature_size < 12 or feature_size % 12:
+            raise ValueError(f"SwinUNETR: feature_size must be a positive multiple of 12, got {feature_size}")
+        if in_channels < 1:
+            raise ValueError(f"SwinUNETR: in_channels must be positive, got {in_channels}")
+        if norm_name not in NORMS:
+            raise ValueError(f"SwinUNETR: norm_name must be one of {NORMS}, got {norm_name!r}")
+        self.in_channels = in_channels
+        self.norm_name = norm_name
+        self.net = SwinUNETR(in_channels=in_channels, out_channels=N_LESION + N_ORGAN,
+                             feature_size=feature_size, depths=tuple(depths),
+                             num_heads=tuple(num_heads), window_size=window_size, use_v2=use_v2,
+                             norm_name=norm_name, dropout_path_rate=dropout_path_rate,
+                             use_checkpoint=use_checkpoint)
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.ndim != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(f"SwinUNETR: expected (B, {self.in_channels}, X, Y, Z), got {tuple(x.shape)}")
+        sides = tuple(x.shape[2:])
+        if any(s % DIVISOR or s == 0 for s in sides):
+            raise ValueError(f"SwinUNETR: patch sides must be positive multiples of {DIVISOR}, got {sides}")
+        deepest = math.prod(s // DIVISOR for s in sides)
+        # instance norm needs > 1 voxel per map; batch norm, while training, > 1 value per channel
+        if self.norm_name == "batch":
+            ok = not self.training or deepest * x.shape[0] > 1
+        else:
+            ok = deepest > 1
+        if not ok:
+            raise ValueError(f"SwinUNETR: the 1/{DIVISOR} map of a {sides} patch has one voxel; "
+                             f"{self.norm_name} norm needs more (use e.g. 32x32x64 or 64^3)")
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._check(x)
+        logits = self.net(normalise_suv(x))
+        return {"lesion": logits[:, :N_LESION], "organs": logits[:, N_LESION:]}
+
+
+def build(**kwargs) -> SwinUNETRSegmenter:
+    """SwinUNETRSegmenter(**kwargs); ``build(**PAPER)`` is the publication's size."""
+    return SwinUNETRSegmenter(**kwargs)
+
+
+# ---------------------------------------------------------------- loss shared by the segmenters
+
+REQUIRED_KEYS = ("lc", "denoised", "lesion", "organs")
+
+
+def segmenter_input(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[I_LC, denoised] in SUV, (B, 2, X, Y, Z), after checking the batch's keys and shapes."""
+    missing = [k for k in REQUIRED_KEYS if k not in batch]
+    if missing:
+        raise InputError("segmenter batch", f"missing keys {missing} (need {list(REQUIRED_KEYS)})")
+    lc, den = batch["lc"], batch["denoised"]
+    if lc.ndim != 5 or lc.shape[1] != 1 or den.shape != lc.shape:
+        raise InputError("segmenter batch", f"'lc' and 'denoised' must both be (B, 1, X, Y, Z), "
+                         f"got {tuple(lc.shape)} and {tuple(den.shape)}")
+    for key in ("lesion", "organs"):
+        if tuple(batch[key].shape) != (lc.shape[0], *lc.shape[2:]):
+            raise InputError("segmenter batch", f"'{key}' must be (B, X, Y, Z) = "
+                             f"{(lc.shape[0], *lc.shape[2:])}, got {tuple(batch[key].shape)}")
+    return torch.cat([lc, den], dim=1)
+
+
+def amdiff_segmentation_loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+                             weights: WeightsLike = None, gamma: float = GAMMA) -> dict[str, torch.Tensor]:
+    """AMDiff's L_seg (paper Eq. 9, ``form="focal_tversky"`` as its trainer uses) on a segmenter's outputs.
+
+    total = (1/8) sum_{s=1..8} w_s (CE_s + (1 - DSC_s)^(1/gamma)); also returns the summed "ce"
+    and "focal_dice" parts and detached per-class vectors (index s - 1) for logging.
+    """
+    lesion = batch["lesion"].unsqueeze(1)
+    organs = batch["organs"].unsqueeze(1)
+    les_logits, org_logits = outputs["lesion"], outputs["organs"]
+    masks = semantic_masks(lesion, organs, dtype=les_logits.dtype)
+    terms = segmentation_terms(les_logits, org_logits, masks, gamma, EPS, form="focal_tversky")
+    w = class_weights(weights, device=les_logits.device, dtype=les_logits.dtype)[1:]
+    ce, fd = (w * terms["ce"]).sum() / S, (w * terms["focal_dice"]).sum() / S
+    return {"total": ce + fd, "ce": ce, "focal_dice": fd,
+            "ce_per_class": terms["ce"].detach(), "focal_dice_per_class": terms["focal_dice"].detach()}
+
+
+def loss(model: nn.Module, batch: dict[str, torch.Tensor], weights: WeightsLike = None) -> dict[str, torch.Tensor]:
+    """Forward ``model`` on [lc, denoised] and return AMDiff's segmentation loss terms ("total", ...)."""
+    return amdiff_segmentation_loss(model(segmenter_input(batch)), batch, weights)
