@@ -1,7 +1,6 @@
 import copy
 
 import pytest
-import yaml
 
 from amdiff.config import count_levels, derived_seed, load_config, phantom_subjects, validate_config
 from amdiff.errors import InputError

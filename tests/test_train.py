@@ -1,7 +1,6 @@
 """Joint training: warm-up, logging, checkpoints, and resume reproducing an uninterrupted run."""
 
 import copy
-import pickle
 
 import numpy as np
 import pandas as pd

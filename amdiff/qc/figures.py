@@ -12,7 +12,6 @@ head up, patient right on the viewer's left (radiological), inverted grey scale
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 
 import matplotlib

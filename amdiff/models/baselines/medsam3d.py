@@ -55,8 +55,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from amdiff.errors import InputError
-from amdiff.losses.regularizers import S, WeightsLike, class_weights, semantic_masks
-from amdiff.losses.segmentation import segmentation_terms
+from amdiff.losses.regularizers import WeightsLike
+from amdiff.models.baselines.common import amdiff_segmentation_loss, segmenter_input
 from amdiff.models.segmenter import normalise_suv
 
 publication = ("Wang H., Guo S., Ye J., et al. SAM-Med3D: towards general-purpose segmentation models "
@@ -457,16 +457,7 @@ def loss(model: MedSAM3D, batch: dict, weights: WeightsLike = None, form: str = 
     Returns "total" = (1/S) sum_s w_s (CE_s + FocalDice_s), its "ce" and "focal_dice" parts and
     detached per-class terms (s = 1..8).
     """
-    missing = [k for k in ("lc", "denoised", "lesion", "organs") if k not in batch]
-    if missing:
-        raise InputError("Med-SAM batch", f"missing keys {missing}")
-    out = model(torch.cat([batch["lc"], batch["denoised"]], dim=1))
-    masks = semantic_masks(batch["lesion"].unsqueeze(1), batch["organs"].unsqueeze(1), dtype=out["lesion"].dtype)
-    terms = segmentation_terms(out["lesion"], out["organs"], masks, form=form)
-    w = class_weights(weights, device=out["lesion"].device, dtype=out["lesion"].dtype)[1:]
-    ce, fd = (w * terms["ce"]).sum() / S, (w * terms["focal_dice"]).sum() / S
-    return {"total": ce + fd, "ce": ce, "focal_dice": fd,
-            "ce_per_class": terms["ce"].detach(), "focal_dice_per_class": terms["focal_dice"].detach()}
+    return amdiff_segmentation_loss(model(segmenter_input(batch)), batch, weights, form=form)
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amdiff.models.baselines.swin_unetr import amdiff_segmentation_loss, segmenter_input
+from amdiff.models.baselines.common import amdiff_segmentation_loss, segmenter_input
 from amdiff.models.mamba_backend import is_mamba_module
 from amdiff.models.nnmamba import NORMS, ResidualConvBlock, SiameseMambaLayer, conv_norm_act
 from amdiff.models.segmenter import normalise_suv
