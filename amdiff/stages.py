@@ -325,7 +325,9 @@ def params(args) -> None:
         except ImportError as exc:
             rows.append((name, None, f"not available ({exc})"))
             continue
-        rows.append((name, count_parameters(module.build(**module.PAPER)), module.publication.split(";")[0]))
+        source = module.publication.split(";")[0]
+        rows.append((name, count_parameters(module.build(**module.PAPER)),
+                     source if len(source) <= 90 else source[:87] + "..."))
     width = max(len(r[0]) for r in rows)
     for name, n, detail in rows:
         count = f"{n / 1e6:8.2f} M" if n is not None else "       -  "
