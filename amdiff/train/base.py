@@ -1,0 +1,151 @@
+"""The epoch loop every model shares: seeded patches, checkpoints, resume, CSV log, best.pt.
+
+A subclass builds ``self.model``, ``self.optimizers`` and ``self.schedulers`` (dicts by name)
+and implements ``train_batch`` (one optimisation step, returning floats to log), ``validate``
+(returning at least ``val_score``, lower is better) and ``epoch_columns`` (extra log columns).
+Per epoch e the patches come from (seed, e) and the random generator is seeded from (seed, e),
+so a run resumed from ``last.pt`` reproduces the uninterrupted one on the same machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from amdiff.config import derived_seed
+from amdiff.data.cases import load_cases
+from amdiff.data.patches import PatchSampler, collate
+from amdiff.errors import InputError
+from amdiff.io.atomic import write_text
+from amdiff.train.checkpoint import load_checkpoint, save_checkpoint
+
+
+def device_of(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("training.device", "cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield collate(items[i:i + size])
+
+
+class EpochTrainer(ABC):
+    kind = "model"
+    columns: list[str] = []
+
+    def __init__(self, config: dict, name: str, site: str, manifest, out_dir, device: str | None = None):
+        self.config, self.name, self.site = config, name, site
+        self.tcfg = config["training"]
+        self.out_dir = Path(out_dir)
+        self.device = device_of(device or self.tcfg.get("device", "cpu"))
+        self.seed = derived_seed(config["seed"], "train", name, site)
+        self.e_max = int(self.tcfg["epochs"])
+        patch = tuple(self.tcfg["patch_size"])
+        fraction = self.tcfg.get("lesion_fraction", 0.5)
+        self.train_sampler = PatchSampler(load_cases(manifest, "train", sites=[site]), patch, fraction, self.seed)
+        self.val_sampler = PatchSampler(load_cases(manifest, "val", sites=[site]), patch, fraction, self.seed + 1)
+        self.val_patches = self.val_sampler.epoch(int(self.tcfg["val_patches"]), 0)
+        self.start_epoch, self.best_score, self.history = 0, math.inf, []
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict = {}
+
+    # ---- what a model family defines ------------------------------------------------------
+    @abstractmethod
+    def train_batch(self, batch: dict, epoch: int, generator: torch.Generator) -> dict[str, float]:
+        """One optimisation step on a collated batch; returns the loss terms to log."""
+
+    @abstractmethod
+    def validate(self) -> dict[str, float]:
+        """Metrics on ``self.val_patches`` (called in eval mode without gradients); needs val_score."""
+
+    def epoch_columns(self, epoch: int) -> dict:
+        return {}
+
+    def extra_payload(self) -> dict:
+        return {}
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def payload(self, epoch: int) -> dict:
+        return {"model": self.model.state_dict(), "kind": self.kind, "variant": self.name, "site": self.site,
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                "epoch": epoch, "best_score": self.best_score, "history": self.history,
+                "config": self.config, **self.extra_payload()}
+
+    def resume(self) -> bool:
+        last = self.out_dir / "last.pt"
+        if not last.exists():
+            return False
+        state = load_checkpoint(last, map_location=self.device)
+        if state.get("variant") != self.name:
+            raise InputError(last, f"checkpoint is for model {state.get('variant')!r}, not {self.name!r}")
+        self.model.load_state_dict(state["model"])
+        for key, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][key])
+        for key, sched in self.schedulers.items():
+            sched.load_state_dict(state["schedulers"][key])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.best_score = float(state["best_score"])
+        self.history = list(state["history"])
+        return True
+
+    def write_log(self) -> None:
+        buf = io.StringIO()
+        # model families with a fixed log declare their columns; others log what they return
+        writer = csv.DictWriter(buf, fieldnames=self.columns or list(self.history[0]))
+        writer.writeheader()
+        writer.writerows(self.history)
+        write_text(self.out_dir / "log.csv", buf.getvalue())
+
+    # ---- the loop --------------------------------------------------------------------------
+    def fit(self, max_epochs_this_run: int | None = None, progress: bool = True) -> Path:
+        """Train from the last checkpoint (if any) to e_max; returns best.pt's path.
+
+        ``max_epochs_this_run`` stops early (as a time-limited cluster job would); a later call
+        resumes where it stopped.
+        """
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        n, bs = int(self.tcfg["patches_per_epoch"]), int(self.tcfg["batch_size"])
+        end = self.e_max if max_epochs_this_run is None else min(self.e_max, self.start_epoch + max_epochs_this_run)
+        self.model.train()
+        for epoch in tqdm(range(self.start_epoch, end), desc=f"train {self.name}/{self.site}", unit="epoch",
+                          disable=not progress, initial=self.start_epoch, total=self.e_max):
+            t0 = time.perf_counter()
+            gen = torch.Generator().manual_seed(derived_seed(self.seed, "epoch", str(epoch)))
+            patches = self.train_sampler.epoch(n, epoch)
+            sums: dict[str, float] = {}
+            for batch in batches(patches, bs):
+                for key, value in self.train_batch(batch, epoch, gen).items():
+                    sums[key] = sums.get(key, 0.0) + value * len(batch["hc"]) / len(patches)
+            row = {"epoch": epoch, **self.epoch_columns(epoch)}
+            for sched in self.schedulers.values():
+                sched.step()
+            self.model.eval()
+            with torch.no_grad():
+                val = self.validate()
+            self.model.train()
+            improved = val["val_score"] < self.best_score
+            if improved:
+                self.best_score = val["val_score"]
+            self.history.append({**row, **{f"train_{k}": v for k, v in sums.items()}, **val,
+                                 "best": int(improved), "seconds": round(time.perf_counter() - t0, 3)})
+            if improved:
+                save_checkpoint(self.out_dir / "best.pt", self.payload(epoch))
+            save_checkpoint(self.out_dir / "last.pt", self.payload(epoch))
+            self.write_log()
+        return self.out_dir / "best.pt"
+
+
+def nrmse(pred: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """(sum of squared errors / voxels, range of the reference) for pooled NRMSE over batches."""
+    return float(((pred - ref) ** 2).mean()), float(ref.max() - ref.min())
