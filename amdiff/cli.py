@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--validate", action="store_true", help="also read every image and check geometry")
 
-    p = sub.add_parser("train", help="train one AMDiff variant on one site (resumes from last.pt)")
+    p = sub.add_parser("train", help="train AMDiff, an ablation or a comparison model on one site "
+                                     "(resumes from last.pt)")
     p.add_argument("--config", required=True)
     p.add_argument("--manifest", required=True, help="prepared-cohort manifest (results/manifest.tsv)")
     p.add_argument("--site", required=True)
@@ -121,11 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs (resume later)")
+    p.add_argument("--denoiser-checkpoint", default=None,
+                   help="trained Med-DDPM whose outputs feed a comparison segmenter")
 
     p = sub.add_parser("predict", help="denoise and segment low-count images with a trained model")
     p.add_argument("--config", required=True)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--lc", required=True, help="low-count PET in SUV")
+    p.add_argument("--denoised", default=None, help="Med-DDPM output (comparison segmenters' second input)")
     p.add_argument("--subject", required=True, help="case id; with the level it seeds the sampler")
     p.add_argument("--level", required=True)
     p.add_argument("--out-dir", required=True)

@@ -261,13 +261,19 @@ def _threads(n) -> None:
 
 
 def train(args) -> None:
+    from amdiff.models.amdiff import VARIANTS
+    from amdiff.train.baselines import BaselineTrainer
     from amdiff.train.trainer import Trainer
 
     config = load_config(args.config)
     _require_sections(config, args.config, ("models", "training", "diffusion"))
     _threads(args.threads or config["training"].get("threads"))
-    Trainer(config, args.variant, args.site, args.manifest, args.out_dir,
-            device=args.device).fit(max_epochs_this_run=args.max_epochs)
+    if args.variant in VARIANTS:   # AMDiff, its ablations and Med-DDPM
+        trainer = Trainer(config, args.variant, args.site, args.manifest, args.out_dir, device=args.device)
+    else:
+        trainer = BaselineTrainer(config, args.variant, args.site, args.manifest, args.out_dir,
+                                  device=args.device, denoiser_checkpoint=args.denoiser_checkpoint)
+    trainer.fit(max_epochs_this_run=args.max_epochs)
 
 
 def predict(args) -> None:
@@ -280,16 +286,31 @@ def predict(args) -> None:
     _require_sections(config, args.config, ("inference",))
     _threads(args.threads)
     state = load_checkpoint(args.checkpoint)
-    # the network is rebuilt exactly as it was trained, from the config inside the checkpoint
-    model = build_model(state["variant"], state["config"])
-    model.load_state_dict(state["model"])
     device = args.device or config["inference"].get("device", "cpu")
-    model.to(device)
     lc = read_volume(args.lc, "suv")
-    seed = derived_seed(config["seed"], "predict", args.subject, args.level)
-    pred = predict_volume(model, lc.data, config["inference"], seed, device=device)
     out = Path(args.out_dir)
-    write_volume(out / "denoised.nii.gz", pred.denoised, lc.affine)
+    # the network is rebuilt exactly as it was trained, from what the checkpoint records
+    if state.get("kind") == "baseline":
+        from amdiff.infer.predict import predict_baseline
+        from amdiff.models.baselines import SEGMENTERS, get
+
+        model = get(state["variant"]).build(**state["baseline_kwargs"])
+        model.load_state_dict(state["model"])
+        denoised = None
+        if state["variant"] in SEGMENTERS:
+            if not args.denoised:
+                raise InputError(args.checkpoint, f"{state['variant']} needs --denoised (the Med-DDPM output)")
+            den = read_volume(args.denoised, "suv")
+            check_same_grid(lc, den)
+            denoised = den.data
+        pred = predict_baseline(model.to(device), lc.data, config["inference"], denoised, device=device)
+    else:
+        model = build_model(state["variant"], state["config"])
+        model.load_state_dict(state["model"])
+        seed = derived_seed(config["seed"], "predict", args.subject, args.level)
+        pred = predict_volume(model.to(device), lc.data, config["inference"], seed, device=device)
+    if not (state.get("kind") == "baseline" and pred.lesion is not None):
+        write_volume(out / "denoised.nii.gz", pred.denoised, lc.affine)
     if pred.lesion is not None:   # denoiser-only models (med_ddpm) write no masks
         write_volume(out / "lesion.nii.gz", pred.lesion, lc.affine, dtype=np.uint8)
         write_volume(out / "organs.nii.gz", pred.organs, lc.affine, dtype=np.uint8)

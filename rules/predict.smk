@@ -13,10 +13,20 @@ def test_cases():
             for name in lc_names(s["site"], s["split"], s)]
 
 
+DENOISER_BASELINES = [b for b in BASELINES if b in ("med_ddpm", "leqmod_gan", "spach_transformer")]
+
+
+def outputs_of(model):
+    """What a model predicts: AMDiff all three; denoisers the image; segmenters the masks."""
+    if model in VARIANTS:
+        return ("denoised", "lesion", "organs")
+    return ("denoised",) if model in DENOISER_BASELINES else ("lesion", "organs")
+
+
 def prediction_targets():
     return [f"{RESULTS}/predictions/{model}/{site}/{subject}/{name}/{item}.nii.gz"
-            for model in VARIANTS for site, subject, name in test_cases()
-            for item in ("denoised", "lesion", "organs")]
+            for model in VARIANTS + BASELINES for site, subject, name in test_cases()
+            for item in outputs_of(model)]
 
 
 rule predict_amdiff:
@@ -31,7 +41,7 @@ rule predict_amdiff:
         inference=json.dumps(INFERENCE),
         outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
     wildcard_constraints:
-        model="|".join(VARIANTS),
+        model=never(VARIANTS),
     log:
         "logs/predict/{model}/{site}/{subject}/{level}_r{real}.log",
     benchmark:
@@ -46,4 +56,63 @@ rule predict_amdiff:
     shell:
         "amdiff predict --config {CONFIG_FILE} --checkpoint {input.model} --lc {input.lc}"
         " --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
+        " --out-dir {params.outdir} --threads {threads} > {log} 2>&1"
+
+
+rule predict_denoiser_baseline:
+    input:
+        model=lambda w: f"{RESULTS}/models/{w.model}/{TRAINED_ON[w.site]}/best.pt",
+        lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
+    output:
+        denoised=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",
+    params:
+        inference=json.dumps(INFERENCE),
+        outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
+    wildcard_constraints:
+        model=never(DENOISER_BASELINES),
+    log:
+        "logs/predict/{model}/{site}/{subject}/{level}_r{real}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000 if INFERENCE.get("device", "cpu") == "cpu" else 32000,
+        runtime=60 if INFERENCE.get("device", "cpu") == "cpu" else 240,
+        gpu=1 if INFERENCE.get("device", "cpu") == "cuda" else 0,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        "amdiff predict --config {CONFIG_FILE} --checkpoint {input.model} --lc {input.lc}"
+        " --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
+        " --out-dir {params.outdir} --threads {threads} > {log} 2>&1"
+
+
+rule predict_segmenter_baseline:
+    # Input: I_LC and the Med-DDPM output for the same image (paper Sec. 4.2).
+    input:
+        model=lambda w: f"{RESULTS}/models/{w.model}/{TRAINED_ON[w.site]}/best.pt",
+        lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
+        denoised=f"{RESULTS}/predictions/med_ddpm/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",
+    output:
+        lesion=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/lesion.nii.gz",
+        organs=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/organs.nii.gz",
+    params:
+        inference=json.dumps(INFERENCE),
+        outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
+    wildcard_constraints:
+        model=never(COMPARISON_SEGMENTERS),
+    log:
+        "logs/predict/{model}/{site}/{subject}/{level}_r{real}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000 if INFERENCE.get("device", "cpu") == "cpu" else 32000,
+        runtime=60 if INFERENCE.get("device", "cpu") == "cpu" else 240,
+        gpu=1 if INFERENCE.get("device", "cpu") == "cuda" else 0,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        "amdiff predict --config {CONFIG_FILE} --checkpoint {input.model} --lc {input.lc}"
+        " --denoised {input.denoised} --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
         " --out-dir {params.outdir} --threads {threads} > {log} 2>&1"

@@ -5,6 +5,15 @@
 TRAINING = config["training"]
 VARIANTS = config["models"]["variants"]
 TRAIN_SITES = list(TRAINING["train_sites"])
+BASELINES = config.get("baselines", {}).get("names", [])
+# Med-DDPM is AMDiff's diffusion module alone: it trains with the AMDiff trainer
+DIFFUSION_MODELS = VARIANTS + [b for b in BASELINES if b == "med_ddpm"]
+OTHER_BASELINES = [b for b in BASELINES if b != "med_ddpm"]
+COMPARISON_SEGMENTERS = [b for b in OTHER_BASELINES if b in ("swin_unetr", "nnmamba", "medsam3d")]
+
+
+def never(names):
+    return "|".join(names) if names else "(?!x)x"
 
 
 def training_device():
@@ -23,7 +32,7 @@ rule train_amdiff:
         training=json.dumps({k: config[k] for k in ("models", "training", "diffusion")}),
         outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
     wildcard_constraints:
-        model="|".join(VARIANTS),
+        model=never(DIFFUSION_MODELS),
         train_site="|".join(TRAIN_SITES),
     log:
         "logs/train/{model}/{train_site}.log",
@@ -39,3 +48,41 @@ rule train_amdiff:
     shell:
         "amdiff train --config {CONFIG_FILE} --manifest {input.manifest} --site {wildcards.train_site}"
         " --variant {wildcards.model} --out-dir {params.outdir} --threads {threads} > {log} 2>&1"
+
+
+def baseline_inputs(wildcards):
+    inputs = {"manifest": f"{RESULTS}/manifest.tsv"}
+    if wildcards.model in COMPARISON_SEGMENTERS:   # fed by the trained Med-DDPM's outputs
+        inputs["denoiser"] = f"{RESULTS}/models/med_ddpm/{wildcards.train_site}/best.pt"
+    return inputs
+
+
+rule train_baseline:
+    input:
+        unpack(baseline_inputs),
+    output:
+        best=f"{RESULTS}/models/{{model}}/{{train_site}}/best.pt",
+        log=report(f"{RESULTS}/models/{{model}}/{{train_site}}/log.csv", category="Training",
+                   caption="../reports/captions/training_log.rst",
+                   labels={"model": "{model}", "site": "{train_site}"}),
+    params:
+        training=json.dumps({k: config.get(k) for k in ("training", "baselines", "inference")}),
+        outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
+        denoiser=lambda w, input: f"--denoiser-checkpoint {input.denoiser}" if "denoiser" in input.keys() else "",
+    wildcard_constraints:
+        model=never(OTHER_BASELINES),
+        train_site="|".join(TRAIN_SITES),
+    log:
+        "logs/train/{model}/{train_site}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{model}}/{{train_site}}.tsv"
+    threads: TRAINING.get("threads", 1)
+    resources:
+        mem_mb=8000 if training_device() == "cpu" else 32000,
+        runtime=120 if training_device() == "cpu" else 2880,
+        gpu=1 if training_device() == "cuda" else 0,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        "amdiff train --config {CONFIG_FILE} --manifest {input.manifest} --site {wildcards.train_site}"
+        " --variant {wildcards.model} {params.denoiser} --out-dir {params.outdir} --threads {threads} > {log} 2>&1"

@@ -86,6 +86,23 @@ def test_tiny_workflow_trains_every_variant_and_predicts_every_test_image(tiny_r
 
 
 @pytest.mark.slow
+def test_tiny_workflow_runs_the_six_comparison_models_through_the_same_harness(tiny_run):
+    res = tiny_run / "results"
+    images = (("mct", "mct003", "p005_r0"), ("mct", "mct003", "p040_r0"), ("vision", "vision001", "p0167_r0"))
+    for model, outputs in (("med_ddpm", ["denoised"]), ("leqmod_gan", ["denoised"]),
+                           ("spach_transformer", ["denoised"]), ("swin_unetr", ["lesion", "organs"]),
+                           ("nnmamba", ["lesion", "organs"]), ("medsam3d", ["lesion", "organs"])):
+        assert (res / "models" / model / "mct" / "best.pt").exists(), model
+        for site, subject, image in images:
+            lc = read_volume(res / site / subject / f"lc_{image}.nii.gz", "suv")
+            out = res / "predictions" / model / site / subject / image
+            assert sorted(p.name for p in out.iterdir()) == sorted(f"{o}.nii.gz" for o in outputs), model
+            for name in outputs:
+                vol = read_volume(out / f"{name}.nii.gz", "suv" if name == "denoised" else "labels")
+                assert vol.data.shape == lc.data.shape and np.allclose(vol.affine, lc.affine)
+
+
+@pytest.mark.slow
 def test_rerun_has_nothing_to_do(tiny_run, repo, venv_env):
     result = snakemake(repo, tiny_run, venv_env, "--configfile", str(repo / ".test/config/config.yaml"),
                        "-n", "--cores", "1")
@@ -105,8 +122,12 @@ def test_paper_config_plans_the_full_study(repo, venv_env, tmp_path):
     assert any(line.split()[:2] == ["recon_lowcount", str(195 * 3 + 29 * 2 + 10 + 10 * 3)] for line in out.splitlines())
     # 5 AMDiff variants x 2 training sites; predictions of every test image:
     # mct 29x2 + vision 10x1 (mct models) + uexplorer 5x3
-    assert any(line.split()[:2] == ["train_amdiff", "10"] for line in out.splitlines())
-    assert any(line.split()[:2] == ["predict_amdiff", str(5 * (29 * 2 + 10 + 5 * 3))] for line in out.splitlines())
+    # 5 AMDiff variants + Med-DDPM, and the five other comparison models, per training site
+    assert any(line.split()[:2] == ["train_amdiff", "12"] for line in out.splitlines())
+    assert any(line.split()[:2] == ["train_baseline", "10"] for line in out.splitlines())
+    images = 29 * 2 + 10 + 5 * 3
+    for rule, models in (("predict_amdiff", 5), ("predict_denoiser_baseline", 3), ("predict_segmenter_baseline", 3)):
+        assert any(line.split()[:2] == [rule, str(models * images)] for line in out.splitlines()), rule
 
 
 def test_bad_config_key_stops_with_one_line(repo, venv_env, tmp_path):

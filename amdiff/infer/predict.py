@@ -39,20 +39,45 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tupl
     return torch.nn.functional.pad(x, pads), (slice(None), slice(None), *crop)
 
 
+def _windows(inference: dict, dev: torch.device):
+    roi = tuple(inference["patch_size"])
+    overlap = float(inference["overlap"])
+    sw_batch = int(inference.get("sw_batch_size", 4))
+
+    def run(inputs, predictor):
+        return sliding_window_inference(inputs, roi, sw_batch, predictor, overlap=overlap,
+                                        mode="gaussian", sw_device=dev, device=dev)
+    return run
+
+
+@torch.no_grad()
+def predict_baseline(model: torch.nn.Module, lc_suv: np.ndarray, inference: dict,
+                     denoised_suv: np.ndarray | None = None, device: str = "cpu") -> Prediction:
+    """A comparison model on one volume, by sliding window: a denoiser maps I_LC to the
+    high-count estimate; a segmenter (``denoised_suv`` given: the Med-DDPM output) maps
+    [I_LC, denoised] to lesion and organ labels."""
+    model.eval()
+    dev = torch.device(device)
+    windows = _windows(inference, dev)
+    lc, crop = _pad_to_multiple(torch.as_tensor(lc_suv, dtype=torch.float32)[None, None].to(dev), 8)
+    if denoised_suv is None:
+        out = windows(lc, model).clamp(min=0.0)   # SUV is non-negative
+        return Prediction(denoised=out[crop][0, 0].cpu().numpy().astype(np.float32), lesion=None, organs=None)
+    den, _ = _pad_to_multiple(torch.as_tensor(denoised_suv, dtype=torch.float32)[None, None].to(dev), 8)
+    seg = windows(torch.cat([lc, den], 1), model)
+    return Prediction(denoised=np.asarray(denoised_suv, dtype=np.float32),
+                      lesion=seg["lesion"].argmax(1, keepdim=True)[crop][0, 0].to(torch.uint8).cpu().numpy(),
+                      organs=seg["organs"].argmax(1, keepdim=True)[crop][0, 0].to(torch.uint8).cpu().numpy())
+
+
 @torch.no_grad()
 def predict_volume(model: AMDiff, lc_suv: np.ndarray, inference: dict, seed: int,
                    device: str = "cpu", progress: bool = False) -> Prediction:
     """Denoise and segment one low-count SUV volume."""
     model.eval()
     dev = torch.device(device)
-    roi = tuple(inference["patch_size"])
-    overlap = float(inference["overlap"])
-    sw_batch = int(inference.get("sw_batch_size", 4))
+    windows = _windows(inference, dev)
     lc, crop = _pad_to_multiple(torch.as_tensor(lc_suv, dtype=torch.float32)[None, None].to(dev), 8)
-
-    def windows(inputs, predictor):
-        return sliding_window_inference(inputs, roi, sw_batch, predictor, overlap=overlap,
-                                        mode="gaussian", sw_device=dev, device=dev)
 
     def eps_fn(x_t, t):
         def predictor(patch):
@@ -68,7 +93,7 @@ def predict_volume(model: AMDiff, lc_suv: np.ndarray, inference: dict, seed: int
                     generator=generator, device=dev, progress=progress)
         samples.append(model.revise(model.to_suv(x0.clamp(-1, 1)), lc))
     stack = torch.stack(samples)
-    p_hcr = stack.mean(0)
+    p_hcr = stack.mean(0).clamp(min=0.0)   # SUV is non-negative (the revision output may dip below 0)
     uncertainty = stack.std(0, unbiased=True)[crop][0, 0].cpu().numpy() if len(samples) > 1 else None
     denoised = p_hcr[crop][0, 0].cpu().numpy().astype(np.float32)
     if model.segmenter is None:
