@@ -126,7 +126,7 @@ def test_swin_unetr_input_constraints():
     model = sw.build(**sw.DEMO)
     with pytest.raises(ValueError, match="multiples of 32"):
         model(torch.rand(1, 2, 48, 32, 64))
-    with pytest.raises(ValueError, match="one voxel"):
+    with pytest.raises(ValueError, match="one value per channel"):
         model(torch.rand(2, 2, 32, 32, 32))  # instance norm of a 1x1x1 map
     with pytest.raises(ValueError, match=r"\(B, 2, X, Y, Z\)"):
         model(torch.rand(1, 1, 32, 32, 64))

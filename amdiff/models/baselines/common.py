@@ -6,6 +6,8 @@ Kept apart from the networks so that importing one model does not import another
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from amdiff.errors import InputError
@@ -48,3 +50,20 @@ def amdiff_segmentation_loss(outputs: dict[str, torch.Tensor], batch: dict[str, 
     ce, fd = (w * terms["ce"]).sum() / S, (w * terms["focal_dice"]).sum() / S
     return {"total": ce + fd, "ce": ce, "focal_dice": fd,
             "ce_per_class": terms["ce"].detach(), "focal_dice_per_class": terms["focal_dice"].detach()}
+
+
+def check_segmenter_input(x: torch.Tensor, model: str, in_channels: int, divisor: int, norm: str,
+                          training: bool) -> None:
+    """Shape rules of a downsampling segmenter: (B, C, X, Y, Z), sides multiples of ``divisor``, and
+    a deepest map the normalisation can work on (instance norm needs > 1 voxel; batch norm, while
+    training, > 1 value per channel)."""
+    if x.ndim != 5 or x.shape[1] != in_channels:
+        raise ValueError(f"{model}: expected (B, {in_channels}, X, Y, Z), got {tuple(x.shape)}")
+    sides = tuple(x.shape[2:])
+    if any(s % divisor or s == 0 for s in sides):
+        raise ValueError(f"{model}: patch sides must be positive multiples of {divisor}, got {sides}")
+    deepest = math.prod(s // divisor for s in sides)
+    ok = (not training or deepest * x.shape[0] > 1) if norm == "batch" else deepest > 1
+    if not ok:
+        raise ValueError(f"{model}: the 1/{divisor} map of a {sides} patch holds one value per channel; "
+                         f"{norm} norm needs more (a larger patch, or batch >= 2 with batch norm)")

@@ -35,13 +35,12 @@ terms up to the focal exponent.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amdiff.models.baselines.common import amdiff_segmentation_loss, segmenter_input
+from amdiff.models.baselines.common import amdiff_segmentation_loss, check_segmenter_input, segmenter_input
 from amdiff.models.mamba_backend import is_mamba_module
 from amdiff.models.nnmamba import NORMS, ResidualConvBlock, SiameseMambaLayer, conv_norm_act
 from amdiff.models.segmenter import normalise_suv
@@ -128,19 +127,7 @@ class NNMambaSegmenter(nn.Module):
         self.organ_head = nn.Conv3d(width, N_ORGAN, 1)
 
     def _check(self, x: torch.Tensor) -> None:
-        if x.ndim != 5 or x.shape[1] != self.in_channels:
-            raise ValueError(f"nnMamba: expected (B, {self.in_channels}, X, Y, Z), got {tuple(x.shape)}")
-        sides = tuple(x.shape[2:])
-        if any(s % DIVISOR or s == 0 for s in sides):
-            raise ValueError(f"nnMamba: patch sides must be positive multiples of {DIVISOR}, got {sides}")
-        deepest = math.prod(s // DIVISOR for s in sides)
-        if self.norm == "batch":
-            ok = not self.training or deepest * x.shape[0] > 1
-        else:
-            ok = deepest > 1
-        if not ok:
-            raise ValueError(f"nnMamba: the 1/{DIVISOR} map of {tuple(x.shape)} holds one value per channel; "
-                             f"{self.norm} norm needs more (larger patch, or batch >= 2 with batch norm)")
+        check_segmenter_input(x, "nnMamba", self.in_channels, DIVISOR, self.norm, self.training)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self._check(x)

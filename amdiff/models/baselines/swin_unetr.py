@@ -27,14 +27,13 @@ Dice + CE, which that loss (CE + a focal Dice per class) contains up to the foca
 
 from __future__ import annotations
 
-import math
 
 import torch
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
 from amdiff.losses.regularizers import WeightsLike
-from amdiff.models.baselines.common import amdiff_segmentation_loss, segmenter_input
+from amdiff.models.baselines.common import amdiff_segmentation_loss, check_segmenter_input, segmenter_input
 from amdiff.models.segmenter import normalise_suv
 
 publication = ("He Y, Nath V, Yang D, Tang Y, Myronenko A, Xu D. SwinUNETR-V2: stronger Swin "
@@ -75,20 +74,7 @@ class SwinUNETRSegmenter(nn.Module):
                              use_checkpoint=use_checkpoint)
 
     def _check(self, x: torch.Tensor) -> None:
-        if x.ndim != 5 or x.shape[1] != self.in_channels:
-            raise ValueError(f"SwinUNETR: expected (B, {self.in_channels}, X, Y, Z), got {tuple(x.shape)}")
-        sides = tuple(x.shape[2:])
-        if any(s % DIVISOR or s == 0 for s in sides):
-            raise ValueError(f"SwinUNETR: patch sides must be positive multiples of {DIVISOR}, got {sides}")
-        deepest = math.prod(s // DIVISOR for s in sides)
-        # instance norm needs > 1 voxel per map; batch norm, while training, > 1 value per channel
-        if self.norm_name == "batch":
-            ok = not self.training or deepest * x.shape[0] > 1
-        else:
-            ok = deepest > 1
-        if not ok:
-            raise ValueError(f"SwinUNETR: the 1/{DIVISOR} map of a {sides} patch has one voxel; "
-                             f"{self.norm_name} norm needs more (use e.g. 32x32x64 or 64^3)")
+        check_segmenter_input(x, "SwinUNETR", self.in_channels, DIVISOR, self.norm_name, self.training)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self._check(x)
