@@ -216,7 +216,7 @@ def test_delayeds_and_non_event_blocks_are_carried(tmp_path):
 
 
 def test_generator_file_with_two_module_types(tmp_path):
-    from test_listmode_io import generator_file
+    from tests.test_listmode_io import generator_file
     src = generator_file(tmp_path / "gen.petsird")
     outs = outputs_for(tmp_path, {50: 2})
     counts = downsample(src, outs, seed=4)
