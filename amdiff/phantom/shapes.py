@@ -8,20 +8,23 @@ straddle the surface. Arguments ``x, y, z`` are broadcastable arrays.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 _INF = np.inf
 
 
-class Shape:
+class Shape(ABC):
     """Base class: ``lo``/``hi`` bound the shape (mm); ``feature_mm`` is its thinnest dimension."""
 
     lo: np.ndarray
     hi: np.ndarray
     feature_mm: float
 
-    def sdf(self, x, y, z):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def sdf(self, x, y, z):
+        """Signed distance (mm, negative inside) that never overstates the true distance."""
 
     def contains(self, points: np.ndarray) -> np.ndarray:
         """Boolean inside test for an (N, 3) array of points."""
