@@ -1,0 +1,33 @@
+"""The per-case metrics table: one row per (model, site, subject, count level, realization).
+
+Every evaluation module speaks this vocabulary, so the table written by `amdiff evaluate`
+is what the statistics, tables and figures read. A metric that does not apply to a model
+(Dice of a pure denoiser, NRMSE of a pure segmenter) or is undefined for a case (Dice when
+the ground truth is empty) is NaN; NaN values are left out of means and of paired tests.
+"""
+
+from __future__ import annotations
+
+from amdiff.labels.totalseg import ORGAN_CLASSES
+
+ORGANS = tuple(ORGAN_CLASSES.values())          # liver, lung, bone, muscle, kidney, spleen, aorta
+CLASSES = ("lesion", *ORGANS)                    # semantic classes s = 1..8 of the paper
+
+KEYS = ("model", "site", "subject", "level", "realization", "count_percent")
+
+NRMSE = ("nrmse_whole", *(f"nrmse_{c}" for c in CLASSES))
+DICE = tuple(f"dice_{c}" for c in CLASSES)
+# Quantification (Sec. 3.2, Fig. 7): "true" from the high-count image with the true masks,
+# "auto" from the model's own denoised image and masks. MTV in mL, TLG = SUVmean x MTV in
+# SUV*mL (= g), SUVmean in SUV (g/mL); bias in percent of the true value.
+QUANT = ("mtv_true_ml", "mtv_auto_ml", "tlg_true", "tlg_auto", "tlg_bias_pct",
+         *(f"suvmean_{c}_{kind}" for c in CLASSES for kind in ("true", "auto")))
+# Lesion-wise detection (connected components, 26-connectivity) and autoPET-style volumes.
+DETECTION = ("lesions_true", "lesions_tp", "lesions_fp", "lesions_fn", "fp_volume_ml", "fn_volume_ml")
+
+METRICS = (*NRMSE, *DICE, *QUANT, *DETECTION)
+COLUMNS = (*KEYS, *METRICS)
+
+# Which way is better, for bold-face and for the direction of claimed effects.
+LOWER_IS_BETTER = {*NRMSE, "fp_volume_ml", "fn_volume_ml", "lesions_fp", "lesions_fn"}
+HIGHER_IS_BETTER = {*DICE, "lesions_tp"}
