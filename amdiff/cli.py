@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         getattr(stages, args.verb.replace("-", "_"))(args)
     except InputError as exc:
-        print(f"amdiff: error: {exc}", file=sys.stderr)
+        # one line, even if a wrapped library message (or a file name) holds a line break
+        message = " ".join(part.strip() for part in str(exc).splitlines())
+        print(f"amdiff: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -44,6 +44,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
         raise InputError(source, _one_line(errors[0]))
     for site, cfg in config["sites"].items():
         _check_site(site, cfg, source)
+    _check_train_sites(config, source)
     if config["cohort"]["source"] == "manifest" and not config["cohort"].get("manifest"):
         raise InputError(source, "cohort.manifest: required when cohort.source is 'manifest'")
     return config
@@ -69,6 +70,17 @@ def _check_site(site: str, cfg: dict, source: str) -> None:
             if too_big:
                 raise InputError(source, f"sites.{site}.count_levels.{split}: {too_big} % x "
                                          f"{cfg['realizations']} realizations exceed 100 %")
+
+
+def _check_train_sites(config: dict, source: str) -> None:
+    """training.train_sites names configured sites only, as keys and as predicted sites."""
+    sites = config["sites"]
+    for trained_on, predicts in config.get("training", {}).get("train_sites", {}).items():
+        for site, where in [(trained_on, "training.train_sites")] + \
+                [(s, f"training.train_sites.{trained_on}") for s in predicts]:
+            if site not in sites:
+                raise InputError(source, f"{where}: {site!r} is not a configured site "
+                                         f"(sites: {', '.join(sites)})")
 
 
 def load_config(path: str | os.PathLike) -> dict:

@@ -163,9 +163,15 @@ def qc(args) -> None:
 
 
 def _pairs_or_fail(items) -> dict:
+    """NAME=PATH arguments; a malformed one is bad input (one line), not a traceback."""
+    import argparse
+
     from amdiff.cli import _pairs
 
-    return _pairs(items)
+    try:
+        return _pairs(items)
+    except argparse.ArgumentTypeError as err:
+        raise InputError("command line", str(err)) from None
 
 
 def subject_stats(args) -> None:
@@ -222,8 +228,11 @@ def manifest(args) -> None:
     df = pd.DataFrame(rows)
     if args.validate:
         for rec in rows:
-            absolute = {k: str(out_dir / v) for k, v in rec.items() if k in ("hc_pet", "ct", "lesion", "organs")}
-            absolute["lc_pet"] = format_lc_pet({n: str(out_dir / p) for n, p in lc_pet_images(rec["lc_pet"]).items()})
+            # normpath: "out/../results/x" must not depend on the output folder existing yet
+            absolute = {k: os.path.normpath(out_dir / v) for k, v in rec.items()
+                        if k in ("hc_pet", "ct", "lesion", "organs")}
+            absolute["lc_pet"] = format_lc_pet({n: os.path.normpath(out_dir / p)
+                                                for n, p in lc_pet_images(rec["lc_pet"]).items()})
             validate_subject_images(absolute)
     write_manifest(df, args.out)
 
@@ -231,8 +240,9 @@ def manifest(args) -> None:
 def _manifest_subjects(config: dict) -> list[dict]:
     from amdiff.io.manifest import read_manifest
 
+    # sites: a row of an unconfigured site would otherwise fail later with a KeyError
     df = read_manifest(config["cohort"]["manifest"], config["cohort"].get("data_roots"),
-                       config["cohort"].get("allow_outside_data_roots", False))
+                       config["cohort"].get("allow_outside_data_roots", False), sites=config["sites"])
     return df.to_dict("records")
 
 

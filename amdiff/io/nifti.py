@@ -51,7 +51,8 @@ def read_volume(path: str | os.PathLike, kind: str = "image") -> Volume:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
     except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
-        raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+        detail = " ".join(str(exc).split())   # nibabel's messages may span lines
+        raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {detail})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
