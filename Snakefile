@@ -34,6 +34,7 @@ if MODELS:
 
     include: "rules/train.smk"
     include: "rules/predict.smk"
+    include: "rules/evaluate.smk"
 
 
 
@@ -41,4 +42,5 @@ rule all:
     input:
         data_targets(),
         prediction_targets() if MODELS else [],
+        evaluation_targets() if MODELS else [],
     default_target: True

@@ -136,6 +136,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
 
+    p = sub.add_parser("evaluate", help="per-case metrics of one model on one subject's test images")
+    p.add_argument("--model", required=True)
+    p.add_argument("--site", required=True)
+    p.add_argument("--subject", required=True)
+    p.add_argument("--hc", required=True, help="high-count reference PET in SUV")
+    p.add_argument("--lesion", required=True, help="true lesion mask")
+    p.add_argument("--organs", required=True, help="true organ label map")
+    p.add_argument("--outputs", required=True, help="what the model predicts, e.g. denoised,lesion,organs")
+    p.add_argument("--prediction", nargs="+", required=True, metavar="pXXX_rN=DIR",
+                   help="prediction folder of each low-count image")
+    p.add_argument("--quant-image", nargs="*", default=[], metavar="pXXX_rN=PATH",
+                   help="image a mask-only model quantifies on (the Med-DDPM output it was fed)")
+    p.add_argument("--out", required=True, help="metrics TSV")
+
+    p = sub.add_parser("collect-metrics", help="pool per-subject metric tables into one")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("tables", help="Tables 2-4 analogs, headline numbers and paper-vs-reproduction")
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+    p = sub.add_parser("figure-regression", help="Fig. 7 analog: automatic vs true MTV, TLG, SUVmean")
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--models", nargs="+", required=True)
+    p.add_argument("--png", required=True)
+    p.add_argument("--pdf", required=True)
+    p.add_argument("--stats", required=True, help="TSV of slope, intercept, R2 per model and quantity")
+
+    p = sub.add_parser("figure-slices", help="Figs. 4-6 analogs: one slice of every model's output")
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--results", required=True, help="results folder (path contract in README)")
+    p.add_argument("--site", required=True)
+    p.add_argument("--models", nargs="+", required=True)
+    p.add_argument("--out-dir", required=True)
+
+    p = sub.add_parser("figure-training", help="training curves of every model")
+    p.add_argument("--log", nargs="+", required=True, metavar="MODEL/SITE=CSV")
+    p.add_argument("--png", required=True)
+    p.add_argument("--pdf", required=True)
+
     p = sub.add_parser("params", help="parameter counts of every model at paper size")
     p.add_argument("--config", default=None, help="config with a models section (default: config/paper.yaml)")
 

@@ -363,3 +363,64 @@ def params(args) -> None:
     for name, n, detail in rows:
         count = f"{n / 1e6:8.2f} M" if n is not None else "       -  "
         print(f"{name:<{width}}  {count}  {detail}")
+
+
+# ---- evaluation -------------------------------------------------------------------------
+
+def evaluate(args) -> None:
+    """Metrics TSV of one model on one subject: a row per low-count test image."""
+    from amdiff.evaluate.subject import evaluate_subject, read_references
+
+    outputs = tuple(filter(None, args.outputs.split(",")))
+    refs = read_references(args.hc, args.lesion, args.organs)
+    df = evaluate_subject(args.model, args.site, args.subject, refs, _pairs_or_fail(args.prediction),
+                          outputs, _pairs_or_fail(args.quant_image))
+    write_text(args.out, df.to_csv(sep="\t", index=False, float_format="%.6g"))
+
+
+def collect_metrics(args) -> None:
+    """One table of every model, site, subject and count level, in a stable order."""
+    import pandas as pd
+
+    from amdiff.evaluate.subject import read_metrics, validate_metrics
+
+    df = pd.concat([read_metrics(path) for path in args.inputs], ignore_index=True)
+    df = validate_metrics(df, args.out)
+    df = df.sort_values(["model", "site", "subject", "count_percent", "realization"], kind="stable")
+    write_text(args.out, df.to_csv(sep="\t", index=False, float_format="%.6g"))
+
+
+def figure_regression(args) -> None:
+    """Fig. 7 analog and its regression statistics."""
+    from amdiff.evaluate.figures import regression_figure, regression_stats
+    from amdiff.evaluate.subject import read_metrics
+
+    metrics = read_metrics(args.metrics)
+    regression_figure(metrics, args.models, png=args.png, pdf=args.pdf)
+    stats = regression_stats(metrics, args.models)
+    write_text(args.stats, stats.to_csv(sep="\t", index=False, float_format="%.6g"))
+
+
+def figure_slices(args) -> None:
+    """Figs. 4-6 analogs for one site."""
+    from amdiff.evaluate.figures import write_slice_figures
+    from amdiff.evaluate.subject import read_metrics
+
+    write_slice_figures(args.results, read_metrics(args.metrics), args.site, args.models, args.out_dir)
+
+
+def figure_training(args) -> None:
+    from amdiff.evaluate.figures import training_curves
+
+    training_curves(_pairs_or_fail(args.log), png=args.png, pdf=args.pdf)
+
+
+def tables(args) -> None:
+    """Tables 2-5, the headline numbers and the paper-versus-reproduction comparison."""
+    from amdiff.evaluate.paper import write_paper_comparison
+    from amdiff.evaluate.subject import read_metrics
+    from amdiff.evaluate.tables import write_tables
+
+    metrics = read_metrics(args.metrics)
+    write_tables(metrics, args.out_dir, seed=args.seed)
+    write_paper_comparison(metrics, args.out_dir)

@@ -31,3 +31,24 @@ COLUMNS = (*KEYS, *METRICS)
 # Which way is better, for bold-face and for the direction of claimed effects.
 LOWER_IS_BETTER = {*NRMSE, "fp_volume_ml", "fn_volume_ml", "lesions_fp", "lesions_fn"}
 HIGHER_IS_BETTER = {*DICE, "lesions_tp"}
+
+# Display names as the paper prints them; unknown models are shown by their workflow name.
+MODEL_LABELS = {
+    "amdiff": "AMDiff",
+    "amdiff_no_revision": "w/o denoising revision",
+    "amdiff_no_organ_reg": "w/o organ regularizer",
+    "amdiff_no_lesion_reg": "w/o lesion regularizer",
+    "amdiff_no_resmamba": "w/o ResMamba",
+    "leqmod_gan": "LeqMod-GAN",
+    "spach_transformer": "SpachTransformer",
+    "med_ddpm": "3D Med-DDPM",
+    "swin_unetr": "SwinUNETR",
+    "nnmamba": "nnMamba",
+    "medsam3d": "Med-SAM",
+}
+
+
+def model_label(model: str, standalone: bool = False) -> str:
+    """The paper's name; ``standalone`` prefixes ablations with "AMDiff" (figure panels)."""
+    label = MODEL_LABELS.get(model, model)
+    return f"AMDiff {label}" if standalone and label.startswith("w/o") else label

@@ -1,0 +1,218 @@
+# Evaluation: per-subject metrics of every model's predictions against the high-count image and
+# the true masks, pooled into one table, then the paper's tables (2-4 and beyond), the headline
+# numbers, the paper-versus-reproduction comparison and the figures (4-7, training curves).
+
+REPORTS = config.get("reports_dir", "reports")
+TABLES = ["table2_denoising", "table3_segmentation", "table4_ablation", "table5_quantification"]
+PAPER_TABLES = {"headline": ("tsv", "md"), "paper_vs_reproduction": ("tsv", "md"), "claims": ("tsv",)}
+TEST_SITES = sorted({site for site, _, _ in test_cases()})
+SLICE_FIGURES = [(4, "denoising"), (5, "lesions"), (6, "organs")]
+
+
+def test_images(site, subject):
+    return [name for s, subj, name in test_cases() if (s, subj) == (site, subject)]
+
+
+def prediction_dir(model, site, subject, image):
+    return f"{RESULTS}/predictions/{model}/{site}/{subject}/{image}"
+
+
+def evaluation_inputs(wildcards):
+    d = subject_dir(wildcards.site, wildcards.subject)
+    inputs = {"hc": f"{d}/hc.nii.gz", "lesion": f"{d}/lesion.nii.gz", "organs": f"{d}/organs.nii.gz"}
+    for image in test_images(wildcards.site, wildcards.subject):
+        for item in outputs_of(wildcards.model):
+            inputs[f"{image}_{item}"] = f"{prediction_dir(wildcards.model, wildcards.site, wildcards.subject, image)}/{item}.nii.gz"
+        if wildcards.model in COMPARISON_SEGMENTERS:   # they quantify on the Med-DDPM image they were fed
+            inputs[f"{image}_quant"] = f"{prediction_dir('med_ddpm', wildcards.site, wildcards.subject, image)}/denoised.nii.gz"
+    return inputs
+
+
+def evaluation_args(wildcards):
+    images = test_images(wildcards.site, wildcards.subject)
+    args = " ".join(f"{i}={prediction_dir(wildcards.model, wildcards.site, wildcards.subject, i)}" for i in images)
+    args = f"--prediction {args}"
+    if wildcards.model in COMPARISON_SEGMENTERS:
+        quant = " ".join(f"{i}={prediction_dir('med_ddpm', wildcards.site, wildcards.subject, i)}/denoised.nii.gz"
+                         for i in images)
+        args += f" --quant-image {quant}"
+    return args
+
+
+def case_metric_files():
+    subjects = sorted({(site, subject) for site, subject, _ in test_cases()})
+    return [f"{RESULTS}/metrics/cases/{model}/{site}/{subject}.tsv"
+            for model in VARIANTS + BASELINES for site, subject in subjects]
+
+
+def evaluation_targets():
+    return ([f"{RESULTS}/metrics/metrics.tsv"]
+            + [f"{REPORTS}/tables/{name}.{ext}" for name in TABLES for ext in ("tsv", "md", "tex")]
+            + [f"{REPORTS}/tables/{name}.{ext}" for name, exts in PAPER_TABLES.items() for ext in exts]
+            + [f"{REPORTS}/figures/{name}.{ext}" for name in ("fig7_regression", "training_curves")
+               for ext in ("png", "pdf")]
+            + [f"{REPORTS}/figures/fig{n}_{kind}_{site}.{ext}" for n, kind in SLICE_FIGURES
+               for site in TEST_SITES for ext in ("png", "pdf")])
+
+
+rule evaluate_subject:
+    input:
+        unpack(evaluation_inputs),
+    output:
+        f"{RESULTS}/metrics/cases/{{model}}/{{site}}/{{subject}}.tsv",
+    params:
+        outputs=lambda w: ",".join(outputs_of(w.model)),
+        images=evaluation_args,
+    log:
+        "logs/evaluate/{model}/{site}/{subject}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{{model}}/{{site}}/{{subject}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        "amdiff evaluate --model {wildcards.model} --site {wildcards.site} --subject {wildcards.subject}"
+        " --hc {input.hc} --lesion {input.lesion} --organs {input.organs} --outputs {params.outputs}"
+        " {params.images} --out {output} > {log} 2>&1"
+
+
+rule collect_metrics:
+    input:
+        case_metric_files(),
+    output:
+        report(f"{RESULTS}/metrics/metrics.tsv", caption="../reports/captions/metrics.rst",
+               category="Evaluation", subcategory="Per-case metrics"),
+    log:
+        "logs/evaluate/collect.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        "amdiff collect-metrics --out {output} {input} > {log} 2>&1"
+
+
+def table_output(name, ext, category):
+    path = f"{REPORTS}/tables/{name}.{ext}"
+    if ext == "tex":
+        return path
+    return report(path, caption=f"../reports/captions/{name}.rst", category=category,
+                  labels={"table": name, "format": ext})
+
+
+rule tables:
+    input:
+        f"{RESULTS}/metrics/metrics.tsv",
+    output:
+        # TSV (every number) and Markdown (the paper's layout) go into the HTML report.
+        **{f"{name}_{ext}": table_output(name, ext, "Tables") for name in TABLES for ext in ("tsv", "md", "tex")},
+        **{f"{name}_{ext}": table_output(name, ext, "Paper versus reproduction")
+           for name, exts in PAPER_TABLES.items() for ext in exts},
+    params:
+        out_dir=f"{REPORTS}/tables",
+        seed=config["seed"],
+    log:
+        "logs/evaluate/tables.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        "amdiff tables --metrics {input} --out-dir {params.out_dir} --seed {params.seed} > {log} 2>&1"
+
+
+rule figure_regression:
+    input:
+        f"{RESULTS}/metrics/metrics.tsv",
+    output:
+        png=report(f"{REPORTS}/figures/fig7_regression.png", caption="../reports/captions/fig7_regression.rst",
+                   category="Figures", labels={"figure": "Fig. 7 analog"}),
+        pdf=f"{REPORTS}/figures/fig7_regression.pdf",
+        stats=report(f"{REPORTS}/tables/fig7_regression.tsv", caption="../reports/captions/fig7_regression.rst",
+                     category="Figures", labels={"figure": "Fig. 7 regression statistics"}),
+    params:
+        models=" ".join(VARIANTS),
+    log:
+        "logs/evaluate/fig7_regression.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        "amdiff figure-regression --metrics {input} --models {params.models}"
+        " --png {output.png} --pdf {output.pdf} --stats {output.stats} > {log} 2>&1"
+
+
+def slice_inputs(wildcards):
+    inputs = {"metrics": f"{RESULTS}/metrics/metrics.tsv"}
+    for site, subject, image in test_cases():
+        if site != wildcards.site:
+            continue
+        d = subject_dir(site, subject)
+        inputs[f"{subject}_{image}_lc"] = f"{d}/lc_{image}.nii.gz"
+        for ref in ("hc", "lesion", "organs"):
+            inputs[f"{subject}_{ref}"] = f"{d}/{ref}.nii.gz"
+        for model in VARIANTS + BASELINES:
+            for item in outputs_of(model):
+                inputs[f"{model}_{subject}_{image}_{item}"] = f"{prediction_dir(model, site, subject, image)}/{item}.nii.gz"
+    return inputs
+
+
+rule figure_slices:
+    input:
+        unpack(slice_inputs),
+    output:
+        **{f"{kind}_{ext}": (report(f"{REPORTS}/figures/fig{n}_{kind}_{{site}}.{ext}",
+                                    caption=f"../reports/captions/fig{n}_{kind}.rst", category="Figures",
+                                    subcategory="{site}", labels={"figure": f"Fig. {n} analog", "site": "{site}"})
+                             if ext == "png" else f"{REPORTS}/figures/fig{n}_{kind}_{{site}}.{ext}")
+           for n, kind in SLICE_FIGURES for ext in ("png", "pdf")},
+    params:
+        models=" ".join(VARIANTS + BASELINES),
+        prefix=f"{REPORTS}/figures",
+    log:
+        "logs/evaluate/figure_slices_{site}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        "amdiff figure-slices --metrics {input.metrics} --results {RESULTS} --site {wildcards.site}"
+        " --models {params.models} --out-dir {params.prefix} > {log} 2>&1"
+
+
+def training_logs():
+    return {f"{model}/{site}": f"{RESULTS}/models/{model}/{site}/log.csv"
+            for model in VARIANTS + BASELINES for site in TRAINING["train_sites"]}
+
+
+rule figure_training:
+    input:
+        **training_logs(),
+    output:
+        png=report(f"{REPORTS}/figures/training_curves.png", caption="../reports/captions/training_curves.rst",
+                   category="Figures", labels={"figure": "Training curves"}),
+        pdf=f"{REPORTS}/figures/training_curves.pdf",
+    params:
+        logs=lambda w, input: " ".join(f"{name}={input[name]}" for name in training_logs()),
+    log:
+        "logs/evaluate/training_curves.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        "amdiff figure-training --log {params.logs} --png {output.png} --pdf {output.pdf} > {log} 2>&1"

@@ -1,0 +1,251 @@
+"""Result tables (paper Tables 2-4 + quantification) from a hand-made metrics table.
+
+Design of the data (nrmse_whole; sites mct and new_site, subjects s1-s3 x levels p005/p010):
+- amdiff:     mct .10 .12 .14 .16 .18 .20 (.150 ± .037); new_site +.10 (.250 ± .037)
+- med_ddpm:   amdiff + .01 ... + .06 on every case: AMDiff lower in all 6 pairs per site,
+              two-sided Wilcoxon p = 2/2^6 = 0.03125 -> asterisk; mct .185 ± .056
+- leqmod_gan: amdiff ± alternating offsets -> p > 0.05, no asterisk. In mct it has the lowest
+              mean (.145 ± .048, bold); in new_site .255 (AMDiff bold); pooled it ties AMDiff
+              at .200 (both bold).
+- spach_transformer: absent (skipped); swin_unetr: present but not in Table 2.
+- nrmse_lesion: amdiff mct .30 .32 NaN .34 .36 .38 (.340 ± .032 over 5); leqmod_gan one
+  mct case (.500, no std); med_ddpm NaN (not applicable); new_site all NaN.
+"""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from amdiff.evaluate import columns
+from amdiff.evaluate.tables import (LONG_COLUMNS, TABLES, build_table, format_number,
+                                    latex_escape, to_latex, to_markdown, write_tables)
+
+SPEC2 = TABLES[0]
+FAST = {"n_resamples": 499, "seed": 0}
+CASES = [(f"s{i // 2 + 1}", ("p005", "p010")[i % 2]) for i in range(6)]
+OFFSETS = np.array([0.01, 0.02, 0.03, 0.04, 0.05, 0.06])
+LEQMOD_OFFSETS = {"mct": OFFSETS * [1, -1, 1, -1, 1, -1],
+                  "new_site": OFFSETS[::-1] * [1, -1, 1, -1, 1, -1]}
+
+
+def _row(model, site, subject, level, **metrics):
+    row = {c: np.nan for c in columns.COLUMNS}
+    row.update(model=model, site=site, subject=subject, level=level, realization=0,
+               count_percent=float(level[1:]))
+    row.update(metrics)
+    return row
+
+
+def _metrics_frame() -> pd.DataFrame:
+    rows = []
+    none = [np.nan] * 6
+    for site, base in (("new_site", 0.20), ("mct", 0.10)):
+        ref = base + 0.02 * np.arange(6)
+        whole = {"amdiff": ref, "med_ddpm": ref + OFFSETS,
+                 "leqmod_gan": ref + LEQMOD_OFFSETS[site], "swin_unetr": none}
+        lesion = {"amdiff": [0.30, 0.32, np.nan, 0.34, 0.36, 0.38], "leqmod_gan": [0.5, *none[1:]]}
+        for model, values in whole.items():
+            lesions = lesion.get(model, none) if site == "mct" else none
+            for i, (subject, level) in enumerate(CASES):
+                rows.append(_row(model, site, subject, level, nrmse_whole=values[i],
+                                 nrmse_lesion=lesions[i],
+                                 dice_lesion=0.5 if model == "swin_unetr" else np.nan))
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def metrics() -> pd.DataFrame:
+    return _metrics_frame()
+
+
+@pytest.fixture(scope="module")
+def table2(metrics) -> pd.DataFrame:
+    return build_table(metrics, SPEC2, **FAST)
+
+
+def _get(table, group, model, metric):
+    hit = table[(table.group == group) & (table.model == model) & (table.metric == metric)]
+    assert len(hit) == 1
+    return hit.iloc[0]
+
+
+# --- long form --------------------------------------------------------------------------
+
+def test_long_form_layout_and_row_order(table2):
+    assert tuple(table2.columns) == LONG_COLUMNS
+    assert list(table2["group"].unique()) == ["mct", "new_site", "all"]
+    # spach_transformer is absent and skipped; swin_unetr is not a Table 2 model.
+    assert list(table2["model"].unique()) == ["leqmod_gan", "med_ddpm", "amdiff"]
+    assert len(table2) == 3 * 3 * len(columns.NRMSE)
+
+
+def test_mean_std_and_n(table2):
+    amdiff = _get(table2, "mct", "amdiff", "nrmse_whole")
+    assert (amdiff["n"], amdiff["mean"]) == (6, pytest.approx(0.15))
+    assert amdiff["std"] == pytest.approx(math.sqrt(0.007 / 5))
+    med = _get(table2, "mct", "med_ddpm", "nrmse_whole")
+    assert med["mean"] == pytest.approx(0.185)
+    assert med["std"] == pytest.approx(math.sqrt(0.01575 / 5))
+    pooled = _get(table2, "all", "amdiff", "nrmse_whole")    # both sites' 12 cases
+    assert (pooled["n"], pooled["mean"]) == (12, pytest.approx(0.20))
+    assert pooled["std"] == pytest.approx(math.sqrt(0.044 / 11))
+
+
+def test_nan_is_left_out(table2):
+    lesion = _get(table2, "mct", "amdiff", "nrmse_lesion")
+    assert (lesion["n"], lesion["mean"]) == (5, pytest.approx(0.34))
+    single = _get(table2, "mct", "leqmod_gan", "nrmse_lesion")
+    assert single["n"] == 1 and math.isnan(single["std"])
+    not_applicable = _get(table2, "mct", "med_ddpm", "nrmse_lesion")
+    assert not_applicable["n"] == 0 and math.isnan(not_applicable["mean"])
+    assert not not_applicable["best"] and not not_applicable["star"]
+    all_nan = table2[(table2.group == "new_site") & (table2.metric == "nrmse_lesion")]
+    assert not all_nan["best"].any()
+
+
+def test_best_is_lowest_nrmse_with_ties(table2):
+    def best(group):
+        rows = table2[(table2.group == group) & (table2.metric == "nrmse_whole")]
+        return set(rows.loc[rows["best"], "model"])
+    assert best("mct") == {"leqmod_gan"}            # .145 < .150 < .185
+    assert best("new_site") == {"amdiff"}           # .250 < .255 < .285
+    assert best("all") == {"amdiff", "leqmod_gan"}  # tie at .200
+    assert _get(table2, "mct", "amdiff", "nrmse_lesion")["best"]
+
+
+def test_comparisons_and_stars(table2):
+    med = _get(table2, "mct", "med_ddpm", "nrmse_whole")
+    assert med["n_pairs"] == 6
+    assert med["p_wilcoxon"] == pytest.approx(0.03125)
+    assert med["mean_difference"] == pytest.approx(-0.035)
+    assert med["ci_low"] <= -0.035 <= med["ci_high"]
+    assert med["star"] and med["significant"]
+    for group in ("mct", "new_site", "all"):
+        leq = _get(table2, group, "leqmod_gan", "nrmse_whole")
+        assert leq["p_wilcoxon"] > 0.05 and not leq["star"]
+    ref = _get(table2, "mct", "amdiff", "nrmse_whole")
+    assert pd.isna(ref["p_wilcoxon"]) and pd.isna(ref["n_pairs"]) and pd.isna(ref["significant"])
+    assert not ref["star"]
+    p = table2["p_wilcoxon"].to_numpy(float)
+    assert (table2["p_holm"].dropna() >= p[np.isfinite(p)] - 1e-15).all()
+
+
+def test_best_rules_for_other_metrics():
+    rows = []
+    for model, dice, bias in (("amdiff", 0.6, -5.0), ("nnmamba", 0.7, 2.0),
+                              ("medsam3d", 0.5, -1.0)):
+        rows += [_row(model, "mct", s, lvl, dice_lesion=dice + 0.01 * i,
+                      tlg_bias_pct=bias + 0.1 * i) for i, (s, lvl) in enumerate(CASES)]
+    df = pd.DataFrame(rows)
+    dice = build_table(df, TABLES[1], **FAST)
+    best_dice = dice[(dice.metric == "dice_lesion") & dice.best]
+    assert set(best_dice["group"]) == {"mct", "all"} and set(best_dice["model"]) == {"nnmamba"}
+    quant = build_table(df, TABLES[3], **FAST)
+    best_bias = quant[(quant.metric == "tlg_bias_pct") & quant.best]
+    assert list(best_bias["model"]) == ["medsam3d"]   # smallest |mean|, not the lowest mean
+
+
+# --- renderings -------------------------------------------------------------------------
+
+def test_number_format_follows_the_paper():
+    assert format_number(0.146, "nrmse_whole") == ".146"
+    assert format_number(-0.02, "dice_lesion") == "-.020"
+    assert format_number(1.25, "nrmse_whole") == "1.250"
+    assert format_number(0.012, "nrmse_whole", signed=True) == "+.012"
+    assert format_number(-1e-9, "nrmse_whole", signed=True) == ".000"
+    assert format_number(-21.604, "tlg_bias_pct") == "-21.60"
+    assert format_number(float("nan"), "nrmse_whole") == "–"
+
+
+def test_markdown_cells_bold_and_asterisks(table2):
+    md = to_markdown(table2, SPEC2)
+    dashes = " | ".join(["–"] * 8)
+    seven_dashes = " | ".join(["–"] * 7)
+    assert "| mCT | LeqMod-GAN | **.145 ± .048** | .500 ± – | " + seven_dashes + " |" in md
+    assert "|  | 3D Med-DDPM | .185 ± .056\\* | " + dashes + " |" in md
+    assert "|  | AMDiff | .150 ± .037 | **.340 ± .032** | " in md
+    assert "| new_site | LeqMod-GAN | .255 ± .048 | " + dashes + " |" in md
+    assert "|  | AMDiff | **.250 ± .037** | " + dashes + " |" in md
+    assert "| All | LeqMod-GAN | **.200 ± " in md
+    assert "|  | AMDiff | **.200 ± .063** | " in md
+    assert "\\* p < 0.05, two-sided Wilcoxon signed-rank test" in md
+    assert md.count("\\*") == 3 + 1          # med_ddpm in each of 3 groups + the footnote
+
+
+def test_markdown_comparison_section(table2):
+    md = to_markdown(table2, SPEC2)
+    comparisons = md.split("### Comparisons with AMDiff", 1)[1]
+    line = next(l for l in comparisons.splitlines()
+                if l.startswith("| mCT | 3D Med-DDPM | NRMSE Whole image |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3] == "6"
+    assert cells[4].startswith("-.035 [") and cells[4].endswith("]")
+    assert cells[5] == "0.031"
+    family = int(table2["p_holm"].notna().sum())
+    assert f"Holm-Bonferroni p over the {family} tests" in comparisons
+    assert "| mCT | 3D Med-DDPM | NRMSE Lesion |" not in comparisons   # no pair: TSV only
+
+
+def test_latex_layout_escaping_and_marks(table2):
+    tex = to_latex(table2, SPEC2)
+    for command in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}{llccccccccc}",
+                    r"\multicolumn{9}{c}{NRMSE}", r"\cmidrule(lr){3-11}"):
+        assert command in tex
+    assert r"new\_site & LeqMod-GAN & .255 $\pm$ .048 & --" in tex
+    assert r"mCT & LeqMod-GAN & \textbf{.145 $\pm$ .048} & .500 $\pm$ -- &" in tex
+    assert r" & 3D Med-DDPM & .185 $\pm$ .056$^{*}$ & --" in tex
+    assert r"p \textless{} 0.05" in tex
+    assert "±" not in tex and "–" not in tex and "new_site" not in tex
+
+
+def test_latex_escape():
+    assert latex_escape("a_b & 50% #1 $x$ {y} ~^\\") == (
+        r"a\_b \& 50\% \#1 \$x\$ \{y\} \textasciitilde{}\textasciicircum{}\textbackslash{}")
+    assert latex_escape("TLG Bias (%)") == r"TLG Bias (\%)"
+
+
+def test_no_comparisons_without_reference(metrics):
+    table = build_table(metrics[metrics.model != "amdiff"], SPEC2, **FAST)
+    assert not table.empty and not table["star"].any() and table["p_wilcoxon"].isna().all()
+    md = to_markdown(table, SPEC2)
+    assert "No comparisons" in md and "\\*" not in md
+
+
+# --- files ------------------------------------------------------------------------------
+
+def test_write_tables_writes_every_file(metrics, tmp_path):
+    paths = write_tables(metrics, tmp_path, **FAST)
+    assert len(paths) == 3 * len(TABLES)
+    for spec in TABLES:
+        for suffix in (".tsv", ".md", ".tex"):
+            assert (tmp_path / f"{spec.name}{suffix}") in paths
+            assert (tmp_path / f"{spec.name}{suffix}").read_text()
+    assert not list(tmp_path.glob(".*tmp*"))       # no temporaries left behind
+
+    tsv = pd.read_csv(tmp_path / "table2_denoising.tsv", sep="\t")
+    assert tuple(tsv.columns) == LONG_COLUMNS
+    med = tsv[(tsv.group == "mct") & (tsv.model == "med_ddpm") & (tsv.metric == "nrmse_whole")]
+    assert med["p_wilcoxon"].iloc[0] == pytest.approx(0.03125)
+    assert tsv.loc[tsv.model == "amdiff", "p_wilcoxon"].isna().all()
+
+    table4 = (tmp_path / "table4_ablation.md").read_text()   # AMDiff only, "All" only
+    assert "| Method | NRMSE Whole image |" in table4 and "| AMDiff | **.200 ± .063** |" in table4
+    assert "No comparisons" in table4
+
+
+def test_empty_table_is_written_with_a_note(metrics, tmp_path):
+    only_segmenter = metrics[metrics.model == "swin_unetr"]
+    paths = write_tables(only_segmenter, tmp_path, (TABLES[0],), **FAST)
+    assert [p.name for p in paths] == ["table2_denoising.tsv", "table2_denoising.md",
+                                       "table2_denoising.tex"]
+    assert "nothing to show" in (tmp_path / "table2_denoising.md").read_text()
+    assert "nothing to show" in (tmp_path / "table2_denoising.tex").read_text()
+    tsv = pd.read_csv(tmp_path / "table2_denoising.tsv", sep="\t")
+    assert tsv.empty and tuple(tsv.columns) == LONG_COLUMNS
+
+
+def test_missing_metric_column_is_an_error(metrics):
+    with pytest.raises(ValueError, match="nrmse_whole"):
+        build_table(metrics.drop(columns=["nrmse_whole"]), SPEC2, **FAST)
