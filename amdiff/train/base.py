@@ -5,6 +5,12 @@ and implements ``train_batch`` (one optimisation step, returning floats to log),
 (returning at least ``val_score``, lower is better) and ``epoch_columns`` (extra log columns).
 Per epoch e the patches come from (seed, e) and the random generator is seeded from (seed, e),
 so a run resumed from ``last.pt`` reproduces the uninterrupted one on the same machine.
+
+Snakemake deletes a job's declared outputs (best.pt, log.csv) before it re-runs the job and
+after the job fails, so only undeclared files carry a killed job's state: ``last.pt`` and
+``resume_best.pt`` (the best checkpoint, which best.pt is a hard link to, or a copy of). A
+resumed run rebuilds best.pt and log.csv from them, and removes the temporaries that a kill
+during a write left behind.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
+import shutil
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -23,7 +31,7 @@ from amdiff.config import derived_seed
 from amdiff.data.cases import load_cases
 from amdiff.data.patches import PatchSampler, collate
 from amdiff.errors import InputError
-from amdiff.io.atomic import write_text
+from amdiff.io.atomic import atomic_path, write_text
 from amdiff.train.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -31,6 +39,19 @@ def device_of(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("training.device", "cuda requested but no CUDA device is available")
     return torch.device(name)
+
+
+BEST_KEPT = "resume_best.pt"   # undeclared copy of best.pt that survives a Snakemake re-run
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Atomically make ``dst`` a hard link to ``src`` (a copy where links are not supported)."""
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 def batches(items: list, size: int):
@@ -85,7 +106,11 @@ class EpochTrainer(ABC):
         last = self.out_dir / "last.pt"
         if not last.exists():
             return False
-        state = load_checkpoint(last, map_location=self.device)
+        try:
+            state = load_checkpoint(last, map_location=self.device)
+        except InputError as err:
+            # never restart silently: days of training may be one good copy away
+            raise InputError(last, f"{err.problem}; restore it, or delete it to train from scratch") from None
         if state.get("variant") != self.name:
             raise InputError(last, f"checkpoint is for model {state.get('variant')!r}, not {self.name!r}")
         self.model.load_state_dict(state["model"])
@@ -97,6 +122,21 @@ class EpochTrainer(ABC):
         self.best_score = float(state["best_score"])
         self.history = list(state["history"])
         return True
+
+    def restore_outputs(self) -> None:
+        """Rebuild best.pt and log.csv (Snakemake removed them, or a kill came before the log)."""
+        best, kept = self.out_dir / "best.pt", self.out_dir / BEST_KEPT
+        if not best.exists() and kept.exists():
+            load_checkpoint(kept)   # a damaged copy stops here with one line
+            link_or_copy(kept, best)
+        if self.history:
+            self.write_log()
+
+    def remove_temporaries(self) -> None:
+        """Drop what ``atomic_path`` left of this folder's files when a kill hit a write."""
+        for name in ("last.pt", "best.pt", BEST_KEPT, "log.csv"):
+            for tmp in self.out_dir.glob(f".{name}.*.tmp*"):
+                tmp.unlink(missing_ok=True)
 
     def write_log(self) -> None:
         buf = io.StringIO()
@@ -114,7 +154,9 @@ class EpochTrainer(ABC):
         resumes where it stopped.
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.resume()
+        self.remove_temporaries()
+        if self.resume():
+            self.restore_outputs()
         n, bs = int(self.tcfg["patches_per_epoch"]), int(self.tcfg["batch_size"])
         end = self.e_max if max_epochs_this_run is None else min(self.e_max, self.start_epoch + max_epochs_this_run)
         self.model.train()
@@ -140,7 +182,8 @@ class EpochTrainer(ABC):
             self.history.append({**row, **{f"train_{k}": v for k, v in sums.items()}, **val,
                                  "best": int(improved), "seconds": round(time.perf_counter() - t0, 3)})
             if improved:
-                save_checkpoint(self.out_dir / "best.pt", self.payload(epoch))
+                save_checkpoint(self.out_dir / BEST_KEPT, self.payload(epoch))
+                link_or_copy(self.out_dir / BEST_KEPT, self.out_dir / "best.pt")
             save_checkpoint(self.out_dir / "last.pt", self.payload(epoch))
             self.write_log()
         return self.out_dir / "best.pt"
