@@ -103,6 +103,44 @@ def test_tiny_workflow_runs_the_six_comparison_models_through_the_same_harness(t
 
 
 @pytest.mark.slow
+def test_tiny_workflow_evaluates_every_model_and_writes_tables_figures_and_report(tiny_run, repo, venv_env):
+    from amdiff.evaluate.columns import COLUMNS
+
+    metrics = pd.read_csv(tiny_run / "results/metrics/metrics.tsv", sep="\t")
+    assert list(metrics.columns) == list(COLUMNS)
+    # 11 models x 3 test images (mct003 p005, p040; vision001 p0167)
+    assert len(metrics) == 33 and metrics.groupby("model").size().eq(3).all()
+    by_model = metrics.set_index("model")
+    for model in ("amdiff", "amdiff_no_resmamba"):
+        assert by_model.loc[model, ["nrmse_liver", "dice_liver", "tlg_true"]].notna().all().all()
+    assert by_model.loc["med_ddpm", "nrmse_liver"].notna().all() and by_model.loc["med_ddpm", "dice_liver"].isna().all()
+    assert by_model.loc["nnmamba", "dice_liver"].notna().all() and by_model.loc["nnmamba", "nrmse_liver"].isna().all()
+    # the ground truth does not depend on the model
+    assert metrics.groupby(["site", "subject", "level"]).mtv_true_ml.nunique().eq(1).all()
+
+    tables = tiny_run / "reports" / "tables"
+    table2 = (tables / "table2_denoising.md").read_text()
+    for name in ("LeqMod-GAN", "SpachTransformer", "3D Med-DDPM", "AMDiff", "mCT", "Vision", "All"):
+        assert name in table2
+    assert "**" in table2 and (tables / "table4_ablation.tex").read_text().count("\\textbf") >= 17
+    long = pd.read_csv(tables / "table3_segmentation.tsv", sep="\t")
+    assert set(long.model) == {"swin_unetr", "nnmamba", "medsam3d", "amdiff"}
+    claims = pd.read_csv(tables / "claims.tsv", sep="\t", keep_default_na=False)
+    assert set(claims.reproduced) <= {"yes", "no", "n/a"} and len(claims) >= 20
+    figures = tiny_run / "reports" / "figures"
+    for name in ("fig7_regression", "training_curves", "fig4_denoising_mct", "fig5_lesions_vision",
+                 "fig6_organs_mct"):
+        assert (figures / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (figures / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
+
+    report = tiny_run / "report.html"
+    result = snakemake(repo, tiny_run, venv_env, "--configfile", str(repo / ".test/config/config.yaml"),
+                       "--report", str(report), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert report.stat().st_size > 100_000
+
+
+@pytest.mark.slow
 def test_rerun_has_nothing_to_do(tiny_run, repo, venv_env):
     result = snakemake(repo, tiny_run, venv_env, "--configfile", str(repo / ".test/config/config.yaml"),
                        "-n", "--cores", "1")
