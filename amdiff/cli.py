@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--validate", action="store_true", help="also read every image and check geometry")
+    p.add_argument("--site", default=None, help="only this site's subjects (a training manifest)")
+    p.add_argument("--splits", default=None, help="only these splits, e.g. train,val")
 
     p = sub.add_parser("train", help="train AMDiff, an ablation or a comparison model on one site "
                                      "(resumes from last.pt)")

@@ -212,6 +212,9 @@ def manifest(args) -> None:
     rel = lambda p: os.path.relpath(p, out_dir)
     own = config["cohort"]["source"] == "manifest"
     subjects = _manifest_subjects(config) if own else phantom_subjects(config)
+    splits = set(args.splits.split(",")) if args.splits else None
+    subjects = [s for s in subjects if (args.site is None or s["site"] == args.site)
+                and (splits is None or s["split"] in splits)]
     rows = []
     for s in subjects:
         d = root / s["site"] / s["subject"]

@@ -81,12 +81,16 @@ rule cohort_summary:
         "amdiff summary {input} --out-tsv {output.tsv} --out-md {output.md} > {log} 2>&1"
 
 
+def manifest_images(subjects):
+    return [f"{subject_dir(s['site'], s['subject'])}/{name}.nii.gz" for s in subjects
+            for name in ["hc", "ct", "lesion", "organs"] + [f"lc_{n}" for n in lc_names(s["site"], s["split"], s)]]
+
+
 rule manifest:
     conda:
         "../envs/amdiff.yaml"
     input:
-        [f"{subject_dir(s['site'], s['subject'])}/{name}.nii.gz" for s in SUBJECTS
-         for name in ["hc", "ct", "lesion", "organs"] + [f"lc_{n}" for n in lc_names(s["site"], s["split"], s)]],
+        manifest_images(SUBJECTS),
     output:
         f"{RESULTS}/manifest.tsv",
     log:
@@ -97,3 +101,25 @@ rule manifest:
         runtime=10,
     shell:
         "amdiff manifest --config {CONFIG_FILE} --out {output} --validate > {log} 2>&1"
+
+
+# What one site's models train on: its train and validation subjects only, so a broken test
+# image (or another site's data) fails its own jobs and not every model's training.
+rule training_manifest:
+    conda:
+        "../envs/amdiff.yaml"
+    input:
+        lambda w: manifest_images([s for s in SUBJECTS if s["site"] == w.train_site and s["split"] in ("train", "val")]),
+    output:
+        f"{RESULTS}/manifest_{{train_site}}.tsv",
+    wildcard_constraints:
+        train_site="|".join(config["sites"]),
+    log:
+        "logs/manifest_{train_site}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "amdiff manifest --config {CONFIG_FILE} --site {wildcards.train_site} --splits train,val"
+        " --out {output} --validate > {log} 2>&1"

@@ -22,7 +22,7 @@ def training_device():
 
 rule train_amdiff:
     input:
-        manifest=f"{RESULTS}/manifest.tsv",
+        manifest=f"{RESULTS}/manifest_{{train_site}}.tsv",
     output:
         best=f"{RESULTS}/models/{{model}}/{{train_site}}/best.pt",
         log=report(f"{RESULTS}/models/{{model}}/{{train_site}}/log.csv", category="Training",
@@ -51,7 +51,7 @@ rule train_amdiff:
 
 
 def baseline_inputs(wildcards):
-    inputs = {"manifest": f"{RESULTS}/manifest.tsv"}
+    inputs = {"manifest": f"{RESULTS}/manifest_{wildcards.train_site}.tsv"}
     if wildcards.model in COMPARISON_SEGMENTERS:   # fed by the trained Med-DDPM's outputs
         inputs["denoiser"] = f"{RESULTS}/models/med_ddpm/{wildcards.train_site}/best.pt"
     return inputs

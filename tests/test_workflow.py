@@ -56,6 +56,9 @@ def test_tiny_workflow_produces_the_cohort(tiny_run, repo):
     assert sorted(counts["events"]) == ["p005", "p040"]
     for level, n in counts["events"].items():
         assert n == [int(np.floor(parse_level_name(level) / 100 * acq["events"] + 0.5))]
+    # models train from their site's train/val subjects only (a broken test image cannot stop them)
+    training = pd.read_csv(res / "manifest_mct.tsv", sep="\t")
+    assert dict(zip(training.subject, training.split)) == {"mct001": "train", "mct002": "val"}
     summary = pd.read_csv(res / "cohort" / "summary.tsv", sep="\t")
     assert set(summary.site) >= {"mct", "vision"}
     png = (res / "qc" / "mct" / "mct001.png").read_bytes()
@@ -146,6 +149,69 @@ def test_rerun_has_nothing_to_do(tiny_run, repo, venv_env):
                        "-n", "--cores", "1")
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_crashed_run_resumed_with_rerun_incomplete_gives_identical_metrics(tiny_run, repo, venv_env, tmp_path):
+    """A second run from scratch, killed (snakemake and its jobs) while models train, then
+    unlocked and resumed with --rerun-incomplete, ends with the same metrics table, byte for
+    byte, as the uninterrupted first run: interruption-safe and reproducible on one machine."""
+    import os
+    import signal
+    import time
+
+    work = tmp_path / "crash"
+    cmd = ["snakemake", "-s", str(repo / "Snakefile"), "--directory", str(work),
+           "--configfile", str(repo / ".test/config/config.yaml"), "--cores", "2"]
+    proc = subprocess.Popen(cmd, env=venv_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 1200
+    try:
+        # a training job has written its first epoch and is still running
+        while not list((work / "results" / "models").glob("*/mct/last.pt")):
+            assert proc.poll() is None and time.monotonic() < deadline, "run ended before training"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (work / "results" / "metrics" / "metrics.tsv").exists()
+    assert snakemake(repo, work, venv_env, "--configfile", str(repo / ".test/config/config.yaml"),
+                     "--unlock").returncode == 0
+    result = snakemake(repo, work, venv_env, "--configfile", str(repo / ".test/config/config.yaml"),
+                       "--cores", "2", "--rerun-incomplete")
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = (tiny_run / "results" / "metrics" / "metrics.tsv").read_bytes()
+    assert (work / "results" / "metrics" / "metrics.tsv").read_bytes() == first
+    assert (work / "reports" / "tables" / "table4_ablation.tsv").read_bytes() == \
+        (tiny_run / "reports" / "tables" / "table4_ablation.tsv").read_bytes()
+
+
+@pytest.mark.slow
+def test_corrupt_input_fails_only_its_own_jobs_with_keep_going(tiny_run, repo, venv_env, tmp_path):
+    work = tmp_path / "keep_going"
+    shutil.copytree(tiny_run, work, symlinks=True, ignore=shutil.ignore_patterns("report.html"))
+    res = work / "results"
+    # branch 1 must be redone: AMDiff's predictions and metrics of mct003
+    shutil.rmtree(res / "predictions" / "amdiff" / "mct" / "mct003")
+    (res / "metrics" / "cases" / "amdiff" / "mct" / "mct003.tsv").unlink()
+    # branch 2 breaks: vision001's low-count image is truncated on disk
+    bad = res / "vision" / "vision001" / "lc_p0167_r0.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:2000])
+    result = snakemake(repo, work, venv_env, "--configfile", str(repo / ".test/config/config.yaml"),
+                       "--cores", "2", "--keep-going")
+    assert result.returncode != 0
+    # the healthy branch finished
+    metrics = pd.read_csv(res / "metrics" / "cases" / "amdiff" / "mct" / "mct003.tsv", sep="\t")
+    assert len(metrics) == 2 and metrics.nrmse_liver.notna().all()
+    # the broken one failed with one clear line naming the file, and left no outputs behind
+    log = (work / "logs" / "predict" / "amdiff" / "vision" / "vision001" / "p0167_r0.log").read_text()
+    errors = [line for line in log.splitlines() if line.startswith("amdiff: error:")]
+    assert errors == [errors[0]] and str(bad.relative_to(work)) in errors[0] and "not a readable NIfTI" in errors[0]
+    assert "Traceback" not in log
+    out = res / "predictions" / "amdiff" / "vision" / "vision001" / "p0167_r0"
+    assert not out.exists() or not any(out.iterdir())
+    # nothing downstream of the failure was rebuilt from partial inputs
+    assert (res / "metrics" / "metrics.tsv").read_bytes() == (tiny_run / "results/metrics/metrics.tsv").read_bytes()
 
 
 def test_paper_config_plans_the_full_study(repo, venv_env, tmp_path):
