@@ -88,7 +88,7 @@ def test_regression_figure_texts_and_files(tmp_path):
     assert any("R² = 1.000" in s and "n = 5" in s and "y = 2x + 1" in s for s in strings)
     assert "no data" in strings                                  # nnmamba has no rows
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["AMDiff: MTV", "nnMamba: MTV"]              # AMDiff family first
+    assert titles == ["AMDiff\nMTV", "nnMamba\nMTV"]              # AMDiff family first
     assert fig.axes[0].get_xlabel() == "ground truth (mL)"
     assert_png_pdf(png, pdf)
     assert not list(tmp_path.glob(".*tmp*"))                      # atomic write left no temporaries

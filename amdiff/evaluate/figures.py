@@ -159,7 +159,7 @@ def _regression_panel(ax, metrics_df, model, name, colours) -> None:
     q = QUANTITIES[name]
     x, y = _pairs(metrics_df, model, q)
     fit = _fit(x, y)
-    ax.set_title(f"{model_label(model)}: {q.label}", fontsize=9)
+    ax.set_title(f"{model_label(model)}\n{q.label}", fontsize=9)   # two lines: no overlap
     ax.set_xlabel(f"ground truth ({q.unit})", fontsize=8)
     ax.set_ylabel(f"automatic ({q.unit})", fontsize=8)
     ax.tick_params(labelsize=7)
