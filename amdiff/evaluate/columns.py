@@ -14,6 +14,8 @@ ORGANS = tuple(ORGAN_CLASSES.values())          # liver, lung, bone, muscle, kid
 CLASSES = ("lesion", *ORGANS)                    # semantic classes s = 1..8 of the paper
 
 KEYS = ("model", "site", "subject", "level", "realization", "count_percent")
+PAIR_KEYS = ("site", "subject", "level", "realization")   # one low-count input: pairs two models
+ALL_SITES = "all"                                         # the group pooling every site; shown "All"
 
 NRMSE = ("nrmse_whole", *(f"nrmse_{c}" for c in CLASSES))
 DICE = tuple(f"dice_{c}" for c in CLASSES)
@@ -31,6 +33,7 @@ COLUMNS = (*KEYS, *METRICS)
 # Which way is better, for bold-face and for the direction of claimed effects.
 LOWER_IS_BETTER = {*NRMSE, "fp_volume_ml", "fn_volume_ml", "lesions_fp", "lesions_fn"}
 HIGHER_IS_BETTER = {*DICE, "lesions_tp"}
+CLOSEST_TO_ZERO_IS_BETTER = {"tlg_bias_pct"}
 
 # Display names as the paper prints them; unknown models are shown by their workflow name.
 MODEL_LABELS = {

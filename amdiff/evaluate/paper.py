@@ -35,15 +35,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from amdiff.evaluate.columns import HIGHER_IS_BETTER, LOWER_IS_BETTER
+from amdiff.evaluate.columns import ALL_SITES, HIGHER_IS_BETTER, LOWER_IS_BETTER, PAIR_KEYS
 from amdiff.io.atomic import write_text
 
 PAPER_TABLES_PATH = Path(__file__).with_name("paper_tables.tsv")
 PAPER_TABLE_COLUMNS = ("table", "site", "model", "metric", "mean", "std")
-ALL_SITES = "all"                    # the paper's Table 4 pools every site
 
 REQUIRED_KEYS = ("model", "site", "subject", "level", "realization", "count_percent")
-PAIR_KEYS = ("site", "subject", "level", "realization")   # one low-count input
 
 REFERENCE = "amdiff"
 ABLATIONS = ("amdiff_no_revision", "amdiff_no_organ_reg", "amdiff_no_lesion_reg",

@@ -28,9 +28,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-PAIR_KEYS = ("site", "subject", "level", "realization")
+from amdiff.evaluate.columns import ALL_SITES, PAIR_KEYS
+
 REFERENCE = "amdiff"
-ALL_GROUP = "all"          # the group pooling every site (as paper.ALL_SITES); shown "All"
+ALL_GROUP = ALL_SITES
 KNOWN_SITES = ("mct", "vision", "uexplorer")   # paper order of the scanners
 ALPHA = 0.05
 N_RESAMPLES = 9999

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from amdiff.errors import InputError
-from amdiff.evaluate.columns import COLUMNS
+from amdiff.evaluate.columns import COLUMNS, PAIR_KEYS
 from amdiff.evaluate.metrics import evaluate_case
 from amdiff.io.nifti import Volume, check_same_grid, read_volume
 from amdiff.listmode.levels import parse_image_name
@@ -89,7 +89,7 @@ def validate_metrics(df: pd.DataFrame, source) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise InputError(source, f"metrics table lacks column(s) {', '.join(missing[:5])}")
-    duplicated = df.duplicated(["model", "site", "subject", "level", "realization"])
+    duplicated = df.duplicated(["model", *PAIR_KEYS])
     if duplicated.any():
         row = df[duplicated].iloc[0]
         raise InputError(source, f"duplicate row for {row.model} {row.site} {row.subject} {row.level}")

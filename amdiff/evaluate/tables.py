@@ -91,7 +91,6 @@ OTHER_METRIC_LABELS = {
     "fn_volume_ml": ("Volume (mL)", "FN"),
 }
 PAPER_STYLE = {*columns.NRMSE, *columns.DICE}   # 3 decimals, no leading zero
-CLOSEST_TO_ZERO_IS_BETTER = {"tlg_bias_pct"}
 
 COMPARISON_COLUMNS = ("n_pairs", "mean_difference", "ci_low", "ci_high", "p_wilcoxon",
                       "p_holm", "significant")
@@ -154,7 +153,7 @@ def _descriptive(rows: pd.DataFrame, spec: TableSpec, models: list[str]) -> pd.D
 
 def _is_best(means: pd.Series, metric: str) -> pd.Series:
     """Best mean(s) among the finite ones of one group and metric; ties all win."""
-    if metric in CLOSEST_TO_ZERO_IS_BETTER:
+    if metric in columns.CLOSEST_TO_ZERO_IS_BETTER:
         score = means.abs()
     elif metric in columns.LOWER_IS_BETTER:
         score = means
