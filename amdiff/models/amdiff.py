@@ -3,10 +3,16 @@
 One module holds f_den (conditioned diffusion UNet), f_rev (revision) and f_seg (dual-branch
 segmenter), plus the cosine schedule. The ablations of Table 4 are variants of this module:
 
-- ``amdiff_no_revision``: no f_rev; the segmenter gets [P_HC, I_LC] directly.
+- ``amdiff_no_revision``: no f_rev; the segmenter gets [P_HC, I_LC] directly, and L_rev, which
+  supervises f_rev's output, does not exist (Eq. 10 without it).
 - ``amdiff_no_organ_reg`` / ``amdiff_no_lesion_reg``: L_lor without the organ / lesion terms
-  (the loss, not the network, changes).
+  (the loss, not the network, changes) -- Table 4's two partial ablations.
+- ``amdiff_no_lor``: L_lor removed entirely (lesion and organ terms) -- the abstract's and Fig. 7's
+  "without the lesion-organ-specific regularizer" (TLG bias -30.83 %).
 - ``amdiff_no_resmamba``: the segmenter's encoder uses plain residual conv blocks.
+
+``VARIANTS`` is the one table of these switches: the trainer reads its loss switches
+(``Variant.loss_terms``), reports/models.md lists them, and the tests check both agree.
 
 ``med_ddpm`` is the comparison model 3D Med-DDPM (Dorjsembe et al. 2024) as the paper uses it:
 the same conditioned diffusion module with no semantic parts (no L_lor, no revision module, no
@@ -34,12 +40,24 @@ class Variant:
     use_mamba: bool = True
     segmentation: bool = True
 
+    def loss_terms(self) -> tuple[str, ...]:
+        """The terms of Eq. 10 this variant trains with, e.g. ("diff", "lor", "rev", "seg")."""
+        terms = ["diff"]
+        if self.segmentation:
+            if not (self.drop_lesion_reg and self.drop_organ_reg):
+                terms.append("lor")
+            if self.revision:   # L_rev supervises f_rev's output: no module, no term
+                terms.append("rev")
+            terms.append("seg")
+        return tuple(terms)
+
 
 VARIANTS = {
     "amdiff": Variant(),
     "amdiff_no_revision": Variant(revision=False),
     "amdiff_no_organ_reg": Variant(drop_organ_reg=True),
     "amdiff_no_lesion_reg": Variant(drop_lesion_reg=True),
+    "amdiff_no_lor": Variant(drop_lesion_reg=True, drop_organ_reg=True),
     "amdiff_no_resmamba": Variant(use_mamba=False),
     "med_ddpm": Variant(revision=False, segmentation=False),
 }
