@@ -45,6 +45,7 @@ def validate_config(config: dict, source: str = "config") -> dict:
     for site, cfg in config["sites"].items():
         _check_site(site, cfg, source)
     _check_train_sites(config, source)
+    _check_windows(config, source)
     if config["cohort"]["source"] == "manifest" and not config["cohort"].get("manifest"):
         raise InputError(source, "cohort.manifest: required when cohort.source is 'manifest'")
     return config
@@ -81,6 +82,16 @@ def _check_train_sites(config: dict, source: str) -> None:
             if site not in sites:
                 raise InputError(source, f"{where}: {site!r} is not a configured site "
                                          f"(sites: {', '.join(sites)})")
+
+
+def _check_windows(config: dict, source: str) -> None:
+    """Inference windows are the training patch size: the networks with instance/group
+    statistics or a Mamba scan would see other statistics on other window sizes."""
+    train, infer = config.get("training", {}), config.get("inference", {})
+    if "patch_size" in train and "patch_size" in infer and list(train["patch_size"]) != list(infer["patch_size"]):
+        raise InputError(source, f"inference.patch_size {list(infer['patch_size'])} must equal "
+                                 f"training.patch_size {list(train['patch_size'])} (networks with "
+                                 "normalisation layers see different statistics on other window sizes)")
 
 
 def load_config(path: str | os.PathLike) -> dict:

@@ -331,6 +331,15 @@ def predict(args) -> None:
         write_volume(out / "uncertainty.nii.gz", pred.uncertainty, lc.affine)
 
 
+def _check_window(state: dict, config: dict, checkpoint) -> None:
+    """Inference windows must be the patches the model trained on (same normalisation statistics)."""
+    trained = ((state.get("config") or {}).get("training") or {}).get("patch_size")
+    window = config["inference"]["patch_size"]
+    if trained is not None and list(trained) != list(window):
+        raise InputError(checkpoint, f"trained on {list(trained)} patches, but inference.patch_size is "
+                                     f"{list(window)}; set it to the training patch size")
+
+
 def _require_sections(config: dict, source, sections) -> None:
     missing = [s for s in sections if s not in config]
     if missing:

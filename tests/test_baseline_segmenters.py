@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from amdiff.errors import InputError
+from amdiff.models.baselines.common import amdiff_segmentation_loss
 from amdiff.models import mamba_backend
 from amdiff.models.baselines import nnmamba as nm
 from amdiff.models.baselines import swin_unetr as sw
@@ -87,11 +88,14 @@ def test_loss_matches_hand_computation_for_uniform_logits():
 
     fds = [fd(0.5, les), fd(1 / 8, liv)] + [fd(1 / 8, np.zeros_like(les))] * 6
     out = sw.loss(ZeroLogits(), batch)
-    assert out["ce"].item() == pytest.approx(sum(ce) / 8, rel=1e-5)
+    # with each head's background, the CE is the heads' categorical CE: log 2 + log 8 at every voxel
+    assert out["ce"].item() == pytest.approx((math.log(2) + math.log(8)) / 8, rel=1e-5)
     assert out["focal_dice"].item() == pytest.approx(sum(fds) / 8, rel=1e-5)
-    assert out["total"].item() == pytest.approx((sum(ce) + sum(fds)) / 8, rel=1e-5)
+    assert out["total"].item() == pytest.approx((math.log(2) + math.log(8) + sum(fds)) / 8, rel=1e-5)
     assert torch.allclose(out["ce_per_class"], torch.tensor(ce, dtype=torch.float32), rtol=1e-5)
     assert nm.loss(ZeroLogits(), batch)["total"].item() == pytest.approx(out["total"].item())
+    printed = amdiff_segmentation_loss(ZeroLogits()(batch["lc"]), batch, ce_form="printed")
+    assert printed["ce"].item() == pytest.approx(sum(ce) / 8, rel=1e-5)
 
 
 def test_loss_rejects_bad_batches():

@@ -94,6 +94,21 @@ def test_regression_figure_texts_and_files(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))                      # atomic write left no temporaries
 
 
+def test_regression_figure_leads_with_the_papers_fig7_models(tmp_path):
+    """Paper Fig. 7: AMDiff, w/o (lesion-organ) regularizer, w/o revision; then the rest."""
+    true = np.array([1.0, 2.0, 4.0])
+    models = ["nnmamba", "amdiff_no_organ_reg", "amdiff_no_revision", "amdiff_no_lor", "amdiff"]
+    df = pd.concat([quant_table(true, true + k, model=m) for k, m in enumerate(models)])
+    assert F.order_models(models) == ["amdiff", "amdiff_no_lor", "amdiff_no_revision",
+                                      "amdiff_no_organ_reg", "nnmamba"]
+    fig = F.regression_figure(df, models, tmp_path / "f.png", quantities=["mtv"])
+    assert [ax.get_title() for ax in fig.axes][:3] == [
+        "AMDiff\nMTV", "AMDiff w/o lesion-organ regularizer\nMTV", "AMDiff w/o denoising revision\nMTV"]
+    stats_ = F.regression_stats(df, models, ["mtv"]).set_index("model")
+    assert stats_.at["amdiff_no_lor", "n"] == 3
+    assert stats_.at["amdiff_no_lor", "intercept"] == pytest.approx(3.0)
+
+
 # ---- case and slice choice ----------------------------------------------------------------------
 
 def test_choose_case_order():

@@ -172,11 +172,23 @@ def test_headline_constants_match_the_abstract(paper_text):
     assert "22.92/17.27%" in abstract and "10.17/2.02%" in abstract
     biases = [(float(m), float(s)) for m, s in
               re.findall(r"(-\d+\.\d+)\s*(?:±|\\pm)\s*(\d+\.\d+)", abstract)]
+    # "without the lesion-organ-specific regularizer" is the whole-L_lor ablation.
+    assert "(without the lesion-organ-specific regularizer)" in abstract
     assert biases == [paper.PAPER_TLG_BIAS[m][:2] for m in
-                      ("amdiff", "amdiff_no_organ_reg", "amdiff_no_revision")]
+                      ("amdiff", "amdiff_no_lor", "amdiff_no_revision")]
     relative = {metric: value for _, metric, _, value, _ in paper.PAPER_RELATIVE_HEADLINES}
     assert relative == {"nrmse_lesion": 22.92, "nrmse_liver": 17.27,
                         "dice_lesion": 10.17, "dice_liver": 2.02}
+
+
+def test_tlg_bias_paper_values_only_for_the_models_the_abstract_names():
+    assert set(paper.PAPER_TLG_BIAS) == {paper.REFERENCE, *paper.ABLATIONS}
+    assert paper.PAPER_TLG_BIAS["amdiff_no_lor"][:2] == (-30.83, 59.11)
+    reported = {m for m, (mean, std, _) in paper.PAPER_TLG_BIAS.items() if np.isfinite(mean)}
+    assert reported == {"amdiff", "amdiff_no_lor", "amdiff_no_revision"}
+    # The partial ablations are in Table 4 only: no TLG bias of the paper beside them.
+    for model in ("amdiff_no_organ_reg", "amdiff_no_lesion_reg"):
+        assert all(map(math.isnan, paper.PAPER_TLG_BIAS[model][:2])), model
 
 
 def test_claimed_percentages_appear_in_the_paper(paper_text):
@@ -278,18 +290,24 @@ def test_headline_tlg_bias_only_below_20_percent():
             {"model": "amdiff", "count_percent": 40.0, "tlg_bias_pct": 900.0},
             {"model": "amdiff", "count_percent": 5.0, "tlg_bias_pct": np.nan},   # undefined
             {"model": "amdiff_no_lesion_reg", "count_percent": 2.5, "tlg_bias_pct": -40.0},
-            {"model": "amdiff_no_lesion_reg", "count_percent": 2.5, "tlg_bias_pct": -60.0}]
+            {"model": "amdiff_no_lesion_reg", "count_percent": 2.5, "tlg_bias_pct": -60.0},
+            {"model": "amdiff_no_lor", "count_percent": 10.0, "tlg_bias_pct": -35.0}]
     table = paper.headline(make_metrics(rows))
     tlg = table[table["quantity"].str.startswith("TLG")].set_index("models")
-    assert list(tlg.index) == ["amdiff", "amdiff_no_lesion_reg"]     # only ablations present
+    # only ablations present
+    assert list(tlg.index) == ["amdiff", "amdiff_no_lesion_reg", "amdiff_no_lor"]
     assert tlg.loc["amdiff", "n"] == 2
     assert tlg.loc["amdiff", "ours"] == pytest.approx(-20.0)
     assert tlg.loc["amdiff", "ours_std"] == pytest.approx(math.sqrt(200.0))   # sample std
     assert (tlg.loc["amdiff", "paper"], tlg.loc["amdiff", "paper_std"]) == (-21.60, 47.26)
-    # The paper's single lesion-organ regularizer ablation stands beside our lesion one.
+    # The abstract's "without the lesion-organ-specific regularizer" is amdiff_no_lor; the
+    # partial lesion ablation has no TLG bias in the paper.
+    assert tlg.loc["amdiff_no_lor", "ours"] == pytest.approx(-35.0)
+    assert (tlg.loc["amdiff_no_lor", "paper"], tlg.loc["amdiff_no_lor", "paper_std"]) == (-30.83, 59.11)
+    assert "lesion-organ" in tlg.loc["amdiff_no_lor", "note"]
     assert tlg.loc["amdiff_no_lesion_reg", "ours"] == pytest.approx(-50.0)
-    assert tlg.loc["amdiff_no_lesion_reg", "paper"] == -30.83
-    assert "lesion-organ" in tlg.loc["amdiff_no_lesion_reg", "note"]
+    assert math.isnan(tlg.loc["amdiff_no_lesion_reg", "paper"])
+    assert "not reported" in tlg.loc["amdiff_no_lesion_reg", "note"]
 
 
 def test_headline_without_amdiff_rows_is_nan():
@@ -368,7 +386,7 @@ def test_comparison_table_per_site_and_pooled():
     rows = (paired({"amdiff": [0.10, 0.30]}, "nrmse_lesion", site="mct")
             + paired({"amdiff": [0.50]}, "nrmse_lesion", site="vision"))
     table = paper.comparison_table(make_metrics(rows))
-    assert len(table) == len(paper.load_paper_tables())
+    assert len(table) == len(paper.load_paper_tables()) + 17     # + amdiff_no_lor's Table 4 row
     key = table.set_index(["table", "site", "model", "metric"])
     mct = key.loc[(2, "mct", "amdiff", "nrmse_lesion")]
     assert (mct["n"], mct["paper_mean"], mct["paper_std"]) == (2, 0.150, 0.172)
@@ -380,6 +398,22 @@ def test_comparison_table_per_site_and_pooled():
     assert pooled["n"] == 3 and pooled["ours_mean"] == pytest.approx(0.3)
     assert key.loc[(2, "uexplorer", "amdiff", "nrmse_lesion"), "n"] == 0
     assert key.loc[(3, "mct", "nnmamba", "dice_lesion"), "n"] == 0
+
+
+def test_comparison_table_whole_lor_ablation_has_no_paper_values():
+    """The paper's Table 4 has no whole-L_lor row: ours stands beside NaN, not a reused number."""
+    rows = paired({"amdiff_no_lor": [0.20, 0.40], "amdiff_no_organ_reg": [0.30, 0.30]},
+                  "nrmse_lesion")
+    table = paper.comparison_table(make_metrics(rows))
+    lor = table[table["model"] == "amdiff_no_lor"]
+    assert set(lor["table"]) == {4} and set(lor["site"]) == {"all"}
+    assert list(lor["metric"]) == [*NRMSE, *DICE]
+    assert lor["paper_mean"].isna().all() and lor["paper_std"].isna().all()
+    cell = lor.set_index("metric").loc["nrmse_lesion"]
+    assert cell["n"] == 2 and cell["ours_mean"] == pytest.approx(0.3)
+    partial = table.set_index(["table", "model", "metric"]).loc[(4, "amdiff_no_organ_reg",
+                                                                 "nrmse_lesion")]
+    assert (partial["paper_mean"], partial["paper_std"]) == (0.186, 0.172)   # Table 4 as printed
 
 
 def test_write_paper_comparison(tmp_path):
@@ -398,7 +432,9 @@ def test_write_paper_comparison(tmp_path):
     assert set(claims["reproduced"]) == {"yes", "no", "n/a"}
     assert claims["ours_change_pct"].isna().sum() == (claims["reproduced"] == "n/a").sum()
     comparison = paper.read_output_tsv(tmp_path / "paper" / "paper_vs_reproduction.tsv")
-    assert len(comparison) == 3 * 4 * 9 + 3 * 4 * 8 + 5 * 17
+    assert len(comparison) == 3 * 4 * 9 + 3 * 4 * 8 + 6 * 17      # Table 4 + amdiff_no_lor
+    lor = [line for line in report.splitlines() if "| amdiff_no_lor |" in line]
+    assert len(lor) == 17 and all("| n/a |" in line for line in lor)
     heads = paper.read_output_tsv(tmp_path / "paper" / "headline.tsv")
     assert list(heads.columns) == list(paper.HEADLINE_COLUMNS)
     assert paper.DEMO_NOTE in (tmp_path / "paper" / "headline.md").read_text()

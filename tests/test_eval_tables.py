@@ -147,6 +147,22 @@ def test_best_rules_for_other_metrics():
     assert list(best_bias["model"]) == ["medsam3d"]   # smallest |mean|, not the lowest mean
 
 
+def test_table4_has_the_whole_regularizer_ablation():
+    """amdiff_no_lor (all of L_lor removed) is a Table 4 row, after the partial ablations."""
+    spec4 = next(spec for spec in TABLES if spec.name == "table4_ablation")
+    assert spec4.models == ("amdiff", "amdiff_no_revision", "amdiff_no_organ_reg",
+                            "amdiff_no_lesion_reg", "amdiff_no_lor", "amdiff_no_resmamba")
+    assert "not in the paper's Table 4" in spec4.caption
+    rows = [_row(model, "mct", s, lvl, nrmse_whole=base + 0.01 * i)
+            for model, base in (("amdiff_no_lor", 0.3), ("amdiff", 0.2), ("amdiff_no_organ_reg", 0.25))
+            for i, (s, lvl) in enumerate(CASES)]
+    table = build_table(pd.DataFrame(rows), spec4, **FAST)
+    assert list(table["model"].unique()) == ["amdiff", "amdiff_no_organ_reg", "amdiff_no_lor"]
+    lor = _get(table, "all", "amdiff_no_lor", "nrmse_whole")
+    assert lor["n"] == 6 and lor["mean"] == pytest.approx(0.325) and lor["n_pairs"] == 6
+    assert "| w/o lesion-organ regularizer | .325 ± .019" in to_markdown(table, spec4)
+
+
 # --- renderings -------------------------------------------------------------------------
 
 def test_number_format_follows_the_paper():

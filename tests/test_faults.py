@@ -108,6 +108,7 @@ def job(manifest, tmp_path_factory, train_env):  # noqa: F811
     cfg["models"], cfg["diffusion"] = copy.deepcopy(tt.CONFIG["models"]), copy.deepcopy(tt.CONFIG["diffusion"])
     cfg["training"] = {**copy.deepcopy(tt.CONFIG["training"]), "patches_per_epoch": PATCHES_PER_EPOCH,
                        "threads": 1}
+    cfg["inference"]["patch_size"] = cfg["training"]["patch_size"]   # windows = training patches
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
 

@@ -10,6 +10,7 @@ import pytest
 
 from amdiff.io.nifti import read_volume
 from amdiff.listmode.levels import parse_level_name
+from amdiff.models.amdiff import VARIANTS
 
 
 def snakemake(repo, workdir, env, *args, timeout=1500):
@@ -68,10 +69,13 @@ def test_tiny_workflow_produces_the_cohort(tiny_run, repo):
 @pytest.mark.slow
 def test_tiny_workflow_trains_every_variant_and_predicts_every_test_image(tiny_run):
     res = tiny_run / "results"
-    variants = ["amdiff", "amdiff_no_revision", "amdiff_no_organ_reg", "amdiff_no_lesion_reg", "amdiff_no_resmamba"]
+    variants = ["amdiff", "amdiff_no_revision", "amdiff_no_organ_reg", "amdiff_no_lesion_reg", "amdiff_no_lor",
+                "amdiff_no_resmamba"]
     for variant in variants:
         log = pd.read_csv(res / "models" / variant / "mct" / "log.csv")
         assert log.epoch.tolist() == [0, 1] and log.lambda_warm[0] == 0 and log.train_seg[1] > 0
+        for term in ("lor", "rev"):   # each variant trains with exactly its Eq. 10 terms
+            assert (log[f"train_{term}"][1] > 0) == (term in VARIANTS[variant].loss_terms()), (variant, term)
         assert (res / "models" / variant / "mct" / "best.pt").stat().st_size > 10_000
         for site, subject, image in (("mct", "mct003", "p005_r0"), ("mct", "mct003", "p040_r0"),
                                      ("vision", "vision001", "p0167_r0")):
@@ -111,8 +115,8 @@ def test_tiny_workflow_evaluates_every_model_and_writes_tables_figures_and_repor
 
     metrics = pd.read_csv(tiny_run / "results/metrics/metrics.tsv", sep="\t")
     assert list(metrics.columns) == list(COLUMNS)
-    # 11 models x 3 test images (mct003 p005, p040; vision001 p0167)
-    assert len(metrics) == 33 and metrics.groupby("model").size().eq(3).all()
+    # 12 models x 3 test images (mct003 p005, p040; vision001 p0167)
+    assert len(metrics) == 36 and metrics.groupby("model").size().eq(3).all()
     by_model = metrics.set_index("model")
     for model in ("amdiff", "amdiff_no_resmamba"):
         assert by_model.loc[model, ["nrmse_liver", "dice_liver", "tlg_true"]].notna().all().all()
@@ -126,6 +130,12 @@ def test_tiny_workflow_evaluates_every_model_and_writes_tables_figures_and_repor
     for name in ("LeqMod-GAN", "SpachTransformer", "3D Med-DDPM", "AMDiff", "mCT", "Vision", "All"):
         assert name in table2
     assert "**" in table2 and (tables / "table4_ablation.tex").read_text().count("\\textbf") >= 17
+    # the whole-L_lor ablation is a Table 4 row, with no paper number beside it
+    assert "| w/o lesion-organ regularizer |" in (tables / "table4_ablation.md").read_text()
+    versus = pd.read_csv(tables / "paper_vs_reproduction.tsv", sep="\t")
+    no_lor = versus[versus.model == "amdiff_no_lor"]
+    assert len(no_lor) == 17 and no_lor.paper_mean.isna().all()
+    assert no_lor.set_index("metric").at["nrmse_whole", "n"] == 3
     long = pd.read_csv(tables / "table3_segmentation.tsv", sep="\t")
     assert set(long.model) == {"swin_unetr", "nnmamba", "medsam3d", "amdiff"}
     claims = pd.read_csv(tables / "claims.tsv", sep="\t", keep_default_na=False)

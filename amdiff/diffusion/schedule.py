@@ -45,8 +45,8 @@ def suv_to_diffusion(suv, cutoff: float = SUV_CUTOFF):
 def diffusion_to_suv(x, cutoff: float = SUV_CUTOFF):
     """Diffusion domain -> SUV: the exact affine inverse, (x + 1) / 2 * cutoff.
 
-    No clamping: values outside [-1, 1] (an unclipped x0 estimate during training) map
-    outside [0, cutoff], so losses on them keep their gradient.
+    No clamping here: a value outside [-1, 1] maps outside [0, cutoff]. (The trainer clamps its
+    x0 estimate before this, straight-through by default; see amdiff.train.trainer.)
     """
     if not cutoff > 0:
         raise InputError("cutoff", f"SUV cutoff must be > 0, got {cutoff}")
@@ -149,7 +149,9 @@ class CosineSchedule:
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x0 from predicted noise (Eq. 1 inverted): x_t / sqrt(abar) - sqrt(1/abar - 1) eps.
 
-        This is P_HC during training (for L_lor). Differentiable; no clipping.
+        Differentiable; no clipping. The gradient with respect to eps is scaled by
+        sqrt(1/abar - 1): ~0.4 at t = T/4, 1 at T/2, ~5e3 at t = T - 1. The trainer forms P_HC from
+        it only for t < ``training.aux_max_t_fraction`` x T (see amdiff.train.trainer).
         """
         return (self.extract("sqrt_recip_alpha_bar", t, x_t) * x_t
                 - self.extract("sqrt_recipm1_alpha_bar", t, x_t) * eps)

@@ -41,6 +41,7 @@ MODEL_LABELS = {
     "amdiff_no_revision": "w/o denoising revision",
     "amdiff_no_organ_reg": "w/o organ regularizer",
     "amdiff_no_lesion_reg": "w/o lesion regularizer",
+    "amdiff_no_lor": "w/o lesion-organ regularizer",
     "amdiff_no_resmamba": "w/o ResMamba",
     "leqmod_gan": "LeqMod-GAN",
     "spach_transformer": "SpachTransformer",

@@ -66,9 +66,17 @@ def model_family(model: str) -> str:
     return "amdiff" if model.startswith("amdiff") else model
 
 
+# The paper's Fig. 7 compares AMDiff with "w/o regularizer" (all of L_lor removed) and
+# "w/o revision"; their rows lead the figure, in this order.
+FIG7_MODELS = ("amdiff", "amdiff_no_lor", "amdiff_no_revision")
+
+
 def order_models(models: Sequence[str]) -> list[str]:
-    """Keep the given order but put the AMDiff family first, so AMDiff sits beside its ablations."""
-    return sorted(dict.fromkeys(models), key=lambda m: model_family(m) != "amdiff")
+    """AMDiff family first, led by the paper's Fig. 7 models; otherwise the given order."""
+    def key(model: str) -> tuple[bool, int]:
+        rank = FIG7_MODELS.index(model) if model in FIG7_MODELS else len(FIG7_MODELS)
+        return model_family(model) != "amdiff", rank
+    return sorted(dict.fromkeys(models), key=key)
 
 
 # ---- Fig. 7: regression of automatic on ground-truth quantification --------------------------
@@ -186,7 +194,8 @@ def _regression_panel(ax, metrics_df, model, name, colours) -> None:
 
 def regression_figure(metrics_df: pd.DataFrame, models: Sequence[str], png=None, pdf=None,
                       quantities: Sequence[str] = DEFAULT_QUANTITIES, dpi: int = DPI) -> Figure:
-    """Fig. 7 analog: rows = models (AMDiff family first), columns = quantities.
+    """Fig. 7 analog: rows = models (``order_models``: AMDiff, w/o lesion-organ regularizer,
+    w/o revision, the other ablations, then the rest), columns = quantities.
 
     Each panel: cases coloured by test site, the OLS line, the identity line, R², fit and n.
     """

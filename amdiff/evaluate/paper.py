@@ -4,9 +4,11 @@ and the effects the text claims.
 Three things are compared with a per-case metrics table (see ``columns.py``):
 
 * ``comparison_table``: every cell of Tables 2, 3 and 4 (``paper_tables.tsv``, transcribed
-  from the paper) beside our mean ± std over the same site (``all`` = every site).
+  from the paper) beside our mean ± std over the same site (``all`` = every site), plus a
+  Table 4 row for amdiff_no_lor, which the paper has none for (its paper cells are n/a).
 * ``headline``: the abstract's numbers - TLG bias of AMDiff and its ablations on cases
-  below 20 % of the clinical count, the lesion/liver NRMSE reduction against Med-DDPM and
+  below 20 % of the clinical count (paper values for AMDiff, amdiff_no_lor and
+  amdiff_no_revision only), the lesion/liver NRMSE reduction against Med-DDPM and
   the lesion/liver Dice gain against nnMamba.
 * ``claims_table``: each effect the text states (``CLAIMS``) with the paper's relative
   change, ours, and whether our direction agrees (``reproduced``).
@@ -45,7 +47,7 @@ REQUIRED_KEYS = ("model", "site", "subject", "level", "realization", "count_perc
 
 REFERENCE = "amdiff"
 ABLATIONS = ("amdiff_no_revision", "amdiff_no_organ_reg", "amdiff_no_lesion_reg",
-             "amdiff_no_resmamba")
+             "amdiff_no_lor", "amdiff_no_resmamba")
 
 DEMO_NOTE = ("The demo cohort is synthetic and tiny, so our numbers are not expected to match "
              "the paper's; only the directions of the paper's claimed effects are compared "
@@ -131,17 +133,16 @@ def paired_change(df: pd.DataFrame, metric: str, model: str, reference: str,
 
 HEADLINE_MAX_COUNT_PERCENT = 20.0      # "test cases below 20% of the clinical count levels"
 
-# Abstract: TLG bias (mean ± std, %). The paper ablates the lesion-organ-specific
-# regularizer as one piece; we ablate its organ and lesion parts separately, so both of
-# our ablations stand beside that single number.
+# Abstract: TLG bias (mean ± std, %) of AMDiff and of the two ablations it names; Fig. 7
+# shows the same three models. "Without the lesion-organ-specific regularizer" removes all of
+# L_lor (amdiff_no_lor); the partial ablations appear in Table 4 only, so they get no number.
 PAPER_TLG_BIAS = {
     "amdiff": (-21.60, 47.26, ""),
     "amdiff_no_revision": (-35.63, 54.08, "paper: without the denoising revision module"),
-    "amdiff_no_organ_reg": (-30.83, 59.11, "paper ablates the whole lesion-organ-specific "
-                            "regularizer; we ablate its organ part alone"),
-    "amdiff_no_lesion_reg": (-30.83, 59.11, "paper ablates the whole lesion-organ-specific "
-                             "regularizer; we ablate its lesion part alone"),
-    "amdiff_no_resmamba": (math.nan, math.nan, "not reported in the paper"),
+    "amdiff_no_organ_reg": (math.nan, math.nan, "not reported in the paper (Table 4 only)"),
+    "amdiff_no_lesion_reg": (math.nan, math.nan, "not reported in the paper (Table 4 only)"),
+    "amdiff_no_lor": (-30.83, 59.11, "paper: without the lesion-organ-specific regularizer"),
+    "amdiff_no_resmamba": (math.nan, math.nan, "not reported in the paper (Table 4 only)"),
 }
 
 # Abstract: (quantity, metric, peer, paper %, sign). sign -1 turns a relative change into
@@ -339,10 +340,28 @@ def _ours(df: pd.DataFrame, site: str, model: str, metric: str) -> tuple[int, fl
     return describe(rows[metric].astype(float))
 
 
+def with_unpublished_ablations(paper: pd.DataFrame) -> pd.DataFrame:
+    """``paper`` plus a Table 4 row of NaN cells for each ablation we train that it lacks.
+
+    The paper's Table 4 has no row for the whole-L_lor ablation (amdiff_no_lor), so ours is
+    compared with nothing ("n/a"), never with a neighbouring row's number.
+    """
+    table4 = paper[paper["table"] == 4]
+    metrics = list(dict.fromkeys(table4["metric"]))
+    missing = [m for m in ABLATIONS if m not in set(table4["model"])]
+    if table4.empty or not missing:
+        return paper
+    extra = pd.DataFrame([{"table": 4, "site": ALL_SITES, "model": model, "metric": metric,
+                           "mean": math.nan, "std": math.nan}
+                          for model in missing for metric in metrics])
+    return pd.concat([paper, extra], ignore_index=True)
+
+
 def comparison_table(metrics_df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Every cell of the paper's Tables 2-4 beside our mean ± std over the same cases."""
+    """Every cell of the paper's Tables 2-4 beside our mean ± std over the same cases; our
+    ablations without a Table 4 row in the paper get one whose paper cells are NaN."""
     _check_metrics(metrics_df)
-    paper = load_paper_tables() if paper is None else paper
+    paper = with_unpublished_ablations(load_paper_tables() if paper is None else paper)
     rows = []
     for cell in paper.itertuples(index=False):
         n, mean, std = _ours(metrics_df, cell.site, cell.model, cell.metric)
@@ -383,11 +402,16 @@ def _headline_markdown(table: pd.DataFrame) -> pd.DataFrame:
         "note": table["note"]})
 
 
+def _paper_cell(mean, std) -> str:
+    """The paper's mean ± std; "n/a" where the paper has no such cell (amdiff_no_lor)."""
+    return _mean_std(mean, std, 3) if np.isfinite(mean) else "n/a"
+
+
 def _comparison_markdown(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "table": table["table"], "site": table["site"], "model": table["model"],
         "metric": table["metric"],
-        "paper": [_mean_std(m, s, 3) for m, s in zip(table["paper_mean"], table["paper_std"])],
+        "paper": [_paper_cell(m, s) for m, s in zip(table["paper_mean"], table["paper_std"])],
         "ours": [_mean_std(m, s, 3) for m, s in zip(table["ours_mean"], table["ours_std"])],
         "n": table["n"]})
 
@@ -434,7 +458,8 @@ def write_paper_comparison(metrics_df: pd.DataFrame, out_dir: str | Path,
             f"## Claimed effects ({n_yes} of {n_tested} testable claims point the paper's way)",
             "", "Change = 100 × (better − worse) / worse, of the means over paired cases.", "",
             markdown_table(_claims_markdown(claims)),
-            "## Tables 2–4 (mean ± std; site `all` = every site)", "",
+            "## Tables 2–4 (mean ± std; site `all` = every site; paper `n/a`: the paper "
+            "has no such row)", "",
             markdown_table(_comparison_markdown(comparison))]),
         "claims.tsv": _tsv(claims),
     }

@@ -51,8 +51,10 @@ class TableSpec:
     reference: str = REFERENCE
 
 
+# Table 4's rows, plus amdiff_no_lor (all of L_lor removed: the abstract's and Fig. 7's
+# ablation, which the paper's Table 4 has no row for).
 ABLATIONS = ("amdiff_no_revision", "amdiff_no_organ_reg", "amdiff_no_lesion_reg",
-             "amdiff_no_resmamba")
+             "amdiff_no_lor", "amdiff_no_resmamba")
 SEGMENTERS = ("swin_unetr", "nnmamba", "medsam3d")
 DENOISERS = ("leqmod_gan", "spach_transformer", "med_ddpm")
 QUANT_METRICS = ("tlg_bias_pct", "lesions_tp", "lesions_fp", "lesions_fn",
@@ -61,7 +63,11 @@ QUANT_METRICS = ("tlg_bias_pct", "lesions_tp", "lesions_fp", "lesions_fn",
 TABLES = (
     TableSpec("table2_denoising", "Table 2: Denoising comparisons with SOTA methods",
               "NRMSE on the whole image and each semantic class, averaged across all noise "
-              "levels and presented as mean ± std. Lower is better.",
+              "levels and presented as mean ± std. Lower is better. Med-DDPM here is AMDiff's "
+              "diffusion module alone, whose target is cut off at diffusion.suv_cutoff (SUV 20) "
+              "unless baselines.med_ddpm.suv_cutoff lifts it, so SUV above the cutoff (lesion "
+              "peaks) is unreachable for it by construction: a limit of this reproduction, "
+              "not necessarily of the published Med-DDPM the paper compares against.",
               (*DENOISERS, REFERENCE), columns.NRMSE, per_site=True),
     TableSpec("table3_segmentation", "Table 3: Segmentation comparisons with SOTA methods",
               "Dice on each semantic class, averaged across all noise levels and presented "
@@ -69,7 +75,9 @@ TABLES = (
               (*SEGMENTERS, REFERENCE), columns.DICE, per_site=True),
     TableSpec("table4_ablation", "Table 4: Ablation studies on AMDiff",
               "NRMSE and Dice averaged across all test cases, presented as mean ± std. "
-              "Lower NRMSE and higher Dice are better.",
+              "Lower NRMSE and higher Dice are better. The row w/o lesion-organ regularizer "
+              "(both its lesion and organ terms removed) is not in the paper's Table 4; the "
+              "paper reports it in the abstract and Fig. 7.",
               (REFERENCE, *ABLATIONS), (*columns.NRMSE, *columns.DICE), per_site=False),
     TableSpec("table5_quantification", "Table 5: Lesion quantification and detection",
               "Not in the paper. TLG bias in percent of the true TLG; lesion-wise detection "

@@ -4,8 +4,16 @@ Diffusion sampling runs on the whole volume: one x_t for the image, and at every
 the noise prediction is assembled from overlapping patches with Gaussian blending
 (``monai.inferers.sliding_window_inference``), so neighbouring patches share one trajectory and
 no seams appear. DDPM ancestral sampling uses all T steps (Eq. 4); DDIM uses ``steps`` of them.
-The revision module is fully convolutional and runs on the whole volume; the segmenter runs by
-sliding window again. A fixed seed per case makes every prediction reproducible.
+
+Training and inference see the same statistics: every network whose output depends on the
+extent of its input (GroupNorm/InstanceNorm layers, the Mamba scan of the segmenters, window
+attention) runs by sliding window with windows of the training patch size (``patch_size`` here
+must equal ``training.patch_size``; the config check enforces it). The only exception is a
+context-free revision module (``models.revision.norm: none``, no normalisation layer): each of
+its output voxels depends only on a few neighbouring input voxels, so it runs on the whole
+volume, giving exactly what it gives on a patch, without patch seams. A GroupNorm revision
+module runs by sliding window like the others. A fixed seed per case makes every prediction
+reproducible.
 """
 
 from __future__ import annotations
@@ -70,6 +78,13 @@ def predict_baseline(model: torch.nn.Module, lc_suv: np.ndarray, inference: dict
                       organs=seg["organs"].argmax(1, keepdim=True)[crop][0, 0].to(torch.uint8).cpu().numpy())
 
 
+def _revise(model: AMDiff, p_hc: torch.Tensor, lc: torch.Tensor, windows) -> torch.Tensor:
+    """P_HCR on the whole volume: at once if f_rev is context-free, else by sliding window."""
+    if model.revision is None or model.revision.context_free:
+        return model.revise(p_hc, lc)
+    return windows(torch.cat([p_hc, lc], 1), lambda patch: model.revise(patch[:, :1], patch[:, 1:]))
+
+
 @torch.no_grad()
 def predict_volume(model: AMDiff, lc_suv: np.ndarray, inference: dict, seed: int,
                    device: str = "cpu", progress: bool = False) -> Prediction:
@@ -91,7 +106,7 @@ def predict_volume(model: AMDiff, lc_suv: np.ndarray, inference: dict, seed: int
     for _ in range(int(inference.get("samples", 1))):
         x0 = sample(eps_fn, tuple(lc.shape), model.schedule, method=method, steps=steps,
                     generator=generator, device=dev, progress=progress)
-        samples.append(model.revise(model.to_suv(x0.clamp(-1, 1)), lc))
+        samples.append(_revise(model, model.to_suv(x0.clamp(-1, 1)), lc, windows))
     stack = torch.stack(samples)
     p_hcr = stack.mean(0).clamp(min=0.0)   # SUV is non-negative (the revision output may dip below 0)
     uncertainty = stack.std(0, unbiased=True)[crop][0, 0].cpu().numpy() if len(samples) > 1 else None

@@ -32,6 +32,17 @@ exponent is exactly 4/3: FocalDice_s = (1 - DSC_s)^(1/gamma) with the squared so
 DSC_s = (2 sum P M + eps) / (sum P^2 + sum M^2 + eps). It is 0 for a perfect prediction, pushes
 P_s to 1 inside small lesions, and still focuses on hard classes (exponent 3/4 < 1). The printed
 form stays available as ``form="printed"`` (config ``training.focal_dice_form``).
+
+Cross-entropy with background (``ce_form``, config ``training.seg_ce_form``). As printed, the
+CE sums -M_s log P_s over s = 1..8 only. In a lesion-free patch (half of training, by the
+adaptive sampler) M_1 = 0 everywhere, so a confident false-positive lesion voxel costs no CE at
+all, and the Dice term of the empty class saturates at ~1 as soon as any false-positive mass
+appears: painting 10 or 10^5 false lesion voxels costs the same. Whole-body inference then marks
+tens of litres as lesion. ``ce_form="with_background"`` (our default) adds each head's
+background channel, -(1 - M_1) log P_lesion-bg and -M_organ-bg log P_organ-bg with weight w_0,
+which makes the CE term of each head the ordinary categorical cross-entropy of its softmax
+(MONAI's / nnU-Net's CE): every false-positive voxel now costs -log(1 - P_1). The printed form
+stays available as ``ce_form="printed"``.
 """
 
 from __future__ import annotations
@@ -67,6 +78,17 @@ def cross_entropy_terms(log_probs: torch.Tensor, masks: torch.Tensor) -> torch.T
     return -(masks * log_probs).mean(dim=dims)
 
 
+def background_cross_entropy(log_p_lesion_bg: torch.Tensor, log_p_organ_bg: torch.Tensor,
+                             masks: torch.Tensor) -> torch.Tensor:
+    """Each head's background CE, (2,): mean over batch and voxels of -(1 - M_1) log P_lesion-bg
+    and of -(no organ) log P_organ-bg; masks (B, 9, ...) from ``semantic_masks``."""
+    dims = [0, *range(2, masks.ndim)]
+    not_lesion = 1.0 - masks[:, 1:2]
+    no_organ = (1.0 - masks[:, 2:].sum(dim=1, keepdim=True)).clamp_min(0.0)
+    return torch.stack([-(not_lesion * log_p_lesion_bg).mean(dim=dims).squeeze(0),
+                        -(no_organ * log_p_organ_bg).mean(dim=dims).squeeze(0)])
+
+
 def focal_dice_terms(probs: torch.Tensor, masks: torch.Tensor, gamma: float = GAMMA,
                      eps: float = EPS) -> torch.Tensor:
     """FocalDice_s as printed in Eq. 9 (see module docstring); (B, K, ...) inputs -> (K,)."""
@@ -91,11 +113,13 @@ def focal_tversky_dice_terms(probs: torch.Tensor, masks: torch.Tensor, gamma: fl
 
 
 FORMS = {"printed": focal_dice_terms, "focal_tversky": focal_tversky_dice_terms}
+CE_FORMS = ("with_background", "printed")
 
 
 def segmentation_terms(lesion_logits: torch.Tensor, organ_logits: torch.Tensor, masks: torch.Tensor,
                        gamma: float = GAMMA, eps: float = EPS, form: str = "printed") -> dict[str, torch.Tensor]:
-    """Per-class terms for s = 1..8: {"ce": (8,), "focal_dice": (8,)}; masks (B, 9, ...) from semantic_masks."""
+    """Per-class terms for s = 1..8: {"ce": (8,), "focal_dice": (8,)} and each head's background
+    CE {"ce_background": (2,)}; masks (B, 9, ...) from semantic_masks."""
     if form not in FORMS:
         raise InputError("segmentation_loss", f"focal Dice form must be one of {sorted(FORMS)}, got {form!r}")
     log_p = class_log_probs(lesion_logits, organ_logits)
@@ -103,20 +127,41 @@ def segmentation_terms(lesion_logits: torch.Tensor, organ_logits: torch.Tensor, 
         raise InputError("segmentation_loss",
                          f"masks {tuple(masks.shape)} must be (B, {N_CLASSES}, *spatial) on the logits grid")
     m = masks[:, 1:].to(log_p.dtype)
-    return {"ce": cross_entropy_terms(log_p, m), "focal_dice": FORMS[form](log_p.exp(), m, gamma, eps)}
+    background = background_cross_entropy(F.log_softmax(lesion_logits, dim=1)[:, :1],
+                                          F.log_softmax(organ_logits, dim=1)[:, :1], masks.to(log_p.dtype))
+    return {"ce": cross_entropy_terms(log_p, m), "focal_dice": FORMS[form](log_p.exp(), m, gamma, eps),
+            "ce_background": background}
+
+
+def combine_terms(terms: dict[str, torch.Tensor], weights: torch.Tensor,
+                  ce_form: str = "with_background") -> dict[str, torch.Tensor]:
+    """L_seg from ``segmentation_terms`` and w_s (9,): {"total", "ce", "focal_dice"} scalars.
+
+    printed:          (1/S) sum_{s=1}^{S} w_s (CE_s + FocalDice_s)
+    with_background:  the same plus (1/S) w_0 (CE_lesion-bg + CE_organ-bg)
+    """
+    if ce_form not in CE_FORMS:
+        raise InputError("segmentation_loss", f"cross-entropy form must be one of {list(CE_FORMS)}, got {ce_form!r}")
+    ce = (weights[1:] * terms["ce"]).sum()
+    if ce_form == "with_background":
+        ce = ce + weights[0] * terms["ce_background"].sum()
+    fd = (weights[1:] * terms["focal_dice"]).sum()
+    return {"total": (ce + fd) / S, "ce": ce / S, "focal_dice": fd / S}
 
 
 def segmentation_loss(lesion_logits: torch.Tensor, organ_logits: torch.Tensor, lesion: torch.Tensor,
                       organs: torch.Tensor, weights: WeightsLike = None, gamma: float = GAMMA,
-                      eps: float = EPS) -> torch.Tensor:
-    """L_seg, paper Eq. 9: (1/S) sum_{s=1}^{8} w_s (CE_s + FocalDice_s); S = 8, w_0 ignored.
+                      eps: float = EPS, form: str = "printed", ce_form: str = "printed") -> torch.Tensor:
+    """L_seg, paper Eq. 9: (1/S) sum_{s=1}^{8} w_s (CE_s + FocalDice_s); S = 8 (see ``combine_terms``
+    for ``ce_form="with_background"``, which adds w_0 times each head's background CE).
 
-    lesion (B, 1, ...) binary, organs (B, 1, ...) labels 0..7. Scalar tensor.
+    lesion (B, 1, ...) binary, organs (B, 1, ...) labels 0..7. Scalar tensor. The defaults are the
+    printed equation; the trainers use ``focal_tversky`` and ``with_background`` (module docstring).
     """
     masks = semantic_masks(lesion, organs, dtype=lesion_logits.dtype)
-    terms = segmentation_terms(lesion_logits, organ_logits, masks, gamma, eps)
+    terms = segmentation_terms(lesion_logits, organ_logits, masks, gamma, eps, form)
     w = class_weights(weights, device=lesion_logits.device, dtype=lesion_logits.dtype)
-    return (w[1:] * (terms["ce"] + terms["focal_dice"])).sum() / S
+    return combine_terms(terms, w, ce_form)["total"]
 
 
 class SegmentationLoss(nn.Module):

@@ -165,10 +165,9 @@ class EpochTrainer(ABC):
             t0 = time.perf_counter()
             gen = torch.Generator().manual_seed(derived_seed(self.seed, "epoch", str(epoch)))
             patches = self.train_sampler.epoch(n, epoch)
-            sums: dict[str, float] = {}
+            means = RunningMeans()
             for batch in batches(patches, bs):
-                for key, value in self.train_batch(batch, epoch, gen).items():
-                    sums[key] = sums.get(key, 0.0) + value * len(batch["hc"]) / len(patches)
+                means.add(self.train_batch(batch, epoch, gen), len(batch["hc"]))
             row = {"epoch": epoch, **self.epoch_columns(epoch)}
             for sched in self.schedulers.values():
                 sched.step()
@@ -179,7 +178,7 @@ class EpochTrainer(ABC):
             improved = val["val_score"] < self.best_score
             if improved:
                 self.best_score = val["val_score"]
-            self.history.append({**row, **{f"train_{k}": v for k, v in sums.items()}, **val,
+            self.history.append({**row, **{f"train_{k}": v for k, v in means.result().items()}, **val,
                                  "best": int(improved), "seconds": round(time.perf_counter() - t0, 3)})
             if improved:
                 save_checkpoint(self.out_dir / BEST_KEPT, self.payload(epoch))
@@ -187,6 +186,26 @@ class EpochTrainer(ABC):
             save_checkpoint(self.out_dir / "last.pt", self.payload(epoch))
             self.write_log()
         return self.out_dir / "best.pt"
+
+
+class RunningMeans:
+    """Per-key means of the batch values, weighted by batch size; a NaN value (a term not computed
+    for that batch, e.g. no item had a small enough t for P_HC) is left out of its key's mean."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, values: dict[str, float], weight: float) -> None:
+        for key, value in values.items():
+            self.sums.setdefault(key, 0.0)
+            self.weights.setdefault(key, 0.0)
+            if not math.isnan(value):
+                self.sums[key] += value * weight
+                self.weights[key] += weight
+
+    def result(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.weights[k] if self.weights[k] else float("nan") for k in self.sums}
 
 
 def nrmse(pred: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:

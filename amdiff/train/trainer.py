@@ -1,14 +1,35 @@
 """Joint AMDiff training (paper Eqs. 1-11) on the shared epoch loop (amdiff.train.base).
 
-Before e_T only the denoiser trains (lambda_warm = 0, Eq. 11); afterwards P_HC = the x0
-estimate from the predicted noise feeds L_lor, the revision module and the segmenter (Eq. 10).
+Before e_T only the denoiser trains (lambda_warm = 0, Eq. 11); afterwards P_HC feeds L_lor, the
+revision module and the segmenter (Eq. 10), with the terms of the variant
+(``Variant.loss_terms``: no L_rev without the revision module, no L_lor for amdiff_no_lor).
 Adam with separate learning rates for the denoiser and for revision + segmenter, both x0.1
 after half the epochs. ``med_ddpm`` (no semantic parts) trains with L_diff alone.
 
-Validation (every epoch, fixed patches and steps): NRMSE of the x0 estimate against I_HC and
-Dice of lesion and organs on the segmenter output. The checkpoint with the lowest
-``val_score = val_nrmse + (1 - mean(val_dice_lesion, val_dice_organs))`` is kept as best.pt
-(the paper evaluates the best-validation model; it does not say how the two tasks are combined).
+P_HC in training (our choice; the paper defines P_HC as the sampler's final output I^0, which
+training cannot afford). P_HC is the one-step x0 estimate x0^ = (x_t - sqrt(1 - abar) eps^) /
+sqrt(abar), an estimate whose error is the noise-prediction error times sqrt(1/abar - 1): about
+0.4 at t = T/4, 1 at t = T/2, 5e3 at t = T. Two settings (``training``):
+- ``aux_max_t_fraction`` (default 0.5): only batch items with t < fraction x T form P_HC and
+  enter L_lor, L_rev and L_seg; items at larger t train L_diff alone. Beyond T/2 the estimate is
+  mostly noise, and its gradient into the denoiser would be amplified up to 5e3-fold. 1.0 gives
+  every t (the earlier behaviour).
+- ``p_hc_clamp`` (default ``straight_through``): the estimate is clamped to the diffusion range
+  [-1, 1] as the sampler clamps its output, with the clamp's gradient passed straight through,
+  so P_HC has inference's range and out-of-range voxels still teach the denoiser. ``hard`` is a
+  plain clamp, whose gradient is zero wherever the estimate leaves the range (~96 % of voxels at
+  t = 240; the earlier behaviour).
+
+Validation (every epoch, fixed patches and noise): the mean L1 noise error at random t
+(``val_diff``), and, as at inference, each validation patch sampled from noise with DDIM
+(``training.val_sampler_steps`` steps, default 10; 0 = the one-step estimate at random t), revised
+and segmented: ``val_nrmse`` is the NRMSE of the final output (P_HCR, or P_HC without revision)
+against I_HC in SUV, the Dice of lesion and organs that of the segmenter on it. Patches, not
+whole validation volumes: a whole paper-size volume is ~2,000 windows per sampler step, which
+no per-epoch validation can afford; the patches are the lesion-balanced, fixed ``val_patches``. The checkpoint
+with the lowest ``val_score = val_nrmse + (1 - mean(val_dice_lesion, val_dice_organs))`` is kept
+as best.pt (the paper evaluates the best-validation model; it does not say how the two tasks
+are combined).
 """
 
 from __future__ import annotations
@@ -18,6 +39,7 @@ import math
 import numpy as np
 import torch
 
+from amdiff.diffusion.samplers import sample
 from amdiff.errors import InputError
 from amdiff.losses.warmup import AMDiffLoss, lambda_warm
 from amdiff.models.amdiff import build_model
@@ -26,6 +48,20 @@ from amdiff.train.base import EpochTrainer, batches, nrmse
 LOG_COLUMNS = ["epoch", "lambda_warm", "lr_denoiser", "lr_segmenter", "train_total", "train_diff",
                "train_lor", "train_rev", "train_seg", "val_diff", "val_nrmse", "val_dice_lesion",
                "val_dice_organs", "val_score", "best", "seconds"]
+
+
+P_HC_CLAMPS = ("straight_through", "hard")
+
+
+def clamp_p_hc(x0_hat: torch.Tensor, mode: str) -> torch.Tensor:
+    """The x0 estimate clamped to the diffusion range [-1, 1]; ``straight_through`` keeps the
+    identity gradient everywhere, ``hard`` has zero gradient outside the range."""
+    clamped = x0_hat.clamp(-1.0, 1.0)
+    if mode == "hard":
+        return clamped
+    if mode == "straight_through":
+        return x0_hat + (clamped - x0_hat).detach()
+    raise InputError("training.p_hc_clamp", f"must be one of {list(P_HC_CLAMPS)}, got {mode!r}")
 
 
 def dice_counts(pred: torch.Tensor, truth: torch.Tensor, labels) -> tuple[float, float]:
@@ -64,10 +100,19 @@ class Trainer(EpochTrainer):
         self.segments = self.model.segmenter is not None
         if not self.segments:   # a denoiser-only model (med_ddpm) never leaves the warm-up: L_diff alone
             self.e_T = self.e_max
+        fraction = float(self.tcfg.get("aux_max_t_fraction", 0.5))
+        if not 0.0 < fraction <= 1.0:
+            raise InputError("training.aux_max_t_fraction", f"must lie in (0, 1], got {fraction}")
+        self.aux_max_t = fraction * self.model.schedule.T   # items with 0-based t < this form P_HC
+        self.p_hc_clamp = self.tcfg.get("p_hc_clamp", "straight_through")
+        clamp_p_hc(torch.zeros(1), self.p_hc_clamp)   # validate now, not after the warm-up
+        self.val_steps = int(self.tcfg.get("val_sampler_steps", 10))
         self.loss = AMDiffLoss(self.e_T, self.e_max, lor_weights=self.tcfg.get("class_weights"),
                                rev_weights=self.tcfg.get("class_weights"),
                                seg_weights=self.tcfg.get("class_weights"),
+                               terms=self.model.variant.loss_terms(),
                                seg_form=self.tcfg.get("focal_dice_form", "focal_tversky"),
+                               seg_ce_form=self.tcfg.get("seg_ce_form", "with_background"),
                                **self.model.lor_switches()).to(self.device)
 
     def epoch_columns(self, epoch: int) -> dict:
@@ -89,19 +134,36 @@ class Trainer(EpochTrainer):
         eps_pred = m.eps(x_t, lc, t)
         aux = {}
         if lambda_warm(epoch, self.e_T, self.e_max) > 0:
-            # P_HC: the x0 estimate recovered from the predicted noise (diffusion domain)
-            x0_hat = m.schedule.predict_x0(x_t, t, eps_pred).clamp(-1.0, 1.0)
-            p_hcr = m.revise(m.to_suv(x0_hat), lc)
-            seg = m.segment(p_hcr, lc)
-            aux = {"p_hc": x0_hat, "i_hc": x0, "i_hc_suv": hc, "p_hcr": p_hcr,
-                   "lesion_logits": seg["lesion"], "organ_logits": seg["organs"],
-                   "lesion": batch["lesion"].to(self.device)[:, None],
-                   "organs": batch["organs"].to(self.device)[:, None]}
+            keep = (t < self.aux_max_t).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                aux = {"skip_aux": True}   # every item too noisy for a meaningful P_HC
+            else:
+                # P_HC: the clamped one-step x0 estimate of the kept items (diffusion domain)
+                p_hc = clamp_p_hc(m.schedule.predict_x0(x_t[keep], t[keep], eps_pred[keep]), self.p_hc_clamp)
+                lc_k, hc_k = lc[keep], hc[keep]
+                p_hcr = m.revise(m.to_suv(p_hc), lc_k)
+                seg = m.segment(p_hcr, lc_k)
+                aux = {"p_hc": p_hc, "i_hc": x0[keep], "i_hc_suv": hc_k, "p_hcr": p_hcr,
+                       "lesion_logits": seg["lesion"], "organ_logits": seg["organs"],
+                       "lesion": batch["lesion"].to(self.device)[keep][:, None],
+                       "organs": batch["organs"].to(self.device)[keep][:, None]}
         terms = self.loss(eps_pred, noise, epoch=epoch, **aux)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         opt.step()
         return {k: float(terms[k].detach()) for k in ("total", "diff", "lor", "rev", "seg")}
+
+    def _final_output(self, lc: torch.Tensor, hc: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The model's denoised output in SUV for validation: sampled from noise with DDIM as at
+        inference (``val_steps`` > 0), else the one-step estimate at a random t; then revised."""
+        m = self.model
+        if self.val_steps > 0:
+            x0 = sample(lambda x, t: m.eps(x, lc, t), tuple(lc.shape), m.schedule, method="ddim",
+                        steps=self.val_steps, generator=gen, device=self.device)
+        else:
+            _, t, _, x_t = self._noisy(hc, gen)
+            x0 = m.schedule.predict_x0(x_t, t, m.eps(x_t, lc, t))
+        return m.revise(m.to_suv(x0.clamp(-1, 1)), lc)
 
     def validate(self) -> dict[str, float]:
         m = self.model
@@ -111,15 +173,14 @@ class Trainer(EpochTrainer):
         for batch in batches(self.val_patches, int(self.tcfg["batch_size"])):
             hc, lc = batch["hc"].to(self.device), batch["lc"].to(self.device)
             _, t, noise, x_t = self._noisy(hc, gen)
-            eps_pred = m.eps(x_t, lc, t)
-            diffs.append(float((eps_pred - noise).abs().mean()))
-            p_hc = m.to_suv(m.schedule.predict_x0(x_t, t, eps_pred).clamp(-1, 1))
-            err, rng = nrmse(p_hc, hc.clamp(max=m.suv_cutoff))
+            diffs.append(float((m.eps(x_t, lc, t) - noise).abs().mean()))
+            output = self._final_output(lc, hc, gen).clamp(min=0.0)   # SUV >= 0, as predict writes it
+            err, rng = nrmse(output, hc)
             sq.append(err)
             ranges.append(rng)
             if not self.segments:
                 continue
-            seg = m.segment(m.revise(p_hc, lc), lc)
+            seg = m.segment(output, lc)
             for head, truth, labels in (("lesion", batch["lesion"], [1]), ("organs", batch["organs"], range(1, 8))):
                 inter, total = dice_counts(seg[head].argmax(1).cpu(), truth, labels)
                 counts[head][0] += inter

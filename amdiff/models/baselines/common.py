@@ -11,8 +11,8 @@ import math
 import torch
 
 from amdiff.errors import InputError
-from amdiff.losses.regularizers import S, WeightsLike, class_weights, semantic_masks
-from amdiff.losses.segmentation import EPS, GAMMA, segmentation_terms
+from amdiff.losses.regularizers import WeightsLike, class_weights, semantic_masks
+from amdiff.losses.segmentation import EPS, GAMMA, combine_terms, segmentation_terms
 
 REQUIRED_KEYS = ("lc", "denoised", "lesion", "organs")
 
@@ -35,20 +35,21 @@ def segmenter_input(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def amdiff_segmentation_loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
                              weights: WeightsLike = None, gamma: float = GAMMA,
-                             form: str = "focal_tversky") -> dict[str, torch.Tensor]:
-    """AMDiff's L_seg (paper Eq. 9, ``form="focal_tversky"`` as its trainer uses) on a segmenter's outputs.
+                             form: str = "focal_tversky", ce_form: str = "with_background") -> dict[str, torch.Tensor]:
+    """AMDiff's L_seg (paper Eq. 9 in the forms its trainer uses by default: ``focal_tversky``
+    Dice and cross-entropy ``with_background``) on a segmenter's outputs.
 
-    total = (1/8) sum_{s=1..8} w_s (CE_s + (1 - DSC_s)^(1/gamma)); also returns the summed "ce"
-    and "focal_dice" parts and detached per-class vectors (index s - 1) for logging.
+    total = (1/8) [sum_{s=1..8} w_s (CE_s + (1 - DSC_s)^(1/gamma)) + w_0 (CE of each head's
+    background)]; also returns the "ce" and "focal_dice" parts and detached per-class vectors
+    (index s - 1) for logging.
     """
     lesion = batch["lesion"].unsqueeze(1)
     organs = batch["organs"].unsqueeze(1)
     les_logits, org_logits = outputs["lesion"], outputs["organs"]
     masks = semantic_masks(lesion, organs, dtype=les_logits.dtype)
     terms = segmentation_terms(les_logits, org_logits, masks, gamma, EPS, form=form)
-    w = class_weights(weights, device=les_logits.device, dtype=les_logits.dtype)[1:]
-    ce, fd = (w * terms["ce"]).sum() / S, (w * terms["focal_dice"]).sum() / S
-    return {"total": ce + fd, "ce": ce, "focal_dice": fd,
+    w = class_weights(weights, device=les_logits.device, dtype=les_logits.dtype)
+    return {**combine_terms(terms, w, ce_form),
             "ce_per_class": terms["ce"].detach(), "focal_dice_per_class": terms["focal_dice"].detach()}
 
 
