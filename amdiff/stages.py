@@ -293,12 +293,13 @@ def predict(args) -> None:
     """Write denoised.nii.gz (SUV), lesion.nii.gz, organs.nii.gz (and uncertainty.nii.gz)."""
     from amdiff.infer.predict import predict_volume
     from amdiff.models.amdiff import build_model
-    from amdiff.train.checkpoint import load_checkpoint
+    from amdiff.train.checkpoint import load_checkpoint, load_weights
 
     config = load_config(args.config)
     _require_sections(config, args.config, ("inference",))
     _threads(args.threads)
     state = load_checkpoint(args.checkpoint)
+    _check_window(state, config, args.checkpoint)
     device = args.device or config["inference"].get("device", "cpu")
     lc = read_volume(args.lc, "suv")
     out = Path(args.out_dir)
@@ -308,7 +309,7 @@ def predict(args) -> None:
         from amdiff.models.baselines import SEGMENTERS, get
 
         model = get(state["variant"]).build(**state["baseline_kwargs"])
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], args.checkpoint)   # a mismatch: one line naming the file
         denoised = None
         if state["variant"] in SEGMENTERS:
             if not args.denoised:
@@ -319,7 +320,7 @@ def predict(args) -> None:
         pred = predict_baseline(model.to(device), lc.data, config["inference"], denoised, device=device)
     else:
         model = build_model(state["variant"], state["config"])
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], args.checkpoint)   # a mismatch: one line naming the file
         seed = derived_seed(config["seed"], "predict", args.subject, args.level)
         pred = predict_volume(model.to(device), lc.data, config["inference"], seed, device=device)
     if not (state.get("kind") == "baseline" and pred.lesion is not None):

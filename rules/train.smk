@@ -20,6 +20,20 @@ def training_device():
     return TRAINING.get("device", "cpu")
 
 
+def amdiff_params(wildcards):
+    """The settings that determine a diffusion model's weights, as JSON (a change re-runs it).
+
+    Med-DDPM's own SUV cutoff (baselines.med_ddpm.suv_cutoff) counts for med_ddpm only, so
+    lifting it does not re-train AMDiff and its ablations; left unset, the params are those of
+    before the key existed, so existing results are not re-run.
+    """
+    sections = {k: config[k] for k in ("models", "training", "diffusion")}
+    own = ((config.get("baselines") or {}).get("med_ddpm") or {}).get("suv_cutoff")
+    if wildcards.model == "med_ddpm" and own is not None:
+        sections["med_ddpm"] = {"suv_cutoff": own}
+    return json.dumps(sections)
+
+
 rule train_amdiff:
     input:
         manifest=f"{RESULTS}/manifest_{{train_site}}.tsv",
@@ -29,7 +43,7 @@ rule train_amdiff:
                    caption="../reports/captions/training_log.rst",
                    labels={"model": "{model}", "site": "{train_site}"}),
     params:
-        training=json.dumps({k: config[k] for k in ("models", "training", "diffusion")}),
+        training=amdiff_params,
         outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
     wildcard_constraints:
         model=never(DIFFUSION_MODELS),
@@ -54,6 +68,10 @@ def baseline_inputs(wildcards):
     inputs = {"manifest": f"{RESULTS}/manifest_{wildcards.train_site}.tsv"}
     if wildcards.model in COMPARISON_SEGMENTERS:   # fed by the trained Med-DDPM's outputs
         inputs["denoiser"] = f"{RESULTS}/models/med_ddpm/{wildcards.train_site}/best.pt"
+    # a configured starting checkpoint is an input: a missing file stops the plan, not the job
+    pretrained = ((config.get("baselines") or {}).get("pretrained") or {}).get(wildcards.model)
+    if pretrained:
+        inputs["pretrained"] = pretrained
     return inputs
 
 

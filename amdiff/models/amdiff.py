@@ -114,9 +114,25 @@ class AMDiff(nn.Module):
 
 
 def build_model(variant: str, config: dict) -> AMDiff:
-    """An AMDiff variant sized by the config's ``models`` and ``diffusion`` sections."""
+    """An AMDiff variant sized by the config's ``models`` and ``diffusion`` sections (Med-DDPM's
+    SUV cutoff may come from ``baselines.med_ddpm``, see `suv_cutoff_of`)."""
     models, diffusion = config["models"], config["diffusion"]
     return AMDiff(variant, denoiser=models["denoiser"], revision=models.get("revision"),
                   segmenter=models.get("segmenter") if VARIANTS[variant].segmentation else None,
                   timesteps=diffusion["timesteps"],
-                  suv_cutoff=diffusion["suv_cutoff"])
+                  suv_cutoff=suv_cutoff_of(variant, config))
+
+
+def suv_cutoff_of(variant: str, config: dict) -> float:
+    """SUV cutoff of a variant's diffusion target: ``diffusion.suv_cutoff``, except for
+    ``med_ddpm`` when ``baselines.med_ddpm.suv_cutoff`` is set (null or absent: the same cutoff).
+
+    Sharing AMDiff's cutoff is our choice (the paper says only "the same conditioned diffusion
+    module"); it makes SUV above the cutoff unreachable for Med-DDPM, which has no revision
+    module to restore it, so an audit can lift the cap for Med-DDPM alone. Checkpoints store
+    the whole config, so inference rebuilds the model with the cutoff it was trained with.
+    """
+    own = ((config.get("baselines") or {}).get("med_ddpm") or {}).get("suv_cutoff")
+    if variant == "med_ddpm" and own is not None:
+        return float(own)
+    return float(config["diffusion"]["suv_cutoff"])

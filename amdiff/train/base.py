@@ -11,28 +11,41 @@ after the job fails, so only undeclared files carry a killed job's state: ``last
 ``resume_best.pt`` (the best checkpoint, which best.pt is a hard link to, or a copy of). A
 resumed run rebuilds best.pt and log.csv from them, and removes the temporaries that a kill
 during a write left behind.
+
+Every checkpoint carries the fingerprint of what determines its weights (``fingerprint_inputs``:
+the settings the trainer reads, the training manifest's content, variant, site, seed, package
+version). Snakemake re-runs the job when a setting in its params changes; if last.pt's
+fingerprint differs from today's (or it has none, or its state dicts do not fit the network),
+the run says so in one line, deletes last.pt, resume_best.pt, best.pt and log.csv, and trains
+from scratch instead of republishing the old model.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
+import json
 import math
 import os
 import shutil
+import sys
 import time
 from abc import ABC, abstractmethod
+from functools import cached_property
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from amdiff import __version__
 from amdiff.config import derived_seed
 from amdiff.data.cases import load_cases
 from amdiff.data.patches import PatchSampler, collate
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path, write_text
-from amdiff.train.checkpoint import load_checkpoint, save_checkpoint
+from amdiff.train.checkpoint import (canonical_sha256, file_sha256, load_checkpoint, load_weights,
+                                     save_checkpoint)
 
 
 def device_of(name: str) -> torch.device:
@@ -42,6 +55,33 @@ def device_of(name: str) -> torch.device:
 
 
 BEST_KEPT = "resume_best.pt"   # undeclared copy of best.pt that survives a Snakemake re-run
+
+# training keys that do not change the weights, so changing them resumes rather than retrains:
+# which sites a model predicts (its own site is in the fingerprint), where the job runs and on
+# how many threads. Device and threads change float rounding, not the model being trained; a
+# job moved from CPU to GPU (or given more cores) should continue, not start over.
+NOT_WEIGHTS = ("train_sites", "device", "threads")
+
+
+def weight_settings(section: dict, drop=()) -> dict:
+    """``section`` without the keys that do not change the weights (and without ``drop``)."""
+    return {k: v for k, v in (section or {}).items() if k not in NOT_WEIGHTS and k not in drop}
+
+
+def changed_keys(old, new, prefix: str = "") -> list[str]:
+    """Dotted names of the entries that differ between two nested dicts (for the log line)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [prefix or "<all>"]
+    keys = sorted(set(old) | set(new), key=str)
+    return [name for k in keys
+            for name in changed_keys(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))]
+
+
+def what_changed(old, new) -> str:
+    """The first changed settings, for the log line: ``"training.lr_denoiser; "`` ('' if unknown)."""
+    keys = changed_keys(old, new) if isinstance(old, dict) else []
+    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    return f"{', '.join(keys[:3])}{more}; " if keys else ""
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -75,6 +115,7 @@ class EpochTrainer(ABC):
         self.train_sampler = PatchSampler(load_cases(manifest, "train", sites=[site]), patch, fraction, self.seed)
         self.val_sampler = PatchSampler(load_cases(manifest, "val", sites=[site]), patch, fraction, self.seed + 1)
         self.val_patches = self.val_sampler.epoch(int(self.tcfg["val_patches"]), 0)
+        self.manifest_sha256 = file_sha256(manifest)   # the training data, in the fingerprint
         self.start_epoch, self.best_score, self.history = 0, math.inf, []
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict = {}
@@ -94,13 +135,42 @@ class EpochTrainer(ABC):
     def extra_payload(self) -> dict:
         return {}
 
+    def fingerprint_sections(self) -> dict:
+        """The settings this trainer reads that determine the weights; a family reading others
+        overrides it (amdiff.train.baselines).
+
+        The default is the AMDiff trainer's: ``training`` (less NOT_WEIGHTS), ``models`` (less the
+        variant list, which says which variants train, not how) and ``diffusion``; for Med-DDPM
+        also its own SUV cutoff when set (``baselines.med_ddpm``, see models.amdiff.suv_cutoff_of).
+        Sections a variant ignores (the segmenter's, for med_ddpm) stay in: a retrain too many costs
+        time, one too few publishes a stale model. ``inference`` is not read by this training.
+        """
+        sections = {"training": weight_settings(self.tcfg),
+                    "models": {k: v for k, v in self.config.get("models", {}).items() if k != "variants"},
+                    "diffusion": self.config.get("diffusion")}
+        own = ((self.config.get("baselines") or {}).get("med_ddpm") or {}).get("suv_cutoff")
+        if self.name == "med_ddpm" and own is not None:   # unset or null: diffusion.suv_cutoff, above
+            sections["med_ddpm"] = {"suv_cutoff": own}
+        return sections
+
+    @cached_property
+    def fingerprint_record(self) -> dict:
+        """``fingerprint`` (sha256 of canonical JSON) and ``fingerprint_inputs`` (what it hashes),
+        stored in every checkpoint; computed once, as it may hash files."""
+        inputs = {"kind": self.kind, "variant": self.name, "site": self.site, "seed": self.config["seed"],
+                  # a new release may train differently (losses, sampling): retrain on upgrade
+                  "amdiff_version": __version__, "manifest_sha256": self.manifest_sha256,
+                  **self.fingerprint_sections()}
+        inputs = json.loads(json.dumps(inputs, default=str))   # as a checkpoint reloads it: lists, not tuples
+        return {"fingerprint": canonical_sha256(inputs), "fingerprint_inputs": inputs}
+
     # ---- checkpoints -----------------------------------------------------------------------
     def payload(self, epoch: int) -> dict:
         return {"model": self.model.state_dict(), "kind": self.kind, "variant": self.name, "site": self.site,
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
                 "epoch": epoch, "best_score": self.best_score, "history": self.history,
-                "config": self.config, **self.extra_payload()}
+                "config": self.config, **self.fingerprint_record, **self.extra_payload()}
 
     def resume(self) -> bool:
         last = self.out_dir / "last.pt"
@@ -111,17 +181,54 @@ class EpochTrainer(ABC):
         except InputError as err:
             # never restart silently: days of training may be one good copy away
             raise InputError(last, f"{err.problem}; restore it, or delete it to train from scratch") from None
+        # another model's or site's checkpoint here is a wrong --out-dir: stop, do not delete it
         if state.get("variant") != self.name:
             raise InputError(last, f"checkpoint is for model {state.get('variant')!r}, not {self.name!r}")
-        self.model.load_state_dict(state["model"])
-        for key, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][key])
-        for key, sched in self.schedulers.items():
-            sched.load_state_dict(state["schedulers"][key])
-        self.start_epoch = int(state["epoch"]) + 1
-        self.best_score = float(state["best_score"])
-        self.history = list(state["history"])
+        if state.get("site", self.site) != self.site:
+            raise InputError(last, f"checkpoint is for site {state.get('site')!r}, not {self.site!r}")
+        old, new = state.get("fingerprint"), self.fingerprint_record["fingerprint"]
+        if old != new:
+            changed = what_changed(state.get("fingerprint_inputs"), self.fingerprint_record["fingerprint_inputs"])
+            # none: written before checkpoints had fingerprints, so trained with unknown settings
+            why = "settings changed since it was written" if old else "its settings are unknown"
+            self.discard(f"{last}: {why} ({changed}fingerprint {(old or 'none')[:12]} -> {new[:12]})")
+            return False
+        try:
+            start, best, history = int(state["epoch"]) + 1, float(state["best_score"]), list(state["history"])
+            self.load_state(state, last)
+        except (InputError, KeyError, ValueError, RuntimeError, TypeError, IndexError) as err:
+            # same fingerprint yet unloadable (e.g. code changed the network): a mismatch, not a crash
+            problem = err.problem if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
+            self.discard(f"{last}: {' '.join(problem.split())}")
+            return False
+        self.start_epoch, self.best_score, self.history = start, best, history
         return True
+
+    def load_state(self, state: dict, source) -> None:
+        """Weights, optimizer and scheduler states from a checkpoint: all of them or none (after
+        an error the trainer is as built, ready to train from scratch)."""
+        before = copy.deepcopy((self.model.state_dict(), {k: o.state_dict() for k, o in self.optimizers.items()},
+                                {k: s.state_dict() for k, s in self.schedulers.items()}))
+        try:
+            load_weights(self.model, state["model"], source, network="the network of today's settings")
+            for key, opt in self.optimizers.items():
+                opt.load_state_dict(state["optimizers"][key])
+            for key, sched in self.schedulers.items():
+                sched.load_state_dict(state["schedulers"][key])
+        except Exception:
+            self.model.load_state_dict(before[0])
+            for key, opt in self.optimizers.items():
+                opt.load_state_dict(before[1][key])
+            for key, sched in self.schedulers.items():
+                sched.load_state_dict(before[2][key])
+            raise
+
+    def discard(self, reason: str) -> None:
+        """Say in one line why the kept training state goes, then delete it and the outputs made
+        from it. last.pt goes last: a kill mid-way leaves a last.pt that is discarded again."""
+        print(f"{reason}: training from scratch", file=sys.stderr)
+        for name in ("best.pt", "log.csv", BEST_KEPT, "last.pt"):
+            (self.out_dir / name).unlink(missing_ok=True)
 
     def restore_outputs(self) -> None:
         """Rebuild best.pt and log.csv (Snakemake removed them, or a kill came before the log)."""

@@ -8,6 +8,8 @@ resume and best-validation selection as AMDiff).
   diffusion module architecture used in AMDiff"): each training patch is sampled with the frozen
   Med-DDPM and the configured sampler, seeded per epoch.
 - Med-DDPM itself trains with the AMDiff trainer (variant ``med_ddpm``).
+- Med-SAM starts from a SAM-Med3D checkpoint's image encoder when
+  ``baselines.pretrained.medsam3d`` names one (else from random weights).
 Learning rates default to the publications' values; every model's rates are x0.1 after half
 the epochs, like AMDiff's, so all models see the same schedule length.
 """
@@ -15,6 +17,8 @@ the epochs, like AMDiff's, so all models see the same schedule length.
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,13 +27,18 @@ from amdiff.diffusion.samplers import sample
 from amdiff.errors import InputError
 from amdiff.models.amdiff import build_model
 from amdiff.models.baselines import DENOISERS, SEGMENTERS, get
-from amdiff.train.base import EpochTrainer, batches, nrmse
-from amdiff.train.checkpoint import load_checkpoint
+from amdiff.train.base import EpochTrainer, batches, nrmse, weight_settings
+from amdiff.train.checkpoint import file_sha256, load_checkpoint, load_weights
 from amdiff.train.trainer import dice_counts
 
 # publications' learning rates (REFERENCES.md): LeqMod-GAN and Spach 1e-4, nnMamba 2e-4
 DEFAULT_LR = {"leqmod_gan": 1e-4, "spach_transformer": 1e-4, "swin_unetr": 1e-4, "nnmamba": 2e-4,
               "medsam3d": 1e-4}
+# training keys only the AMDiff trainer reads: changing them does not retrain a comparison model
+AMDIFF_ONLY = ("warmup_epochs", "lr_denoiser", "lr_segmenter", "class_weights", "focal_dice_form", "seg_ce_form",
+               "aux_max_t_fraction", "p_hc_clamp", "val_sampler_steps")
+# baselines keys that the fingerprint holds resolved (kwargs, lr, file hash) or that concern others
+RESOLVED = ("names", "size", "overrides", "lr", "pretrained", "med_ddpm")
 
 
 def baseline_kwargs(config: dict, name: str) -> dict:
@@ -43,13 +52,39 @@ def baseline_kwargs(config: dict, name: str) -> dict:
     return {**base, **section.get("overrides", {}).get(name, {})}
 
 
+def load_pretrained(config: dict, name: str, model: torch.nn.Module) -> str | None:
+    """Initialise ``model`` from ``baselines.pretrained.<name>`` if set; returns a one-line summary.
+
+    Only Med-SAM has a loader (its SAM-Med3D image encoder, `medsam3d.load_sam_med3d`, read with
+    torch.load(weights_only=True)). A missing, unreadable or mismatched file raises InputError
+    naming the key and the file, before any training.
+    """
+    path = ((config.get("baselines") or {}).get("pretrained") or {}).get(name)
+    if path is None:
+        return None
+    key = f"baselines.pretrained.{name}"
+    if name != "medsam3d":   # the schema allows medsam3d only; guard direct callers too
+        raise InputError(key, f"no pretrained-weights loader for {name!r} (only medsam3d)")
+    if not Path(path).is_file():
+        raise InputError(key, f"{path}: file does not exist")
+    from amdiff.models.baselines.medsam3d import load_sam_med3d
+
+    try:
+        info = load_sam_med3d(model, path)
+    except InputError as err:
+        raise InputError(key, f"{path}: {err.problem}") from None
+    split = ", 1-channel patch embedding split over 2 channels" if info["patch_in_channels"] == 1 else ""
+    return (f"{name}: image encoder initialised from {path} "
+            f"({info['tensors']} tensors, {info['parameters']:,} values{split})")
+
+
 def load_diffusion_denoiser(path, device) -> torch.nn.Module:
     """The trained Med-DDPM whose outputs feed the comparison segmenters (frozen)."""
     state = load_checkpoint(path, map_location=device)
     if state.get("variant") != "med_ddpm":
         raise InputError(path, f"expected a med_ddpm checkpoint, got {state.get('variant')!r}")
     model = build_model("med_ddpm", state["config"])
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], path)
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -77,10 +112,15 @@ class BaselineTrainer(EpochTrainer):
         self.module = get(name)
         self.kwargs = baseline_kwargs(config, name)
         torch.manual_seed(self.seed)
-        self.model = self.module.build(**self.kwargs).to(self.device)
+        self.model = self.module.build(**self.kwargs)
+        loaded = load_pretrained(config, name, self.model)   # before the optimizers; resume overrides it
+        if loaded:
+            print(loaded, file=sys.stderr)   # the job's log records the starting weights
+        self.model = self.model.to(self.device)
         self.gan = hasattr(self.module, "discriminator_loss")
         self.segmenter = name in SEGMENTERS
         lr = config.get("baselines", {}).get("lr", {}).get(name, DEFAULT_LR[name])
+        self.lr = lr
         if self.gan:
             self.optimizers = {part: torch.optim.Adam(getattr(self.model, part).parameters(), lr=lr,
                                                       weight_decay=1e-7)
@@ -95,7 +135,23 @@ class BaselineTrainer(EpochTrainer):
             if denoiser_checkpoint is None:
                 raise InputError(name, "comparison segmenters need the trained Med-DDPM (--denoiser-checkpoint)")
             self.diffusion = load_diffusion_denoiser(denoiser_checkpoint, self.device)
+            self.diffusion_sha256 = file_sha256(denoiser_checkpoint)   # its outputs are the inputs here
             self.inference = config["inference"]
+
+    def fingerprint_sections(self) -> dict:
+        """What this model's weights depend on: the shared loop's ``training`` keys (not AMDiff's),
+        the constructor arguments and learning rate as resolved, the pretrained checkpoint's
+        content, any other ``baselines`` key; for a segmenter also the frozen Med-DDPM's content
+        and the sampler settings that turn it into training inputs (``diffusion_denoise``)."""
+        section = self.config.get("baselines") or {}
+        pretrained = (section.get("pretrained") or {}).get(self.name)
+        sections = {"training": weight_settings(self.tcfg, drop=AMDIFF_ONLY), "baseline_kwargs": self.kwargs,
+                    "lr": self.lr, "pretrained_sha256": file_sha256(pretrained) if pretrained else None,
+                    "baselines": {k: v for k, v in section.items() if k not in RESOLVED}}
+        if self.segmenter:
+            sections["denoiser_sha256"] = self.diffusion_sha256
+            sections["inference"] = {k: self.inference.get(k) for k in ("sampler", "steps")}
+        return sections
 
     def extra_payload(self) -> dict:
         return {"baseline_kwargs": self.kwargs}

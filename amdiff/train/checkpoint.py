@@ -2,11 +2,15 @@
 
 A checkpoint is a dict of tensors and plain Python values (state dicts, epoch, scores, the
 config and history), so ``torch.load(..., weights_only=True)`` can read it; a file that needs
-arbitrary unpickling (tampered or foreign) is refused with one line.
+arbitrary unpickling (tampered or foreign) is refused with one line. Training checkpoints also
+carry a fingerprint (``canonical_sha256`` of the settings that determine the weights; see
+amdiff.train.base) so a resumed run can tell whether they were trained with today's settings.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -40,3 +44,44 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not isinstance(payload, dict) or "model" not in payload:
         raise InputError(path, "not an amdiff checkpoint (no 'model' state dict)")
     return payload
+
+
+def canonical_sha256(obj) -> str:
+    """sha256 (hex) of ``obj`` as canonical JSON: sorted keys, no spaces, so equal settings give
+    equal hashes on every run and machine."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def file_sha256(path) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict, source,
+                 network: str = "the network rebuilt from its stored config") -> None:
+    """Load ``state_dict`` into ``model`` (strict), or raise one-line InputError naming ``source``.
+
+    Keys and shapes are compared before anything is copied, so on a mismatch ``model`` is
+    unchanged (``load_state_dict`` would have copied the fitting tensors, then raised a
+    multi-line error).
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    resized = [f"{k} {list(state_dict[k].shape)} vs {list(own[k].shape)}" for k in own
+               if k in state_dict and getattr(state_dict[k], "shape", None) != getattr(own[k], "shape", None)]
+    problems = [f"{len(keys)} {what} (first: {keys[0]})"
+                for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", resized))
+                if keys]
+    if problems:
+        raise InputError(source, f"its weights do not fit {network}: {'; '.join(problems)}")
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        raise InputError(source, f"its weights do not fit {network}: {first}") from None
