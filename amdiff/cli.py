@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-kg", type=float, required=True)
     p.add_argument("--height-m", type=float, default=1.75)
     p.add_argument("--out", required=True)
-    p.add_argument("--summary", required=True, help="JSON with dose, events and duration")
+    p.add_argument("--summary", required=True, help="JSON with split, dose, events and duration")
+    p.add_argument("--split", choices=("train", "val", "test"),
+                   help="the subject's split, which picks sites.<site>.acquisition_by_split "
+                        "(default: the synthetic cohort's split of --subject)")
 
     p = sub.add_parser("downsample", help="non-overlapping list-mode down-sampling (any PETSIRD file)")
     p.add_argument("--input", required=True)

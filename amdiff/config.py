@@ -126,3 +126,13 @@ def phantom_subjects(config: dict) -> list[dict]:
 
 def count_levels(config: dict, site: str, split: str) -> list[float]:
     return list(config["sites"][site]["count_levels"].get(split, []))
+
+
+def site_acquisition(site_cfg: dict, split: str | None) -> dict:
+    """The acquisition of one subject of a site: ``acquisition`` with the subject's split's
+    ``acquisition_by_split`` entry merged over it (e.g. the paper's mCT Group II test scans,
+    a 30-min multi-pass reference at their own dose). ``split`` None: the site's acquisition."""
+    acq = dict(site_cfg["acquisition"])
+    if split is not None:
+        acq.update(site_cfg.get("acquisition_by_split", {}).get(split, {}))
+    return acq

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amdiff.config import derived_seed, load_config, phantom_subjects
+from amdiff.config import derived_seed, load_config, phantom_subjects, site_acquisition
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path, write_text
 from amdiff.io.nifti import check_same_grid, read_volume, write_volume
@@ -81,7 +81,8 @@ def simulate(args) -> None:
     suv = read_volume(args.suv, "suv")
     mu = read_volume(args.mumap, "mumap")
     check_same_grid(suv, mu)
-    acq = dict(site["acquisition"])
+    split = _subject_split(config, args)
+    acq = site_acquisition(site, split)
     seed = derived_seed(config["seed"], "acquisition", args.site, args.subject)
     rng = np.random.default_rng(seed)
     mean, sd = acq.pop("dose_mbq")
@@ -90,8 +91,25 @@ def simulate(args) -> None:
     result = simulate_listmode(args.out, suv.data, mu.data, suv.affine, _scanner(site), acq,
                                subject_id=args.subject, weight_kg=args.weight_kg,
                                height_m=args.height_m, seed=seed)
-    _write_json(args.summary, {"site": args.site, "subject": args.subject, "seed": seed,
-                               "dose_mbq": acq["dose_mbq"], "weight_kg": args.weight_kg, **result})
+    _write_json(args.summary, {"site": args.site, "subject": args.subject, "split": split,
+                               "seed": seed, "dose_mbq": acq["dose_mbq"],
+                               "weight_kg": args.weight_kg, **result})
+
+
+def _subject_split(config: dict, args) -> str | None:
+    """The split whose acquisition a simulated subject gets: --split, else the synthetic
+    cohort's split of the subject. Unknown (own data without --split) is an error only
+    where it matters, i.e. when the site's acquisition differs by split."""
+    if args.split:
+        return args.split
+    synthetic = phantom_subjects(config) if config["cohort"]["source"] == "phantom" else []
+    found = [s["split"] for s in synthetic if (s["site"], s["subject"]) == (args.site, args.subject)]
+    if found:
+        return found[0]
+    if config["sites"][args.site].get("acquisition_by_split"):
+        raise InputError(args.config, f"sites.{args.site}.acquisition_by_split: the split of subject "
+                                      f"{args.subject!r} is unknown; pass --split")
+    return None
 
 
 def _scanner(site_cfg: dict):

@@ -29,6 +29,8 @@ rule simulate_listmode:
     params:
         site=site_json,
         body=body_size,
+        # the split picks sites.<site>.acquisition_by_split (e.g. mCT Group II test scans)
+        split=lambda w: subject_of(w)["split"],
     wildcard_constraints:
         subject=SIMULATED,
     log:
@@ -41,7 +43,7 @@ rule simulate_listmode:
         runtime=60,
     shell:
         "amdiff simulate --config {CONFIG_FILE} --site {wildcards.site} --subject {wildcards.subject}"
-        " --suv {input.suv} --mumap {input.mumap} {params.body}"
+        " --split {params.split} --suv {input.suv} --mumap {input.mumap} {params.body}"
         " --out {output.listmode} --summary {output.summary} > {log} 2>&1"
 
 

@@ -2,7 +2,8 @@ import copy
 
 import pytest
 
-from amdiff.config import count_levels, derived_seed, load_config, phantom_subjects, validate_config
+from amdiff.config import (count_levels, derived_seed, load_config, phantom_subjects, site_acquisition,
+                           validate_config)
 from amdiff.errors import InputError
 
 
@@ -30,6 +31,15 @@ def test_demo_and_paper_configs_are_valid(repo, demo):
     (lambda c: c["sites"]["mct"]["scanner"].update(fov_radius_mm=400.0), "fov_radius_mm must be below radius_mm"),
     (lambda c: c["sites"]["mct"]["count_levels"].pop("test"), "sites.mct.count_levels.test: required"),
     (lambda c: c["sites"]["mct"]["count_levels"].update(test=[0]), "sites.mct.count_levels.test.0"),
+    # per-split acquisition: protocol keys only, real split names, valid values
+    (lambda c: c["sites"]["mct"].update(acquisition_by_split={"test": {"psf_fwhm_mm": 3.0}}),
+     "sites.mct.acquisition_by_split.test: unknown key 'psf_fwhm_mm'"),
+    (lambda c: c["sites"]["mct"].update(acquisition_by_split={"tset": {"duration_s": 1800}}),
+     "sites.mct.acquisition_by_split: unknown key 'tset'"),
+    (lambda c: c["sites"]["mct"].update(acquisition_by_split={"test": {"duration_s": 0}}),
+     "sites.mct.acquisition_by_split.test.duration_s: 0 is less than or equal to the minimum"),
+    (lambda c: c["sites"]["mct"].update(acquisition_by_split={"test": {}}),
+     "sites.mct.acquisition_by_split.test: {} should be non-empty"),
 ])
 def test_bad_config_gives_one_line_naming_the_key(demo, mutate, expected):
     bad = copy.deepcopy(demo)
@@ -39,6 +49,18 @@ def test_bad_config_gives_one_line_naming_the_key(demo, mutate, expected):
     message = str(info.value)
     assert message.startswith("my.yaml: ") and expected in message
     assert "\n" not in message
+
+
+def test_paper_mct_test_group_is_the_group_ii_reference(repo):
+    """Table 1: Group II (test) 334.5 +- 32.1 MBq, 30 min of passes; Group I 256.3 +- 16.2, 5 min."""
+    mct = load_config(repo / "config" / "paper.yaml")["sites"]["mct"]
+    test, train = site_acquisition(mct, "test"), site_acquisition(mct, "train")
+    assert (test["dose_mbq"], test["duration_s"]) == ([334.5, 32.1], 1800)
+    assert (train["dose_mbq"], train["duration_s"]) == ([256.3, 16.2], 300)
+    assert site_acquisition(mct, "val") == train == site_acquisition(mct, None) == mct["acquisition"]
+    # the scanner's physics is the site's for every split
+    assert {k: v for k, v in test.items() if k not in ("dose_mbq", "duration_s")} == \
+        {k: v for k, v in train.items() if k not in ("dose_mbq", "duration_s")}
 
 
 def test_unreadable_config_files(tmp_path):

@@ -176,3 +176,78 @@ def test_bad_simulation_input_is_reported():
         expected_counts(cyl, cyl[:, :, :4], AFFINE, SCANNER, acquisition(), WEIGHT_KG)
     with pytest.raises(InputError, match="negative"):
         expected_counts(cyl, -cyl, AFFINE, SCANNER, acquisition(), WEIGHT_KG)
+
+
+# ---- the simulate stage: per-split acquisition (sites.<site>.acquisition_by_split) ----------
+def _stage_config(tmp_path, override):
+    """The demo config with one tiny mct site (1 train, 1 test subject) on the SCANNER above."""
+    import yaml
+
+    from tests.conftest import REPO
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    site = cfg["sites"]["mct"]
+    site["split"] = {"train": 1, "val": 0, "test": 1}
+    site["image"] = {"shape": list(SHAPE), "voxel_size_mm": list(VOX)}
+    site["scanner"] = SCANNER.to_dict()
+    site["acquisition"].update(dose_mbq=[300.0, 0.0], duration_s=4, count_scale=0.01)
+    if override is not None:
+        site["acquisition_by_split"] = override
+    cfg["sites"] = {"mct": site}
+    cfg["training"]["train_sites"] = {"mct": ["mct"]}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _run_simulate(tmp_path, config, subject, *extra):
+    from amdiff.cli import main
+    from amdiff.io.nifti import write_volume
+
+    cyl = cylinder()
+    suv = write_volume(tmp_path / "suv.nii.gz", 2.0 * cyl, AFFINE)
+    mu = write_volume(tmp_path / "mumap.nii.gz", MU_WATER * cyl, AFFINE)
+    out = tmp_path / subject
+    status = main(["simulate", "--config", str(config), "--site", "mct", "--subject", subject,
+                   "--suv", str(suv), "--mumap", str(mu), "--weight-kg", str(WEIGHT_KG),
+                   "--out", str(out / "full.petsird"), "--summary", str(out / "acquisition.json"),
+                   *extra])
+    return status, out
+
+
+def test_test_subject_gets_its_splits_acquisition_and_a_train_subject_does_not(tmp_path):
+    """mct001 is train, mct002 test: only the test list has the override's dose and duration."""
+    import json
+
+    config = _stage_config(tmp_path, {"test": {"dose_mbq": [600.0, 0.0], "duration_s": 8}})
+    summaries = {}
+    for subject in ("mct001", "mct002"):
+        status, out = _run_simulate(tmp_path, config, subject)
+        assert status == 0
+        summaries[subject] = json.loads((out / "acquisition.json").read_text())
+        header = acquisition_from_header(read_header(out / "full.petsird"))
+        assert header["injected_mbq"] == pytest.approx(summaries[subject]["dose_mbq"])
+        last = list(iter_event_blocks(out / "full.petsird"))[-1]
+        assert last.stop_ms == 1000 * summaries[subject]["duration_s"]
+    train, test = summaries["mct001"], summaries["mct002"]
+    assert (train["split"], train["dose_mbq"], train["duration_s"]) == ("train", 300.0, 4.0)
+    assert (test["split"], test["dose_mbq"], test["duration_s"]) == ("test", 600.0, 8.0)
+    # twice the dose for twice the time: four times the expected counts of the same image
+    assert test["expected_trues"] == pytest.approx(4 * train["expected_trues"], rel=1e-6)
+    # --split (the workflow passes each subject's split) wins over the synthetic cohort's split
+    (tmp_path / "own").mkdir()
+    status, out = _run_simulate(tmp_path / "own", config, "mct001", "--split", "test")
+    assert status == 0
+    assert json.loads((out / "acquisition.json").read_text())["duration_s"] == 8.0
+
+
+def test_unknown_split_with_an_override_is_one_error_line(tmp_path, capsys):
+    config = _stage_config(tmp_path, {"test": {"duration_s": 8}})
+    status, out = _run_simulate(tmp_path, config, "own007")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1
+    assert "sites.mct.acquisition_by_split" in err[0] and "pass --split" in err[0]
+    assert not (out / "full.petsird").exists()
+    # without an override the site's acquisition applies to any subject
+    status, _ = _run_simulate(tmp_path, _stage_config(tmp_path, None), "own007")
+    assert status == 0
