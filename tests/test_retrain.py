@@ -11,6 +11,7 @@ import copy
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -210,3 +211,22 @@ def test_comparison_model_fingerprints(manifest, tmp_path):  # noqa: F811
     own_lr = copy.deepcopy(config)
     own_lr["baselines"]["lr"] = {"spach_transformer": 5e-5}
     assert fingerprint("spach_transformer", own_lr) != den
+
+
+def test_regenerated_training_images_retrain(manifest, tmp_path, capsys):  # noqa: F811
+    """Same manifest bytes, new voxels (a site setting changed and the images were made again):
+    the model trained on the old images must not be republished."""
+    cohort = tmp_path / "cohort"
+    shutil.copytree(Path(manifest).parent, cohort)
+    copied, out = cohort / Path(manifest).name, tmp_path / "out"
+    config = write_config(tmp_path / "config.yaml")
+    assert train(config, copied, out, capsys)[0] == 0
+    before = load_checkpoint(out / "last.pt")["fingerprint"]
+    assert train(config, copied, out, capsys)[1].count(FROM_SCRATCH) == 0   # unchanged: resumes
+    hc = cohort / "s0" / "hc.nii.gz"
+    image = nib.load(hc)
+    write_volume(hc, np.asarray(image.dataobj, dtype=np.float32) * 1.5, image.affine)
+    rc, err = train(config, copied, out, capsys)
+    lines = scratch_lines(err)
+    assert rc == 0 and len(lines) == 1 and "data_sha256" in lines[0], err
+    assert load_checkpoint(out / "last.pt")["fingerprint"] != before

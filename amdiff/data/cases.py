@@ -17,6 +17,7 @@ affine) happen at load time; value checks (finite SUV, label range) happen on ev
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,25 @@ def _subject_images(row, lazy: bool) -> dict[str, object]:
     check_same_grid(vols["hc"], vols["lesion"])
     check_same_grid(vols["hc"], vols["organs"])
     return vols
+
+
+def content_sha256(cases: list[Case]) -> str:
+    """sha256 (hex) of what training reads: each case's subject, split, level and the bytes of its
+    hc, lc, lesion and organs arrays. Regenerated images under the same manifest paths change it;
+    a copied or moved cohort does not. A lazy volume (paper-size data, not read up front) enters
+    by its path, size and modification time instead of its voxels."""
+    digest = hashlib.sha256()
+    for case in cases:
+        digest.update(f"{case.subject}|{case.split}|{case.level}".encode())
+        for array in (case.hc, case.lc, case.lesion, case.organs):
+            if isinstance(array, LazyVolume):
+                stat = Path(array.path).stat()
+                digest.update(f"{array.path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+            else:
+                array = np.ascontiguousarray(array)
+                digest.update(f"{array.dtype}{array.shape}".encode())
+                digest.update(array.data)
+    return digest.hexdigest()
 
 
 def load_cases(manifest_path, split: str, sites=None, levels=None, lazy: bool = False) -> list[Case]:

@@ -13,8 +13,8 @@ resumed run rebuilds best.pt and log.csv from them, and removes the temporaries 
 during a write left behind.
 
 Every checkpoint carries the fingerprint of what determines its weights (``fingerprint_inputs``:
-the settings the trainer reads, the training manifest's content, variant, site, seed, package
-version). Snakemake re-runs the job when a setting in its params changes; if last.pt's
+the settings the trainer reads, the training manifest's content and the voxels of the images it
+lists, variant, site, seed, package version). Snakemake re-runs the job when a setting in its params changes; if last.pt's
 fingerprint differs from today's (or it has none, or its state dicts do not fit the network),
 the run says so in one line, deletes last.pt, resume_best.pt, best.pt and log.csv, and trains
 from scratch instead of republishing the old model.
@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from amdiff import __version__
 from amdiff.config import derived_seed
-from amdiff.data.cases import load_cases
+from amdiff.data.cases import content_sha256, load_cases
 from amdiff.data.patches import PatchSampler, collate
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path, write_text
@@ -115,7 +115,8 @@ class EpochTrainer(ABC):
         self.train_sampler = PatchSampler(load_cases(manifest, "train", sites=[site]), patch, fraction, self.seed)
         self.val_sampler = PatchSampler(load_cases(manifest, "val", sites=[site]), patch, fraction, self.seed + 1)
         self.val_patches = self.val_sampler.epoch(int(self.tcfg["val_patches"]), 0)
-        self.manifest_sha256 = file_sha256(manifest)   # the training data, in the fingerprint
+        self.manifest_sha256 = file_sha256(manifest)   # the training data, in the fingerprint:
+        self.data_sha256 = content_sha256(self.train_sampler.cases + self.val_sampler.cases)   # and its voxels
         self.start_epoch, self.best_score, self.history = 0, math.inf, []
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict = {}
@@ -160,6 +161,7 @@ class EpochTrainer(ABC):
         inputs = {"kind": self.kind, "variant": self.name, "site": self.site, "seed": self.config["seed"],
                   # a new release may train differently (losses, sampling): retrain on upgrade
                   "amdiff_version": __version__, "manifest_sha256": self.manifest_sha256,
+                  "data_sha256": self.data_sha256,
                   **self.fingerprint_sections()}
         inputs = json.loads(json.dumps(inputs, default=str))   # as a checkpoint reloads it: lists, not tuples
         return {"fingerprint": canonical_sha256(inputs), "fingerprint_inputs": inputs}
