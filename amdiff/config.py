@@ -136,3 +136,10 @@ def site_acquisition(site_cfg: dict, split: str | None) -> dict:
     if split is not None:
         acq.update(site_cfg.get("acquisition_by_split", {}).get(split, {}))
     return acq
+
+
+def standard_count_percent(site_cfg: dict, split: str | None) -> float:
+    """The share (percent) of a subject's full list that the site's standard clinical scan
+    holds: ``acquisition.standard_count_percent`` with the split's ``acquisition_by_split``
+    entry over it; 100 (the full list is the clinical scan) where unset."""
+    return float(site_acquisition(site_cfg, split).get("standard_count_percent", 100.0))

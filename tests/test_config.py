@@ -3,7 +3,7 @@ import copy
 import pytest
 
 from amdiff.config import (count_levels, derived_seed, load_config, phantom_subjects, site_acquisition,
-                           validate_config)
+                           standard_count_percent, validate_config)
 from amdiff.errors import InputError
 
 
@@ -40,6 +40,11 @@ def test_demo_and_paper_configs_are_valid(repo, demo):
      "sites.mct.acquisition_by_split.test.duration_s: 0 is less than or equal to the minimum"),
     (lambda c: c["sites"]["mct"].update(acquisition_by_split={"test": {}}),
      "sites.mct.acquisition_by_split.test: {} should be non-empty"),
+    # the standard count is a percent of the full list
+    (lambda c: c["sites"]["vision"]["acquisition"].update(standard_count_percent=0),
+     "sites.vision.acquisition.standard_count_percent: 0 is less than or equal to the minimum"),
+    (lambda c: c["sites"]["mct"].update(acquisition_by_split={"test": {"standard_count_percent": 150}}),
+     "sites.mct.acquisition_by_split.test.standard_count_percent: 150 is greater than the maximum"),
 ])
 def test_bad_config_gives_one_line_naming_the_key(demo, mutate, expected):
     bad = copy.deepcopy(demo)
@@ -58,9 +63,25 @@ def test_paper_mct_test_group_is_the_group_ii_reference(repo):
     assert (test["dose_mbq"], test["duration_s"]) == ([334.5, 32.1], 1800)
     assert (train["dose_mbq"], train["duration_s"]) == ([256.3, 16.2], 300)
     assert site_acquisition(mct, "val") == train == site_acquisition(mct, None) == mct["acquisition"]
-    # the scanner's physics is the site's for every split
-    assert {k: v for k, v in test.items() if k not in ("dose_mbq", "duration_s")} == \
-        {k: v for k, v in train.items() if k not in ("dose_mbq", "duration_s")}
+    # the scanner's physics is the site's for every split; the protocol (dose, time, standard) differs
+    protocol = ("dose_mbq", "duration_s", "standard_count_percent")
+    assert {k: v for k, v in test.items() if k not in protocol} == \
+        {k: v for k, v in train.items() if k not in protocol}
+
+
+def test_standard_count_is_a_percent_of_each_splits_full_list(repo, demo):
+    """Group I's and uExplorer's lists are the clinical scan (100 %); Group II's and Vision's are
+    30-min references whose clinical scan is one 5-min pass, 16.7 % (Vision's count level)."""
+    sites = load_config(repo / "config" / "paper.yaml")["sites"]
+    assert standard_count_percent(sites["mct"], "train") == standard_count_percent(sites["mct"], "val") == 100
+    assert standard_count_percent(sites["mct"], "test") == 16.7
+    vision_level = sites["vision"]["count_levels"]["test"][0]
+    assert standard_count_percent(sites["vision"], "test") == 16.7 == vision_level
+    assert standard_count_percent(sites["uexplorer"], "test") == 100
+    demo_sites = demo["sites"]
+    demo_level = demo_sites["vision"]["count_levels"]["test"][0]
+    assert standard_count_percent(demo_sites["vision"], "test") == demo_level == 16.7
+    assert standard_count_percent(demo_sites["mct"], "test") == 100.0   # unset: the default
 
 
 def test_unreadable_config_files(tmp_path):

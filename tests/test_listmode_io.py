@@ -14,7 +14,7 @@ from petsird.helpers import get_detection_efficiency
 
 from amdiff.errors import InputError
 from amdiff.listmode import petsird_io as pio
-from amdiff.listmode.levels import level_fraction, level_name, parse_level_name
+from amdiff.listmode.levels import clinical_percent, level_fraction, level_name, parse_level_name
 from amdiff.scanner import CylindricalScanner
 
 SCANNER = CylindricalScanner(name="tiny", n_crystals=24, n_rings=5, radius_mm=150.0,
@@ -302,6 +302,23 @@ def test_level_names_round_trip(percent, name):
 def test_level_fraction_is_exact_decimal():
     assert level_fraction(6.25) * 16 == 1
     assert level_fraction(16.7).denominator == 1000
+
+
+@pytest.mark.parametrize("percent,standard,clinical", [
+    (5, 100, 5.0), (20, 100, 20.0), (2.5, 100, 2.5),      # full list = clinical scan (mCT I, uExplorer)
+    (16.7, 16.7, 100.0),                                  # Vision's standard-count image
+    (1.12, 5.6, 20.0),                                    # exactly 20 % (float: 20.000000000000004)
+    (40, 16.7, 100 * 40 / 16.7)])                         # mCT Group II's 40 %: 240 %
+def test_clinical_percent_is_the_level_over_the_standard_count(percent, standard, clinical):
+    assert clinical_percent(percent, standard) == pytest.approx(clinical, rel=1e-12)
+    if clinical in (20.0, 100.0):
+        assert clinical_percent(percent, standard) == clinical
+
+
+@pytest.mark.parametrize("standard", [0, -1, 101, float("nan"), "x"])
+def test_bad_standard_counts(standard):
+    with pytest.raises(ValueError, match="standard count"):
+        clinical_percent(5, standard)
 
 
 @pytest.mark.parametrize("bad", ["p5", "p0050", "x005", "p000", "p101", "p00", "p005r0"])

@@ -62,3 +62,21 @@ def parse_image_name(name: str) -> tuple[float, int]:
     if sep and not real.isdigit():
         raise ValueError(f"{name!r}: realization suffix must be _r followed by digits")
     return parse_level_name(level), int(real) if sep else 0
+
+
+def clinical_percent(count_percent, standard_count_percent=100) -> float:
+    """A level as a percent of the clinical (standard) count: 100 * count / standard.
+
+    Both are percents of the full list; ``standard_count_percent`` is the share of the list
+    that the site's standard clinical scan holds (100 where the list is that scan, 16.7 where
+    it is a 30-min reference and the standard one 5-min pass). A Vision level of 16.7 % is
+    thus 100 % of the clinical count, an mCT Group II level of 5 % about 30 %.
+    """
+    try:
+        standard = percent_decimal(standard_count_percent)   # same (0, 100] rule as a level
+    except ValueError:
+        raise ValueError(f"standard count {standard_count_percent!r} % of the full list must be "
+                         "a number in (0, 100]") from None
+    # Decimal division: a level equal to the standard gives exactly 100, 1.12 of 5.6 exactly 20
+    # (float: 20.000000000000004, which a "<= 20" would drop).
+    return float(100 * percent_decimal(count_percent) / standard)
