@@ -8,8 +8,10 @@ import pytest
 from scipy import stats
 
 from amdiff.evaluate import statistics
-from amdiff.evaluate.statistics import (ALL_GROUP, COMPARE_COLUMNS, bootstrap_ci, compare,
-                                        holm, ordered_sites, paired_values, wilcoxon_p)
+from amdiff.evaluate.statistics import (ALL_GROUP, COMPARE_COLUMNS, bootstrap_ci,
+                                        cluster_bootstrap_ci, compare, holm, ordered_sites,
+                                        paired_cases, paired_values, signed_rank_p,
+                                        subject_differences, wilcoxon_p)
 
 # Hand-written paired samples: mixed signs, no zero difference, no tie.
 A = np.array([0.21, 0.35, 0.18, 0.42, 0.27, 0.31, 0.25, 0.39])
@@ -172,12 +174,13 @@ def test_pairing_requires_the_key_columns():
 # --- compare ----------------------------------------------------------------------------
 
 def _two_site_frame() -> pd.DataFrame:
-    """AMDiff lower than `worse` on every case; `mixed` alternates; 6 cases per site."""
+    """AMDiff lower than `worse` on every case; `mixed` alternates; 6 subjects per site with
+    one image each, so subject-level and image-level n coincide."""
     rows = []
     offsets = np.array([0.01, 0.02, 0.03, 0.04, 0.05, 0.06])
     for site, base in (("vision", 0.20), ("mct", 0.10)):
         ref = base + 0.02 * np.arange(6)
-        cases = [(f"s{i // 2 + 1}", ("p005", "p010")[i % 2]) for i in range(6)]
+        cases = [(f"s{i + 1}", ("p005", "p010")[i % 2]) for i in range(6)]
         for model, values in (("amdiff", ref), ("worse", ref + offsets),
                               ("mixed", ref + offsets * [1, -1, 1, -1, 1, -1])):
             rows += [_case(model, site, subj, lvl, v) for (subj, lvl), v in zip(cases, values)]
@@ -211,10 +214,15 @@ def test_compare_layout_groups_and_values():
     assert not mixed["significant"].any()
 
 
-def test_compare_holm_family_is_the_whole_table():
+def test_compare_holm_family_is_each_group():
+    """One Holm family per site and one for the pooled group, not the whole table."""
     table = compare(_two_site_frame(), ["worse", "mixed"], ["nrmse_whole"],
                     n_resamples=99, seed=0)
-    np.testing.assert_allclose(table["p_holm"], holm(table["p_wilcoxon"]))
+    for group in ("mct", "vision", ALL_GROUP):
+        part = table[table.group == group]
+        np.testing.assert_allclose(part["p_holm"], holm(part["p_wilcoxon"]))
+        assert (part["holm_family_size"] == 2).all()
+    assert not np.allclose(table["p_holm"], holm(table["p_wilcoxon"]))   # not one family
     # Significance is the unadjusted p (the paper's asterisk), not the Holm p.
     assert (table["significant"] == (table["p_wilcoxon"] < 0.05)).all()
 
@@ -232,3 +240,128 @@ def test_compare_without_sites_and_with_missing_peer():
 def test_ordered_sites_puts_known_sites_first():
     assert ordered_sites(["zeta", "uexplorer", "alpha", "mct"]) == [
         "mct", "uexplorer", "alpha", "zeta"]
+
+
+# --- subjects as the independent units ---------------------------------------------------
+
+def _clustered_frame(n_subjects, levels, realizations=1, site="uexplorer", effect=None,
+                     noise=0.0, seed=0, metric="nrmse_whole"):
+    """`worse` = AMDiff + a per-subject effect (+ per-image noise) on every image."""
+    rng = np.random.default_rng(seed)
+    effects = np.full(n_subjects, 0.02) if effect is None else np.asarray(effect, float)
+    rows = []
+    for s in range(n_subjects):
+        for level in levels:
+            for r in range(realizations):
+                ref = 0.2 + 0.01 * s
+                peer = ref + effects[s] + (rng.normal(0.0, noise) if noise else 0.0)
+                rows += [_case("amdiff", site, f"s{s + 1}", level, ref, r, metric),
+                         _case("worse", site, f"s{s + 1}", level, peer, r, metric)]
+    return pd.DataFrame(rows)
+
+
+def test_subject_differences_average_each_subjects_images():
+    df = pd.DataFrame([_case("amdiff", "mct", "s1", "p005", 0.10),
+                       _case("amdiff", "mct", "s1", "p010", 0.20),
+                       _case("amdiff", "vision", "s1", "p005", 0.30),   # other site: other subject
+                       _case("peer", "mct", "s1", "p005", 0.16),
+                       _case("peer", "mct", "s1", "p010", 0.22),
+                       _case("peer", "vision", "s1", "p005", 0.27)])
+    subjects = subject_differences(paired_cases(df, "amdiff", "peer", "nrmse_whole"))
+    assert list(zip(subjects.site, subjects.subject)) == [("mct", "s1"), ("vision", "s1")]
+    np.testing.assert_allclose(subjects["difference"], [-0.04, 0.03])
+    assert list(subjects["n_images"]) == [2, 1]
+
+
+def test_signed_rank_p_is_scipys_test_of_the_differences():
+    assert signed_rank_p(A - B) == pytest.approx(stats.wilcoxon(A - B).pvalue)
+    assert signed_rank_p([*(A - B), np.nan]) == pytest.approx(stats.wilcoxon(A - B).pvalue)
+    assert math.isnan(signed_rank_p([])) and signed_rank_p([0.0, 0.0]) == 1.0
+
+
+def test_two_subjects_three_levels_give_no_asterisk():
+    """6 consistent image pairs from 2 subjects are 2 units: p = 2/2^2, not 2/2^6."""
+    df = _clustered_frame(2, ("p025", "p062", "p125"))
+    row = compare(df, ["worse"], ["nrmse_whole"], per_site=False, n_resamples=99).iloc[0]
+    assert (row["n"], row["n_subjects"]) == (6, 2)
+    assert row["p_wilcoxon"] == pytest.approx(0.5)
+    assert not row["significant"]
+    assert row["mean_difference"] == pytest.approx(-0.02)
+
+
+def test_five_subjects_cannot_reach_p_below_0_0625():
+    """One count level, 2 realizations each: realizations are averaged per subject."""
+    df = _clustered_frame(5, ("p010",), realizations=2, effect=[0.01, 0.02, 0.03, 0.04, 0.05])
+    row = compare(df, ["worse"], ["nrmse_whole"], per_site=False, n_resamples=99).iloc[0]
+    assert (row["n"], row["n_subjects"]) == (10, 5)
+    assert row["p_wilcoxon"] == pytest.approx(2 / 2**5)            # the smallest possible
+    assert not row["significant"]
+    tied = compare(_clustered_frame(5, ("p010",), realizations=2), ["worse"], ["nrmse_whole"],
+                   per_site=False, n_resamples=99).iloc[0]         # 5 equal differences
+    assert tied["p_wilcoxon"] == pytest.approx(2 / 2**5) and not tied["significant"]
+
+
+def test_a_per_level_row_averages_that_levels_realizations():
+    rng = np.random.default_rng(5)
+    df = _clustered_frame(7, ("p005", "p010"), realizations=3,
+                          effect=rng.normal(0.0, 0.02, 7), noise=0.03, seed=5)
+    level = df[df.level == "p005"]
+    row = compare(level, ["worse"], ["nrmse_whole"], per_site=False, n_resamples=99).iloc[0]
+    ref, peer = (level[level.model == m].sort_values(["subject", "realization"])
+                 for m in ("amdiff", "worse"))
+    d = (ref["nrmse_whole"].to_numpy() - peer["nrmse_whole"].to_numpy()).reshape(7, 3)
+    assert (row["n"], row["n_subjects"]) == (21, 7)
+    assert row["p_wilcoxon"] == pytest.approx(stats.wilcoxon(d.mean(axis=1)).pvalue)
+    assert row["p_wilcoxon"] != pytest.approx(stats.wilcoxon(d.ravel()).pvalue)
+
+
+def test_cluster_bootstrap_ci_is_wider_than_the_image_level_one_on_clustered_data():
+    """Subjects differ a lot, their images hardly: the images are not independent."""
+    rng = np.random.default_rng(3)
+    df = _clustered_frame(8, ("p005", "p010", "p020", "p040"),
+                          effect=0.03 + rng.normal(0.0, 0.03, 8), noise=0.002, seed=3)
+    row = compare(df, ["worse"], ["nrmse_whole"], per_site=False, n_resamples=999).iloc[0]
+    ref, peer = paired_values(df, "amdiff", "worse", "nrmse_whole")
+    image_low, image_high = bootstrap_ci(ref - peer, n_resamples=999)
+    assert row["ci_low"] <= row["mean_difference"] <= row["ci_high"]
+    assert row["ci_high"] - row["ci_low"] > 1.5 * (image_high - image_low)
+
+
+def test_cluster_bootstrap_of_balanced_clusters_is_bca_of_the_subject_means():
+    # With equal cluster sizes the pooled mean is the mean of the subject means, and
+    # scipy draws the same subject indices for both.
+    means = np.array([0.03, -0.01, 0.05, 0.02, 0.04, 0.00, 0.06])
+    differences = np.repeat(means, 3) + np.tile([-0.002, 0.0, 0.002], 7)
+    clusters = np.repeat([f"s{i}" for i in range(7)], 3)
+    expected = stats.bootstrap((means,), np.mean, n_resamples=999, method="BCa",
+                               rng=np.random.default_rng(4)).confidence_interval
+    assert cluster_bootstrap_ci(differences, clusters, n_resamples=999, seed=4) == \
+        pytest.approx((expected.low, expected.high))
+
+
+def test_cluster_bootstrap_ci_degenerate_inputs():
+    assert all(math.isnan(v) for v in cluster_bootstrap_ci([], []))
+    one_subject = cluster_bootstrap_ci([0.1, 0.3, 0.2], ["s1"] * 3)
+    assert all(math.isnan(v) for v in one_subject)      # nothing between subjects to resample
+    assert cluster_bootstrap_ci([0.1, 0.3, 0.2, np.nan], ["a", "a", "b", "b"]) == (
+        pytest.approx(0.2), pytest.approx(0.2))         # both subject means 0.2
+    with pytest.raises(ValueError):
+        cluster_bootstrap_ci([0.1, 0.2], ["a"])
+
+
+def test_a_bias_is_tested_on_its_absolute_value():
+    """The TLG-bias bold is closest to zero, so the asterisk tests |bias|, not the sign."""
+    ref = [1.0, -1.0, 1.0, -1.0, 1.0, -1.0]          # AMDiff within 1 % ...
+    peer = [-5.0, 5.0, -6.0, 6.0, -7.0, 7.0]         # ... the peer 5-7 % off, either way
+    df = pd.DataFrame([_case(model, "mct", f"s{i}", "p005", v, metric="tlg_bias_pct")
+                       for model, values in (("amdiff", ref), ("peer", peer))
+                       for i, v in enumerate(values)])
+    row = compare(df, ["peer"], ["tlg_bias_pct"], per_site=False, n_resamples=99).iloc[0]
+    assert row["tested"] == "|value|"
+    assert row["mean_difference"] == pytest.approx(1.0 - 6.0)
+    assert row["p_wilcoxon"] == pytest.approx(2 / 2**6) and row["significant"]
+    # The signed differences alternate in sign: a test of the signed bias finds nothing.
+    assert wilcoxon_p(ref, peer) > 0.5
+    nrmse = compare(_two_site_frame(), ["worse"], ["nrmse_whole"], per_site=False,
+                    n_resamples=99)
+    assert (nrmse["tested"] == "value").all()
