@@ -148,11 +148,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hc", required=True, help="high-count reference PET in SUV")
     p.add_argument("--lesion", required=True, help="true lesion mask")
     p.add_argument("--organs", required=True, help="true organ label map")
+    p.add_argument("--ct", default=None, help="CT in HU on the PET grid: its body mask is the "
+                   "whole-image NRMSE's region (needed unless --nrmse-whole image_range)")
+    # The readings of amdiff.evaluate.metrics.NRMSE_WHOLE_READINGS (not imported: keeps --help fast).
+    p.add_argument("--nrmse-whole", choices=("body_mean", "body_range", "image_range"),
+                   default="body_mean", help="whole-image NRMSE: RMSE over the body / mean of the "
+                   "reference there (default), / its range there, or over every voxel / its range")
     p.add_argument("--outputs", required=True, help="what the model predicts, e.g. denoised,lesion,organs")
     p.add_argument("--prediction", nargs="+", required=True, metavar="pXXX_rN=DIR",
                    help="prediction folder of each low-count image")
     p.add_argument("--quant-image", nargs="*", default=[], metavar="pXXX_rN=PATH",
                    help="image a mask-only model quantifies on (the Med-DDPM output it was fed)")
+    p.add_argument("--standard-count-percent", type=float, default=100.0, metavar="PERCENT",
+                   help="the site's standard clinical count in percent of the full list (default 100); "
+                        "gives each row's clinical_percent")
+    p.add_argument("--lesion-match-metric", choices=("iou", "dice"), default="iou",
+                   help="overlap score that matches a predicted to a true lesion (default iou)")
+    p.add_argument("--lesion-match-threshold", type=float, default=0.1,
+                   help="a pair matches when its score is above this, in [0, 1) (default 0.1)")
     p.add_argument("--out", required=True, help="metrics TSV")
 
     p = sub.add_parser("collect-metrics", help="pool per-subject metric tables into one")

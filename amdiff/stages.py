@@ -403,9 +403,11 @@ def evaluate(args) -> None:
     from amdiff.evaluate.subject import evaluate_subject, read_references
 
     outputs = tuple(filter(None, args.outputs.split(",")))
-    refs = read_references(args.hc, args.lesion, args.organs)
+    refs = read_references(args.hc, args.lesion, args.organs, args.ct)
     df = evaluate_subject(args.model, args.site, args.subject, refs, _pairs_or_fail(args.prediction),
-                          outputs, _pairs_or_fail(args.quant_image))
+                          outputs, _pairs_or_fail(args.quant_image), args.standard_count_percent,
+                          {"metric": args.lesion_match_metric, "threshold": args.lesion_match_threshold},
+                          args.nrmse_whole)
     write_text(args.out, df.to_csv(sep="\t", index=False, float_format="%.6g"))
 
 

@@ -59,7 +59,8 @@ def main() -> None:
         lesion_pred, organs_pred = np.roll(lesion, 1, axis=0), np.roll(organs, 1, axis=2)
         t0 = time.perf_counter()
         row = evaluate_case(hc, lesion, organs, float(np.prod(voxel_mm)) / 1000.0, denoised=denoised,
-                            lesion_pred=lesion_pred, organs_pred=organs_pred)
+                            lesion_pred=lesion_pred, organs_pred=organs_pred,
+                            body=organs > 0)   # the synthetic body: its organs (no CT here)
         seconds = time.perf_counter() - t0
         print(f"{name:5s} {'x'.join(map(str, shape)):>12s}: evaluate_case {seconds:6.2f} s, "
               f"peak RSS {peak_rss_mb():7.0f} MB (process so far), dice_liver {row['dice_liver']:.3f}, "

@@ -2,6 +2,8 @@
 # the true masks, pooled into one table, then the paper's tables (2-4 and beyond), the headline
 # numbers, the paper-versus-reproduction comparison and the figures (4-7, training curves).
 
+from amdiff.config import standard_count_percent
+
 REPORTS = config.get("reports_dir", "reports")
 TABLES = ["table2_denoising", "table3_segmentation", "table4_ablation", "table5_quantification"]
 PAPER_TABLES = {"headline": ("tsv", "md"), "paper_vs_reproduction": ("tsv", "md"), "claims": ("tsv",)}
@@ -19,7 +21,8 @@ def prediction_dir(model, site, subject, image):
 
 def evaluation_inputs(wildcards):
     d = subject_dir(wildcards.site, wildcards.subject)
-    inputs = {"hc": f"{d}/hc.nii.gz", "lesion": f"{d}/lesion.nii.gz", "organs": f"{d}/organs.nii.gz"}
+    inputs = {"hc": f"{d}/hc.nii.gz", "lesion": f"{d}/lesion.nii.gz", "organs": f"{d}/organs.nii.gz",
+              "ct": f"{d}/ct.nii.gz"}   # its body mask: the whole-image NRMSE's region
     for image in test_images(wildcards.site, wildcards.subject):
         for item in outputs_of(wildcards.model):
             inputs[f"{image}_{item}"] = f"{prediction_dir(wildcards.model, wildcards.site, wildcards.subject, image)}/{item}.nii.gz"
@@ -63,6 +66,13 @@ rule evaluate_subject:
     params:
         outputs=lambda w: ",".join(outputs_of(w.model)),
         images=evaluation_args,
+        # evaluated subjects are test subjects: their split's standard count (mCT Group II: one pass)
+        standard=lambda w: standard_count_percent(config["sites"][w.site], "test"),
+        # how predicted and true lesions match (evaluation.lesion_match; unset keys: amdiff's defaults)
+        lesion_match=" ".join(f"--lesion-match-{key} {value}" for key, value in
+                              config.get("evaluation", {}).get("lesion_match", {}).items()),
+        # the whole-image NRMSE's reading (config evaluation.nrmse_whole; default body_mean)
+        nrmse_whole=config.get("evaluation", {}).get("nrmse_whole", "body_mean"),
     log:
         "logs/evaluate/{model}/{site}/{subject}.log",
     benchmark:
@@ -75,8 +85,10 @@ rule evaluate_subject:
         "../envs/amdiff.yaml"
     shell:
         "amdiff evaluate --model {wildcards.model} --site {wildcards.site} --subject {wildcards.subject}"
-        " --hc {input.hc} --lesion {input.lesion} --organs {input.organs} --outputs {params.outputs}"
-        " {params.images} --out {output} > {log} 2>&1"
+        " --hc {input.hc} --lesion {input.lesion} --organs {input.organs} --ct {input.ct}"
+        " --nrmse-whole {params.nrmse_whole} --outputs {params.outputs}"
+        " {params.images} --standard-count-percent {params.standard} {params.lesion_match}"
+        " --out {output} > {log} 2>&1"
 
 
 rule collect_metrics:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import matplotlib.colors
 import matplotlib.text
 import numpy as np
 import pandas as pd
@@ -109,6 +110,46 @@ def test_regression_figure_leads_with_the_papers_fig7_models(tmp_path):
     assert stats_.at["amdiff_no_lor", "intercept"] == pytest.approx(3.0)
 
 
+def _visible_tick_labels(axis) -> list[str]:
+    """Texts of the major tick labels inside the axis's view (after a draw)."""
+    low, high = sorted(axis.get_view_interval())
+    return [t.label1.get_text() for t in axis.get_major_ticks() if low <= t.get_loc() <= high]
+
+
+def test_regression_panel_shows_true_values_when_automatic_ones_are_far_larger(tmp_path):
+    """An nnMamba-like model: automatic MTV ~1000x the truth. Equal limits squashed the true
+    values onto a line, ticks ran together ("1000020000...") and the offset met the title."""
+    true = np.linspace(1.0, 40.0, 12)
+    auto = 1000.0 * true + 20000.0
+    fig = F.regression_figure(quant_table(true, auto), ["amdiff"], tmp_path / "f.png", quantities=["mtv"])
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    assert x0 <= true.min() and x1 >= true.max() and y0 <= auto.min() and y1 >= auto.max()
+    assert x1 - x0 < 2 * np.ptp(true)                 # the truth spreads over the x axis
+    assert y1 - y0 < 2 * np.ptp(auto)
+    assert any("axes: own ranges" in t for t in texts(fig))
+    for axis in (ax.xaxis, ax.yaxis):
+        labels = _visible_tick_labels(axis)
+        assert 2 <= len(labels) <= F.MAX_TICKS
+        assert all(len(label) <= 5 for label in labels), labels
+        assert axis.get_offset_text().get_text() == ""  # no "1e4" next to the title
+
+
+def test_regression_limits_are_shared_while_both_variables_spread():
+    x = np.array([1.0, 4.0, 10.0])
+    xlim, ylim, shared = F.regression_limits(x, 1.1 * x + 0.5)
+    assert shared and xlim == ylim and xlim[0] < 1.0 and xlim[1] > 11.5
+    assert F.regression_limits(x, np.full(3, 5.0))[2]            # a constant squashes nothing
+    xlim, ylim, shared = F.regression_limits(x, 1000 * x)
+    assert not shared and xlim[1] < 11 and ylim[0] > 500
+
+
+def test_compact_tick_labels():
+    assert [F.compact_number(v) for v in (0.25, -0.0, 250, 9000, 50000, 12500, 3e6)] == [
+        "0.25", "0", "250", "9000", "50k", "12.5k", "3M"]
+
+
 # ---- case and slice choice ----------------------------------------------------------------------
 
 def test_choose_case_order():
@@ -212,6 +253,44 @@ def test_lesion_panels_dice_and_contours(tmp_path):
     assert len(by_title["AMDiff"].collections) == 2      # true (dashed) and predicted outlines
     assert len(by_title["SwinUNETR"].collections) == 1   # empty prediction: only the true outline
     assert_png_pdf(png, pdf)
+
+
+def _panel_rows(fig, titles) -> list[int]:
+    return [ax.get_subplotspec().rowspan.start for ax in fig.axes if ax.get_title() in titles]
+
+
+def test_slice_panels_wrap_into_rows(tmp_path):
+    """Eleven Fig. 4 panels (input, 9 denoisers, reference) in one 4605 x 870 row were legible
+    only zoomed in: at most PANELS_PER_ROW per row, spread evenly."""
+    assert [F.panel_grid(n) for n in (1, 4, 5, 6, 10, 11)] == [(1, 1), (1, 4), (1, 5), (2, 3),
+                                                               (2, 5), (3, 4)]
+    hc, lesion, _ = phantom()
+    images = {f"model {k}": hc * (1 + 0.01 * k) for k in range(11)}
+    fig = F.denoising_panels(images, {}, tmp_path / "fig4.png", truth_lesion=lesion)
+    rows = _panel_rows(fig, images)
+    assert len(rows) == 11 and max(rows) == 2                    # three rows
+    assert max(rows.count(r) for r in set(rows)) <= F.PANELS_PER_ROW
+    assert len(fig.axes) == 11 + 1                               # the panels and the colorbar; no blank cell
+    width, height = fig.get_size_inches()
+    assert width < 2 * height                                    # no longer a strip
+
+
+def test_lesion_panels_name_the_underlay_show_its_scale_and_draw_truth_alike(tmp_path):
+    hc, lesion, _ = phantom()
+    shifted = np.roll(lesion, 1, axis=0)
+    masks = {"AMDiff": lesion, "nnMamba": shifted, "SwinUNETR": shifted}
+    fig = F.lesion_panels(hc, masks, {}, lesion, tmp_path / "fig5.png", title="Lesions",
+                          underlay="high-count reference")
+    assert fig.get_suptitle() == "Lesions\nunderlay: high-count reference"
+    colorbars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(colorbars) == 1 and "SUV" in colorbars[0].get_ylabel()
+    truth = matplotlib.colors.to_rgba(F.TRUTH_COLOUR)
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert set(panels) == {*masks, "Ground truth"}
+    for title, ax in panels.items():
+        colours = [tuple(c.get_edgecolor()[0]) for c in ax.collections]
+        assert colours.count(truth) == 1, title                  # the true outline, one colour
+    assert tuple(panels["Ground truth"].collections[0].get_edgecolor()[0]) == truth
 
 
 def test_organ_panels_caption(tmp_path):

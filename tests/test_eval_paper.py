@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from amdiff.evaluate import paper
 from amdiff.evaluate.columns import DICE, METRICS, NRMSE
@@ -166,6 +167,103 @@ def test_every_cell_matches_the_paper_text(paper_text):
         np.testing.assert_allclose(merged["std"], merged["std_text"], atol=1e-9)
 
 
+STARRED = re.compile(r"\.\s*\d{3}\s*±\s*\.\s*\d{3}(\*?)")
+
+
+def test_paper_asterisks_are_transcribed():
+    """Tables 2-3 print 32 asterisks, all on AMDiff's rows; Table 4 reports no test."""
+    p = paper.load_paper_tables()
+    stars = p[p["significant"].fillna(False).astype(bool)]
+    assert len(stars) == 32
+    assert set(stars["model"]) == {"amdiff"}
+    assert stars.groupby(["table", "site"]).size().to_dict() == {
+        (2, "mct"): 6, (2, "vision"): 4, (2, "uexplorer"): 6,
+        (3, "mct"): 5, (3, "vision"): 6, (3, "uexplorer"): 5}
+    assert p.loc[p["table"] == 4, "significant"].isna().all()
+    assert p.loc[p["table"] != 4, "significant"].notna().all()
+    # The mCT AMDiff row of Table 2, copied from the text, star by star.
+    marks = [m == "*" for m in STARRED.findall(TABLE2_MCT_AMDIFF)]
+    assert _cells(2, "mct", "amdiff")["significant"].tolist() == marks
+
+
+def test_asterisks_match_the_paper_text(paper_text):
+    lines = paper_text.splitlines()
+    found = {}
+    for start, table, metrics in (("Table 2 Denoising", 2, NRMSE),
+                                  ("Segmentation comparisons with SOTA", 3, DICE)):
+        first = next(i for i, line in enumerate(lines) if line.startswith(start))
+        site = None
+        for line in lines[first + 1:]:
+            if line.startswith("^{*}"):
+                break
+            fields = line.split("\t")
+            site = SITE_LABELS.get(fields[0], site)
+            if len(fields) > 1 and fields[1] in PAPER_LABELS:
+                marks = STARRED.findall(line)
+                assert len(marks) == len(metrics), line
+                found.update({(table, site, PAPER_LABELS[fields[1]], m): k == "*"
+                              for m, k in zip(metrics, marks)})
+    p = paper.load_paper_tables()
+    ours = {(r.table, r.site, r.model, r.metric): bool(r.significant)
+            for r in p[p["table"] != 4].itertuples()}
+    assert ours == found and sum(found.values()) == 32
+
+
+def _significance_data() -> pd.DataFrame:
+    """Six mCT subjects, one image each, AMDiff and the Table 2 denoisers (see the test)."""
+    amdiff = np.array([0.10, 0.11, 0.12, 0.13, 0.14, 0.15])
+    up = np.array([0.02, 0.05, 0.01, 0.04, 0.03, 0.06])      # a peer worse on every subject
+    mixed = np.array([0.02, -0.05, 0.01, -0.04, 0.03, -0.06])
+    values = {
+        "amdiff": {"nrmse_whole": amdiff, "nrmse_lesion": amdiff, "nrmse_liver": amdiff,
+                   "nrmse_lung": amdiff},
+        "leqmod_gan": {"nrmse_whole": amdiff + up, "nrmse_lesion": amdiff + up,
+                       "nrmse_liver": amdiff + up, "nrmse_lung": amdiff + up},
+        "spach_transformer": {"nrmse_whole": amdiff + 2 * up, "nrmse_lesion": amdiff + up,
+                              "nrmse_liver": amdiff + mixed, "nrmse_lung": amdiff + up},
+        "med_ddpm": {"nrmse_whole": amdiff + up, "nrmse_lesion": amdiff + up,
+                     "nrmse_liver": amdiff + up, "nrmse_lung": np.full(6, np.nan)},
+    }
+    rows = [{"model": model, "subject": f"mct{k}", "count_percent": 5.0,
+             **{metric: v[k] for metric, v in by_metric.items()}}
+            for model, by_metric in values.items() for k in range(6)]
+    return make_metrics(rows)
+
+
+def test_significance_beside_the_papers_asterisks():
+    """Ours: AMDiff p < .05 against every other method of the table (Wilcoxon, subjects).
+
+    mCT, Table 2 - paper: whole *, lesion none, liver *, lung *.
+    whole: every peer worse on all 6 subjects, p = 2/2^6 each: significant, agrees.
+    lesion: the same, but the paper has no asterisk: disagrees.
+    liver: SpachTransformer differs with mixed signs, p > .05: not significant, disagrees.
+    lung: Med-DDPM has no value, so "against every other" cannot be tested: n/a.
+    """
+    table = paper.comparison_table(_significance_data())
+    key = table.set_index(["table", "site", "model", "metric"])
+    cell = {m: key.loc[(2, "mct", "amdiff", m)] for m in NRMSE}
+    assert cell["nrmse_whole"]["paper_significant"] and cell["nrmse_whole"]["ours_significant"]
+    assert cell["nrmse_whole"]["ours_p_max"] == pytest.approx(2 / 2 ** 6)
+    assert cell["nrmse_whole"]["significance_agrees"] == "yes"
+    assert not cell["nrmse_lesion"]["paper_significant"]
+    assert cell["nrmse_lesion"]["ours_significant"]
+    assert cell["nrmse_lesion"]["significance_agrees"] == "no"
+    mixed = np.array([0.02, -0.05, 0.01, -0.04, 0.03, -0.06])
+    assert cell["nrmse_liver"]["ours_p_max"] == pytest.approx(stats.wilcoxon(-mixed).pvalue)
+    assert not cell["nrmse_liver"]["ours_significant"]
+    assert cell["nrmse_liver"]["significance_agrees"] == "no"
+    assert pd.isna(cell["nrmse_lung"]["ours_significant"]) and math.isnan(cell["nrmse_lung"]["ours_p_max"])
+    assert cell["nrmse_lung"]["significance_agrees"] == "n/a"
+    # Only AMDiff's cells of Tables 2-3 are judged: a peer's, Table 4's and an untested site's are n/a.
+    assert key.loc[(2, "mct", "leqmod_gan", "nrmse_whole"), "significance_agrees"] == "n/a"
+    assert pd.isna(key.loc[(2, "mct", "leqmod_gan", "nrmse_whole"), "paper_significant"])
+    assert key.loc[(4, "all", "amdiff", "nrmse_whole"), "significance_agrees"] == "n/a"
+    assert key.loc[(2, "vision", "amdiff", "nrmse_whole"), "significance_agrees"] == "n/a"
+    assert (table["significance_agrees"] != "n/a").sum() == 3
+    assert "ours agrees on 1 of the 3" in paper.significance_summary(table)
+    assert "The paper marks 32 of 51 cells" in paper.significance_summary(table)
+
+
 def test_headline_constants_match_the_abstract(paper_text):
     abstract = next(line for line in paper_text.splitlines()
                     if line.startswith("Positron emission"))
@@ -234,7 +332,7 @@ def test_claims_are_well_formed():
         ("nrmse_liver", "leqmod_gan", -31.6), ("nrmse_liver", "spach_transformer", -7.1),
         ("dice_lesion", "nnmamba", 10.17), ("dice_liver", "nnmamba", 2.02)}
     present = {(c.metric, c.worse, c.paper_change_pct)
-               for c in paper.CLAIMS if c.max_count_percent is None}
+               for c in paper.CLAIMS if c.max_clinical_percent is None}
     assert required <= present
     assert {"swin_unetr", "medsam3d"} <= {c.worse for c in paper.CLAIMS if c.metric == "dice_lesion"}
 
@@ -242,11 +340,13 @@ def test_claims_are_well_formed():
 # --- hand-made metrics tables -----------------------------------------------------------
 
 def make_metrics(rows: list[dict]) -> pd.DataFrame:
-    """Rows with defaults for the keys; level follows count_percent."""
+    """Rows with defaults for the keys; level follows count_percent, clinical_percent equals
+    it (a site whose full list is the clinical count) unless given."""
     out = []
     for i, row in enumerate(rows):
         row = {"site": "mct", "subject": f"s{i}", "realization": 0, "count_percent": 5.0, **row}
         row.setdefault("level", f"{row['count_percent']:g}pct")
+        row.setdefault("clinical_percent", row["count_percent"])
         out.append(row)
     return pd.DataFrame(out)
 
@@ -283,10 +383,12 @@ def test_headline_relative_changes_of_means():
     assert missing["n"] == 0 and math.isnan(missing["ours"])
 
 
-def test_headline_tlg_bias_only_below_20_percent():
+def test_headline_tlg_bias_only_at_most_20_percent_of_the_clinical_count():
     rows = [{"model": "amdiff", "count_percent": 5.0, "tlg_bias_pct": -10.0},
-            {"model": "amdiff", "count_percent": 16.7, "tlg_bias_pct": -30.0},
-            {"model": "amdiff", "count_percent": 20.0, "tlg_bias_pct": 500.0},   # not below 20
+            {"model": "amdiff", "count_percent": 20.0, "tlg_bias_pct": -30.0},   # 20 % is in
+            # Vision's standard-count image: 16.7 % of its 30-min list, 100 % of the clinical count
+            {"model": "amdiff", "site": "vision", "count_percent": 16.7, "clinical_percent": 100.0,
+             "tlg_bias_pct": 500.0},
             {"model": "amdiff", "count_percent": 40.0, "tlg_bias_pct": 900.0},
             {"model": "amdiff", "count_percent": 5.0, "tlg_bias_pct": np.nan},   # undefined
             {"model": "amdiff_no_lesion_reg", "count_percent": 2.5, "tlg_bias_pct": -40.0},
@@ -300,6 +402,7 @@ def test_headline_tlg_bias_only_below_20_percent():
     assert tlg.loc["amdiff", "ours"] == pytest.approx(-20.0)
     assert tlg.loc["amdiff", "ours_std"] == pytest.approx(math.sqrt(200.0))   # sample std
     assert (tlg.loc["amdiff", "paper"], tlg.loc["amdiff", "paper_std"]) == (-21.60, 47.26)
+    assert tlg.loc["amdiff", "quantity"] == "TLG bias (%), ≤ 20% of clinical count"
     # The abstract's "without the lesion-organ-specific regularizer" is amdiff_no_lor; the
     # partial lesion ablation has no TLG bias in the paper.
     assert tlg.loc["amdiff_no_lor", "ours"] == pytest.approx(-35.0)
@@ -316,10 +419,40 @@ def test_headline_without_amdiff_rows_is_nan():
     assert table.loc[table["models"] == "amdiff", "paper"].item() == -21.60
 
 
+def test_low_count_cases_are_chosen_on_the_clinical_count_limits_included():
+    """"Below 5 %" and "below 20 %": at most that percent of the clinical count, not of the list."""
+    df = make_metrics([
+        {"model": "amdiff", "site": "uexplorer", "count_percent": 2.5},
+        {"model": "amdiff", "count_percent": 5.0},                            # exactly 5 %: in
+        {"model": "amdiff", "site": "uexplorer", "count_percent": 6.25},
+        {"model": "amdiff", "count_percent": 20.0},                           # exactly 20 %: in
+        # mCT Group II: 5 % of the 30-min list is 29.9 % of one pass, the clinical count
+        {"model": "amdiff", "subject": "g2", "count_percent": 5.0, "clinical_percent": 29.9401},
+        {"model": "amdiff", "site": "vision", "count_percent": 16.7, "clinical_percent": 100.0}])
+    assert sorted(paper.low_count(df, 5.0)["clinical_percent"]) == [2.5, 5.0]
+    assert sorted(paper.low_count(df, 20.0)["clinical_percent"]) == [2.5, 5.0, 6.25, 20.0]
+    assert len(paper.low_count(df, None)) == 6
+
+
+def test_below_5_percent_claims_keep_the_5_percent_cases():
+    rows = (paired({"amdiff": [0.10], "leqmod_gan": [0.20]}, "nrmse_lesion", count_percent=5.0)
+            + paired({"amdiff": [0.30], "leqmod_gan": [0.10]}, "nrmse_lesion", site="uexplorer",
+                     count_percent=6.25))
+    table = paper.claims_table(make_metrics(rows)).set_index("id")
+    below5 = table.loc["leqmod_lesion_nrmse_lt5"]
+    assert below5["n"] == 1 and below5["reproduced"] == "yes"
+    assert below5["ours_change_pct"] == pytest.approx(-50.0)
+    assert below5["cases"] == "≤ 5% of clinical count"
+    assert table.loc["leqmod_lesion_nrmse", "n"] == 2
+
+
 def test_missing_key_columns_are_an_error():
     with pytest.raises(ValueError, match="count_percent"):
         paper.headline(pd.DataFrame({"model": ["amdiff"], "site": ["mct"], "subject": ["a"],
                                      "level": ["5pct"], "realization": [0]}))
+    with pytest.raises(ValueError, match="clinical_percent"):
+        paper.headline(pd.DataFrame({"model": ["amdiff"], "site": ["mct"], "subject": ["a"],
+                                     "level": ["5pct"], "realization": [0], "count_percent": [5.0]}))
 
 
 def test_duplicate_cases_are_an_error():
@@ -340,7 +473,7 @@ CUSTOM_CLAIMS = (
     paper.Claim("metric_missing", "AMDiff lowers bone NRMSE", "test", "nrmse_bone",
                 "amdiff", "amdiff_no_lesion_reg", -1.0),
     paper.Claim("low_count_yes", "AMDiff lowers aorta NRMSE below 5% count", "test",
-                "nrmse_aorta", "amdiff", "amdiff_no_lesion_reg", -5.0, max_count_percent=5.0),
+                "nrmse_aorta", "amdiff", "amdiff_no_lesion_reg", -5.0, max_clinical_percent=5.0),
     paper.Claim("all_counts_no", "AMDiff lowers aorta NRMSE", "test",
                 "nrmse_aorta", "amdiff", "amdiff_no_lesion_reg", -5.0),
 )
@@ -368,7 +501,7 @@ def test_claims_directions():
     assert table.loc["lower_yes", "n"] == 2
     assert table.loc["higher_no", "ours_change_pct"] == pytest.approx(-20.0)   # 0.40 vs 0.50
     assert table.loc["low_count_yes", "n"] == 1 and table.loc["all_counts_no", "n"] == 2
-    assert table.loc["low_count_yes", "cases"] == "count < 5%"
+    assert table.loc["low_count_yes", "cases"] == "≤ 5% of clinical count"
     assert table.loc["model_missing", "n"] == 0
     assert table.loc["lower_yes", "paper_change_pct"] == -32.5
 

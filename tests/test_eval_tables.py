@@ -1,6 +1,7 @@
 """Result tables (paper Tables 2-4 + quantification) from a hand-made metrics table.
 
-Design of the data (nrmse_whole; sites mct and new_site, subjects s1-s3 x levels p005/p010):
+Design of the data (nrmse_whole; sites mct and new_site, subjects s1-s6 with one image each,
+levels p005/p010 alternating, so the subject-level tests see 6 units per site):
 - amdiff:     mct .10 .12 .14 .16 .18 .20 (.150 ± .037); new_site +.10 (.250 ± .037)
 - med_ddpm:   amdiff + .01 ... + .06 on every case: AMDiff lower in all 6 pairs per site,
               two-sided Wilcoxon p = 2/2^6 = 0.03125 -> asterisk; mct .185 ± .056
@@ -19,12 +20,13 @@ import pandas as pd
 import pytest
 
 from amdiff.evaluate import columns
+from amdiff.evaluate.statistics import holm
 from amdiff.evaluate.tables import (LONG_COLUMNS, TABLES, build_table, format_number,
                                     latex_escape, to_latex, to_markdown, write_tables)
 
 SPEC2 = TABLES[0]
 FAST = {"n_resamples": 499, "seed": 0}
-CASES = [(f"s{i // 2 + 1}", ("p005", "p010")[i % 2]) for i in range(6)]
+CASES = [(f"s{i + 1}", ("p005", "p010")[i % 2]) for i in range(6)]
 OFFSETS = np.array([0.01, 0.02, 0.03, 0.04, 0.05, 0.06])
 LEQMOD_OFFSETS = {"mct": OFFSETS * [1, -1, 1, -1, 1, -1],
                   "new_site": OFFSETS[::-1] * [1, -1, 1, -1, 1, -1]}
@@ -179,7 +181,8 @@ def test_markdown_cells_bold_and_asterisks(table2):
     md = to_markdown(table2, SPEC2)
     dashes = " | ".join(["–"] * 8)
     seven_dashes = " | ".join(["–"] * 7)
-    assert "| mCT | LeqMod-GAN | **.145 ± .048** | .500 ± – | " + seven_dashes + " |" in md
+    # LeqMod-GAN's one lesion image vs AMDiff's five: the test uses fewer images (dagger).
+    assert "| mCT | LeqMod-GAN | **.145 ± .048** | .500 ± –† | " + seven_dashes + " |" in md
     assert "|  | 3D Med-DDPM | .185 ± .056\\* | " + dashes + " |" in md
     assert "|  | AMDiff | .150 ± .037 | **.340 ± .032** | " in md
     assert "| new_site | LeqMod-GAN | .255 ± .048 | " + dashes + " |" in md
@@ -196,11 +199,11 @@ def test_markdown_comparison_section(table2):
     line = next(l for l in comparisons.splitlines()
                 if l.startswith("| mCT | 3D Med-DDPM | NRMSE Whole image |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[3] == "6"
-    assert cells[4].startswith("-.035 [") and cells[4].endswith("]")
-    assert cells[5] == "0.031"
-    family = int(table2["p_holm"].notna().sum())
-    assert f"Holm-Bonferroni p over the {family} tests" in comparisons
+    assert cells[3:5] == ["6", "6"]                  # images, subjects
+    assert cells[5].startswith("-.035 [") and cells[5].endswith("]")
+    assert cells[6] == "0.031"
+    # Whole image for both peers, plus LeqMod-GAN's one lesion pair in mCT and All.
+    assert "tests per family: mCT 3, new_site 2, All 3." in comparisons
     assert "| mCT | 3D Med-DDPM | NRMSE Lesion |" not in comparisons   # no pair: TSV only
 
 
@@ -210,7 +213,7 @@ def test_latex_layout_escaping_and_marks(table2):
                     r"\multicolumn{9}{c}{NRMSE}", r"\cmidrule(lr){3-11}"):
         assert command in tex
     assert r"new\_site & LeqMod-GAN & .255 $\pm$ .048 & --" in tex
-    assert r"mCT & LeqMod-GAN & \textbf{.145 $\pm$ .048} & .500 $\pm$ -- &" in tex
+    assert r"mCT & LeqMod-GAN & \textbf{.145 $\pm$ .048} & .500 $\pm$ --$^{\dagger}$ &" in tex
     assert r" & 3D Med-DDPM & .185 $\pm$ .056$^{*}$ & --" in tex
     assert r"p \textless{} 0.05" in tex
     assert "±" not in tex and "–" not in tex and "new_site" not in tex
@@ -265,3 +268,189 @@ def test_empty_table_is_written_with_a_note(metrics, tmp_path):
 def test_missing_metric_column_is_an_error(metrics):
     with pytest.raises(ValueError, match="nrmse_whole"):
         build_table(metrics.drop(columns=["nrmse_whole"]), SPEC2, **FAST)
+
+
+# --- excluded cases and Table 5 ---------------------------------------------------------
+
+def test_each_cell_counts_the_images_its_mean_leaves_out(table2):
+    assert _get(table2, "mct", "amdiff", "nrmse_lesion")["n_excluded"] == 1        # one NaN
+    assert _get(table2, "mct", "leqmod_gan", "nrmse_lesion")["n_excluded"] == 5
+    assert _get(table2, "mct", "med_ddpm", "nrmse_lesion")["n_excluded"] == 6       # not applicable
+    assert _get(table2, "all", "amdiff", "nrmse_whole")["n_excluded"] == 0
+    text = to_markdown(table2, SPEC2)
+    assert "Left out of the means as undefined (NaN" in text
+    assert "mCT NRMSE Lesion: LeqMod-GAN 5 of 6, AMDiff 1 of 6;" in text
+    assert "NRMSE Whole image:" not in text                                      # nothing left out
+    assert "NRMSE Liver:" not in text and "new_site NRMSE Lesion" not in text   # "–" cells
+    assert "Left out of the means" in to_latex(table2, SPEC2)
+
+
+def _detection_frame() -> pd.DataFrame:
+    """AMDiff finds its lesions; nnMamba labels the whole body as one lesion (0 matches);
+    s6 is lesion-free: lesion-wise scores NaN there, hallucinated volume reported."""
+    rows = []
+    for i, (subject, level) in enumerate(CASES):
+        free = subject == "s6"
+        nan_if_free = (lambda v: np.nan if free else v)
+        common = dict(mtv_true_ml=0.0 if free else 10.0 + i, tlg_true=0.0 if free else 50.0)
+        rows.append(_row("amdiff", "mct", subject, level, **common, mtv_auto_ml=0.5 if free else 9.0 + i,
+                         tlg_bias_pct=nan_if_free(-5.0 + i), lesions_tp=0 if free else 2,
+                         lesions_fp=1 if free else 0, lesions_fn=0,
+                         lesion_precision=nan_if_free(1.0), lesion_recall=nan_if_free(1.0),
+                         lesion_f1=nan_if_free(1.0), autopet_fp_volume_ml=0.5 if free else 0.0,
+                         autopet_fn_volume_ml=0.0, lesion_free_fp_volume_ml=0.5 if free else np.nan))
+        rows.append(_row("nnmamba", "mct", subject, level, **common, mtv_auto_ml=290000.0 + i,
+                         tlg_bias_pct=nan_if_free(4000.0 + i), lesions_tp=0, lesions_fp=1,
+                         lesions_fn=0 if free else 2, lesion_precision=nan_if_free(0.0),
+                         lesion_recall=nan_if_free(0.0), lesion_f1=nan_if_free(0.0),
+                         autopet_fp_volume_ml=290000.0 if free else 0.0, autopet_fn_volume_ml=0.0,
+                         lesion_free_fp_volume_ml=290000.0 if free else np.nan))
+    return pd.DataFrame(rows)
+
+
+def test_table5_does_not_reward_segmenting_everything():
+    spec5 = next(spec for spec in TABLES if spec.name == "table5_quantification")
+    table = build_table(_detection_frame(), spec5, **FAST)
+    for metric in ("lesion_precision", "lesion_recall", "lesion_f1", "lesions_tp", "lesions_fn"):
+        assert _get(table, "all", "amdiff", metric)["best"], metric
+        assert not _get(table, "all", "nnmamba", metric)["best"], metric
+    f1 = _get(table, "all", "nnmamba", "lesion_f1")
+    assert (f1["n"], f1["n_excluded"], f1["mean"]) == (5, 1, 0.0)    # the lesion-free image
+    free = _get(table, "all", "nnmamba", "lesion_free_fp_volume_ml")
+    assert (free["n"], free["n_excluded"], free["mean"]) == (1, 5, 290000.0)
+    # Volumes are shown beside each other, described but not tested (no direction).
+    volume = _get(table, "all", "nnmamba", "mtv_auto_ml")
+    assert volume["mean"] == pytest.approx(290002.5) and not volume["best"]
+    assert pd.isna(volume["p_wilcoxon"]) and not volume["star"]
+    assert _get(table, "all", "nnmamba", "lesion_f1")["n_pairs"] == 5
+    text = to_markdown(table, spec5)
+    assert "Lesion volume (mL) Predicted" in text and "autoPET volume (mL) FP" in text
+    assert "Lesion-free images FP volume (mL): 5 of 6 images for every method" in text
+    assert "| nnMamba |" in text and ".000 ± .000" in text                      # 3-decimal F1
+
+
+# --- ties, n, Holm families, |bias|, cases of means vs tests ------------------------------
+
+def _spec(name):
+    return next(spec for spec in TABLES if spec.name == name)
+
+
+def test_ties_after_rounding_are_all_bold():
+    """Means that print alike are tied, whatever the digits below the printed ones."""
+    rows = []
+    for model, nrmse, dice, bias in (("leqmod_gan", 0.1231, 0.0001, -0.004),
+                                     ("med_ddpm", 0.1234, 0.0002, 0.003),
+                                     ("amdiff", 0.1229, 0.0, 0.02)):
+        rows += [_row(model, "mct", s, lvl, nrmse_whole=nrmse, dice_lesion=dice,
+                      tlg_bias_pct=bias) for s, lvl in CASES]
+    df = pd.DataFrame(rows)
+    table2 = build_table(df, SPEC2, **FAST)
+    for group in ("mct", "all"):
+        assert _get(table2, group, "med_ddpm", "nrmse_whole")["best"]   # .123 like the others
+        whole = table2[(table2.group == group) & (table2.metric == "nrmse_whole")]
+        assert whole["best"].all()
+    md = to_markdown(table2, SPEC2)
+    for line in ("| mCT | LeqMod-GAN | **.123 ± .000**", "|  | 3D Med-DDPM | **.123 ± .000**",
+                 "|  | AMDiff | **.123 ± .000** |"):
+        assert line in md
+    dice = df.assign(model=df.model.map({"leqmod_gan": "swin_unetr", "med_ddpm": "nnmamba",
+                                         "amdiff": "amdiff"}))
+    table3 = build_table(dice, _spec("table3_segmentation"), **FAST)
+    assert table3.loc[table3.metric == "dice_lesion", "best"].all()      # every one .000
+    table5 = build_table(dice, _spec("table5_quantification"), **FAST)
+    bias = table5[(table5.metric == "tlg_bias_pct") & (table5.group == "all")]
+    assert set(bias.loc[bias["best"], "model"]) == {"swin_unetr", "nnmamba"}   # 0.00, 0.00 < 0.02
+
+
+def _clustered_rows(model_values, site_subjects):
+    """nrmse_whole per image: value = base + offset of the model; subjects x levels per site."""
+    rows = []
+    for site, subjects, levels in site_subjects:
+        for s in range(subjects):
+            for j, level in enumerate(levels):
+                for model, offset in model_values.items():
+                    rows.append(_row(model, site, f"s{s + 1}", level,
+                                     nrmse_whole=0.2 + 0.01 * s + 0.005 * j + offset))
+    return pd.DataFrame(rows)
+
+
+def test_two_subjects_at_three_levels_give_no_asterisk_and_n_is_stated():
+    df = _clustered_rows({"amdiff": 0.0, "med_ddpm": 0.03},
+                         [("uexplorer", 2, ("p002", "p006", "p012")), ("vision", 2, ("p017",))])
+    table = build_table(df, SPEC2, **FAST)
+    med = _get(table, "uexplorer", "med_ddpm", "nrmse_whole")
+    assert (med["n"], med["n_subjects"], med["n_pairs"], med["n_pair_subjects"]) == (6, 2, 6, 2)
+    assert med["p_wilcoxon"] == pytest.approx(0.5) and not med["star"]
+    assert not table["star"].any()                    # 4 subjects pooled: p >= 2/2^4 as well
+    md = to_markdown(table, SPEC2)
+    assert "n (subjects / images): Vision 2 / 2, uExplorer 2 / 6, All 4 / 8;" in md
+    assert "| uExplorer | 3D Med-DDPM | NRMSE Whole image | 6 | 2 |" in md
+    assert "Vision 2 / 2, uExplorer 2 / 6, All 4 / 8" in to_latex(table, SPEC2)
+
+
+def _caption_family_sizes(text):
+    """{group label: size} from the generated Holm sentence."""
+    listed = text.split("tests per family: ", 1)[1].split(".", 1)[0]
+    return {name: int(size) for name, size in (part.rsplit(" ", 1) for part in listed.split(", "))}
+
+
+def test_holm_family_size_is_what_the_caption_states(table2):
+    md = to_markdown(table2, SPEC2)
+    stated = _caption_family_sizes(md)
+    assert stated == _caption_family_sizes(to_latex(table2, SPEC2).replace(r"\_", "_"))
+    assert "one per scanner group, the pooled All (which reuses the sites' subjects)" in md
+    peers = table2[table2.model != "amdiff"]
+    for group, label in (("mct", "mCT"), ("new_site", "new_site"), ("all", "All")):
+        part = peers[peers.group == group]
+        assert stated[label] == int(part["p_wilcoxon"].notna().sum())
+        assert (part["holm_family_size"] == stated[label]).all()
+        finite = part["p_wilcoxon"].notna()
+        np.testing.assert_allclose(part.loc[finite, "p_holm"],
+                                   holm(part.loc[finite, "p_wilcoxon"]))
+
+
+def test_holm_family_of_a_table_without_sites(metrics):
+    spec4 = _spec("table4_ablation")
+    df = metrics.assign(model=metrics.model.map({"amdiff": "amdiff", "med_ddpm": "amdiff_no_lor",
+                                                 "leqmod_gan": "amdiff_no_revision"}))
+    table = build_table(df.dropna(subset=["model"]), spec4, **FAST)
+    tests = int(table["p_wilcoxon"].notna().sum())
+    assert tests == 3                               # whole image x 2, lesion x 1
+    assert f"Holm-Bonferroni family: the {tests} tests of this table." in to_markdown(table, spec4)
+
+
+def test_the_tlg_asterisk_tests_the_absolute_bias():
+    """Bold rewards the bias closest to zero; the asterisk tests |bias|, not the signed bias."""
+    spec5 = _spec("table5_quantification")
+    rows = []
+    for i, (subject, level) in enumerate(CASES):
+        sign = (-1) ** i
+        rows += [_row("amdiff", "mct", subject, level, tlg_bias_pct=1.0 * sign),
+                 _row("nnmamba", "mct", subject, level, tlg_bias_pct=-(5.0 + i) * sign)]
+    table = build_table(pd.DataFrame(rows), spec5, **FAST)
+    nn = _get(table, "all", "nnmamba", "tlg_bias_pct")
+    assert nn["tested"] == "|value|" and nn["p_wilcoxon"] == pytest.approx(0.03125)
+    assert nn["star"]                               # the signed differences alternate: p = 1
+    assert nn["mean_difference"] == pytest.approx(1.0 - 7.5)
+    md = to_markdown(table, spec5)
+    assert "TLG Bias (%) (absolute)" in md and "of |value|, the closeness to zero" in md
+
+
+def test_cells_whose_test_used_fewer_images_than_the_means_carry_a_dagger():
+    rows = [_row(model, "mct", s, lvl, nrmse_whole=0.2 + 0.01 * i + offset)
+            for model, offset in (("amdiff", 0.0), ("med_ddpm", 0.02), ("leqmod_gan", 0.01))
+            for i, (s, lvl) in enumerate(CASES)]
+    df = pd.DataFrame(rows)
+    df.loc[(df.model == "med_ddpm") & (df.subject == "s1"), "nrmse_whole"] = np.nan
+    table = build_table(df, SPEC2, **FAST)
+    med = _get(table, "mct", "med_ddpm", "nrmse_whole")
+    assert (med["n"], med["n_pairs"], bool(med["same_cases"])) == (5, 5, False)
+    leq = _get(table, "mct", "leqmod_gan", "nrmse_whole")
+    assert bool(leq["same_cases"])
+    assert pd.isna(_get(table, "mct", "amdiff", "nrmse_whole")["same_cases"])   # no test
+    md = to_markdown(table, SPEC2)
+    assert "|  | 3D Med-DDPM | .250 ± .016† |" in md      # 5 subjects: no asterisk either
+    assert "| mCT | LeqMod-GAN | .235 ± .019\\* |" in md   # all 6 images: no dagger
+    assert "† The test and the difference use only the images both" in md
+    assert r".250 $\pm$ .016$^{\dagger}$" in to_latex(table, SPEC2)
+    assert "†" not in to_markdown(build_table(df.dropna(), SPEC2, **FAST), SPEC2)

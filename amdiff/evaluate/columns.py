@@ -13,8 +13,12 @@ from amdiff.labels.totalseg import ORGAN_CLASSES
 ORGANS = tuple(ORGAN_CLASSES.values())          # liver, lung, bone, muscle, kidney, spleen, aorta
 CLASSES = ("lesion", *ORGANS)                    # semantic classes s = 1..8 of the paper
 
-KEYS = ("model", "site", "subject", "level", "realization", "count_percent")
+# count_percent: the level in percent of the full (high-count) list, which names it (p005);
+# clinical_percent: the same in percent of the site's standard clinical count, on which the
+# paper's "below 20 %" and "below 5 %" cases are chosen (Vision's 16.7 % level is 100 %).
+KEYS = ("model", "site", "subject", "level", "realization", "count_percent", "clinical_percent")
 PAIR_KEYS = ("site", "subject", "level", "realization")   # one low-count input: pairs two models
+SUBJECT_KEYS = ("site", "subject")   # the independent unit: tests and bootstrap resample subjects
 ALL_SITES = "all"                                         # the group pooling every site; shown "All"
 
 NRMSE = ("nrmse_whole", *(f"nrmse_{c}" for c in CLASSES))
@@ -24,15 +28,21 @@ DICE = tuple(f"dice_{c}" for c in CLASSES)
 # SUV*mL (= g), SUVmean in SUV (g/mL); bias in percent of the true value.
 QUANT = ("mtv_true_ml", "mtv_auto_ml", "tlg_true", "tlg_auto", "tlg_bias_pct",
          *(f"suvmean_{c}_{kind}" for c in CLASSES for kind in ("true", "auto")))
-# Lesion-wise detection (connected components, 26-connectivity) and autoPET-style volumes.
-DETECTION = ("lesions_true", "lesions_tp", "lesions_fp", "lesions_fn", "fp_volume_ml", "fn_volume_ml")
+# Lesion-wise detection, our definition: 26-connected components matched one to one by overlap
+# (metrics.match_lesions); precision, recall, F1 NaN on lesion-free images. autoPET's FP/FN
+# volumes by its own definition (18-connectivity), in mL; the predicted volume on lesion-free
+# images (NaN where there is a lesion) shows hallucinations that Dice leaves out.
+DETECTION = ("lesions_true", "lesions_pred", "lesions_tp", "lesions_fp", "lesions_fn",
+             "lesion_precision", "lesion_recall", "lesion_f1",
+             "autopet_fp_volume_ml", "autopet_fn_volume_ml", "lesion_free_fp_volume_ml")
 
 METRICS = (*NRMSE, *DICE, *QUANT, *DETECTION)
 COLUMNS = (*KEYS, *METRICS)
 
 # Which way is better, for bold-face and for the direction of claimed effects.
-LOWER_IS_BETTER = {*NRMSE, "fp_volume_ml", "fn_volume_ml", "lesions_fp", "lesions_fn"}
-HIGHER_IS_BETTER = {*DICE, "lesions_tp"}
+LOWER_IS_BETTER = {*NRMSE, "autopet_fp_volume_ml", "autopet_fn_volume_ml", "lesion_free_fp_volume_ml",
+                   "lesions_fp", "lesions_fn"}
+HIGHER_IS_BETTER = {*DICE, "lesions_tp", "lesion_precision", "lesion_recall", "lesion_f1"}
 CLOSEST_TO_ZERO_IS_BETTER = {"tlg_bias_pct"}
 
 # Display names as the paper prints them; unknown models are shown by their workflow name.

@@ -41,6 +41,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 from scipy import ndimage, stats  # noqa: E402
 
 from amdiff.errors import InputError  # noqa: E402
@@ -54,8 +55,13 @@ from amdiff.qc.figures import (  # noqa: E402
 
 DPI = 150
 TRUTH_COLOUR = "#0072b2"     # blue dashed truth outline; red (LESION_RGBA) is the prediction
+# One style for the true lesion outline in every Fig. 5 panel, the reference panel included.
+TRUTH_STYLE = {"colors": [TRUTH_COLOUR], "linewidths": 1.1, "linestyles": "--"}
 ORGAN_ALPHA = 0.5
 PANEL_HEIGHT_IN = 4.2
+# Slice figures wrap into rows of at most this many panels: a paper-size Fig. 4 has 11
+# (input, 9 denoisers, reference), legible in one row only when zoomed in (our choice).
+PANELS_PER_ROW = 5
 
 def model_label(model: str) -> str:
     return columns.model_label(model, standalone=True)
@@ -97,6 +103,11 @@ QUANTITIES = {
 }
 DEFAULT_QUANTITIES = tuple(QUANTITIES)
 MIN_POINTS_R2 = 3   # two points always lie on a line: R^2 = 1 says nothing
+MAX_TICKS = 5       # per axis of a Fig. 7 panel, so 5-character labels stay apart (our choice)
+# Fig. 7 panels share x/y limits (identity line at 45°) while each variable spans at least
+# this share of the two together; beyond, e.g. automatic MTVs 1000x the true ones, shared
+# limits squash the true values onto a line, so each axis gets its own range (our choice).
+SHARED_LIMITS_MIN_SHARE = 1 / 3
 
 
 def _quantity(name: str) -> Quantity:
@@ -157,6 +168,40 @@ def _fit_text(fit: Mapping[str, float]) -> str:
     return "\n".join(lines)
 
 
+def compact_number(value: float, _pos=None) -> str:
+    """A tick label without offset or exponent: 0.25, 250, 9000, 12.5k, 3M."""
+    value = float(value) + 0.0          # no "-0"
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:g}M"
+    if abs(value) >= 1e4:
+        return f"{value / 1e3:g}k"
+    return f"{value:g}"
+
+
+def _padded(lo: float, hi: float) -> tuple[float, float]:
+    pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.1
+    return lo - pad, hi + pad
+
+
+def regression_limits(x: np.ndarray, y: np.ndarray) -> tuple[tuple, tuple, bool]:
+    """(x limits, y limits, shared) of a Fig. 7 panel: both axes on the range of all values
+    while each of x and y spans at least `SHARED_LIMITS_MIN_SHARE` of it (a constant counts
+    as spanning it: a line is a line); otherwise each axis on its own values' range."""
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    spans = (np.ptp(x), np.ptp(y))
+    if hi == lo or min(spans) == 0 or min(spans) / (hi - lo) >= SHARED_LIMITS_MIN_SHARE:
+        lims = _padded(lo, hi)
+        return lims, lims, True
+    return _padded(float(x.min()), float(x.max())), _padded(float(y.min()), float(y.max())), False
+
+
+def _style_ticks(ax) -> None:
+    """At most MAX_TICKS compact labels per axis and no offset text (it met the titles)."""
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=MAX_TICKS - 1))
+        axis.set_major_formatter(FuncFormatter(compact_number))
+
+
 def _site_colours(metrics_df: pd.DataFrame) -> dict[str, str]:
     sites = sorted(metrics_df["site"].dropna().astype(str).unique()) if "site" in metrics_df else []
     palette = matplotlib.colormaps["tab10"].colors
@@ -171,6 +216,7 @@ def _regression_panel(ax, metrics_df, model, name, colours) -> None:
     ax.set_xlabel(f"ground truth ({q.unit})", fontsize=8)
     ax.set_ylabel(f"automatic ({q.unit})", fontsize=8)
     ax.tick_params(labelsize=7)
+    _style_ticks(ax)
     if fit["n"] == 0:
         ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="0.4")
         return
@@ -179,16 +225,19 @@ def _regression_panel(ax, metrics_df, model, name, colours) -> None:
         sx, sy = _pairs(rows[rows["site"].astype(str) == site], model, q)
         if len(sx):
             ax.scatter(sx, sy, s=12, color=colour, alpha=0.8, linewidths=0, label=site)
-    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
-    pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.1
-    lims = np.array([lo - pad, hi + pad])
-    ax.plot(lims, lims, ls="--", lw=0.8, color="0.5", label="identity")
+    xlim, ylim, shared = regression_limits(x, y)
+    span = np.array([min(xlim[0], ylim[0]), max(xlim[1], ylim[1])])
+    ax.plot(span, span, ls="--", lw=0.8, color="0.5", label="identity")
     if np.isfinite(fit["slope"]):
-        ax.plot(lims, fit["intercept"] + fit["slope"] * lims, lw=1.2, color="k", label="OLS fit")
-    ax.set_xlim(*lims)
-    ax.set_ylim(*lims)
-    ax.set_aspect("equal", adjustable="box")
-    ax.text(0.04, 0.96, _fit_text(fit), transform=ax.transAxes, ha="left", va="top", fontsize=7.5,
+        ax.plot(np.array(xlim), fit["intercept"] + fit["slope"] * np.array(xlim), lw=1.2, color="k",
+                label="OLS fit")
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    if shared:
+        ax.set_aspect("equal", adjustable="box")
+    # Own ranges per axis: the identity line is no longer the diagonal, so say so.
+    text = _fit_text(fit) + ("" if shared else "\naxes: own ranges")
+    ax.text(0.04, 0.96, text, transform=ax.transAxes, ha="left", va="top", fontsize=7.5,
             bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.85, "pad": 2})
 
 
@@ -197,7 +246,9 @@ def regression_figure(metrics_df: pd.DataFrame, models: Sequence[str], png=None,
     """Fig. 7 analog: rows = models (``order_models``: AMDiff, w/o lesion-organ regularizer,
     w/o revision, the other ablations, then the rest), columns = quantities.
 
-    Each panel: cases coloured by test site, the OLS line, the identity line, R², fit and n.
+    Each panel: cases coloured by test site, the OLS line, the identity line, R², fit and n;
+    x and y share limits unless one variable would be squashed (`regression_limits`: then each
+    axis has its own range, noted in the panel); at most `MAX_TICKS` compact tick labels per axis.
     """
     for name in quantities:
         _quantity(name)
@@ -320,12 +371,25 @@ def _suv_window(plane: np.ndarray) -> float:
     return vmax if np.isfinite(vmax) and vmax > 0 else 1.0
 
 
+def panel_grid(n: int) -> tuple[int, int]:
+    """(rows, columns) for n slice panels: as few rows as keep at most `PANELS_PER_ROW` in
+    one, the panels spread evenly over them (11 -> 3 x 4, 10 -> 2 x 5, 4 -> 1 x 4)."""
+    rows = max(1, -(-n // PANELS_PER_ROW))
+    return rows, max(1, -(-n // rows))
+
+
 def _panel_figure(n: int, plane_shape, layout: _Layout, title: str | None, note: str | None):
+    """A figure with n panel axes on the `panel_grid`, in reading order; unused cells removed."""
     rows, cols = plane_shape
     width_mm, height_mm = cols * layout.voxel_mm[0], rows * layout.voxel_mm[2]
     panel_w = PANEL_HEIGHT_IN * width_mm / height_mm
-    fig = Figure(figsize=(n * (panel_w + 0.25) + 1.2, PANEL_HEIGHT_IN + 1.6), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, max(n, 1), squeeze=False)[0])
+    n_rows, n_cols = panel_grid(n)
+    fig = Figure(figsize=(n_cols * (panel_w + 0.25) + 1.2, n_rows * (PANEL_HEIGHT_IN + 0.9) + 0.7),
+                 layout="constrained")
+    grid = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for spare in grid[max(n, 1):]:
+        spare.remove()
+    axes = grid[:max(n, 1)]
     if title:
         fig.suptitle(title, fontsize=10)
     if note:
@@ -365,7 +429,8 @@ def denoising_panels(images: Mapping[str, np.ndarray], metrics: Mapping[str, tup
                      slice_index: int | None = None, voxel_mm=(1.0, 1.0, 1.0),
                      suv_max: float | None = None, title: str | None = None,
                      missing: Sequence[str] = (), dpi: int = DPI) -> Figure:
-    """Fig. 4 analog: one row, in the order given (LC input, each denoiser, HC reference last).
+    """Fig. 4 analog: panels in the order given (LC input, each denoiser, HC reference last),
+    in rows of at most `PANELS_PER_ROW` (`panel_grid`).
 
     ``metrics`` maps panel names to (NRMSE lesion, NRMSE liver), written under the panel; panels
     without an entry (input, reference) get no numbers. 3D images are cut at ``slice_index``,
@@ -396,6 +461,18 @@ def _contour(ax, mask_plane, layout, **style) -> None:
                    origin="upper", **style)
 
 
+def _with_underlay(title: str | None, underlay: str) -> str:
+    """The figure title with a line saying which image lies under the masks."""
+    line = f"underlay: {underlay}"
+    return f"{title}\n{line}" if title else line
+
+
+def _underlay_colorbar(fig, image, axes, underlay: str) -> None:
+    # The masks' figures show the underlay's SUV window too, so its grey levels can be read.
+    fig.colorbar(image, ax=list(axes), shrink=0.7, extend="max", pad=0.01,
+                 aspect=30).set_label(f"{underlay}: SUV (g/mL)")
+
+
 def lesion_caption(dice: float | None) -> str:
     return "" if dice is None else f"Dice {_fmt(float(dice))}"
 
@@ -403,27 +480,31 @@ def lesion_caption(dice: float | None) -> str:
 def lesion_panels(background: np.ndarray, masks: Mapping[str, np.ndarray], dice: Mapping[str, float],
                   truth: np.ndarray, png=None, pdf=None, *, truth_name: str = "Ground truth",
                   slice_index: int | None = None, voxel_mm=(1.0, 1.0, 1.0), suv_max: float | None = None,
-                  title: str | None = None, missing: Sequence[str] = (), dpi: int = DPI) -> Figure:
+                  title: str | None = None, missing: Sequence[str] = (), dpi: int = DPI,
+                  underlay: str = "PET") -> Figure:
     """Fig. 5 analog: per segmenter its lesion mask outline (red) over the image, the true outline
-    (blue dashed) for comparison and its lesion Dice underneath; the truth alone last."""
+    (blue dashed, `TRUTH_STYLE`, in every panel) and its lesion Dice underneath; the truth alone
+    last. ``underlay`` names the image underneath (title line and colorbar of its SUV window)."""
     layout = _Layout(_default_slice(slice_index, truth), tuple(voxel_mm))
     bg = layout.plane(background)
     vmax = float(suv_max) if suv_max is not None else _suv_window(bg)
     truth_plane = layout.plane(truth) > 0
     names = [*masks, truth_name]
-    fig, axes = _panel_figure(len(names), bg.shape, layout, title, _missing_note(missing))
+    fig, axes = _panel_figure(len(names), bg.shape, layout, _with_underlay(title, underlay),
+                              _missing_note(missing))
     red = {"colors": [LESION_RGBA], "linewidths": 1.4}
+    im = None
     for ax, name in zip(axes, names):
-        _show_pet(ax, bg, layout, vmax)
+        im = _show_pet(ax, bg, layout, vmax)
+        _contour(ax, truth_plane, layout, **TRUTH_STYLE)
         if name == truth_name:
-            _contour(ax, truth_plane, layout, **red)
             _caption(ax, name, "reference")
             continue
-        _contour(ax, truth_plane, layout, colors=[TRUTH_COLOUR], linewidths=0.9, linestyles="--")
         _contour(ax, layout.plane(masks[name]) > 0, layout, **red)
         _caption(ax, name, lesion_caption(dice.get(name)))
     _orientation_marks(axes[0])
-    handles = [Line2D([], [], color=LESION_RGBA, label="predicted lesion (last panel: true)"),
+    _underlay_colorbar(fig, im, axes, underlay)
+    handles = [Line2D([], [], color=LESION_RGBA, label="predicted lesion"),
                Line2D([], [], color=TRUTH_COLOUR, ls="--", label="true lesion")]
     fig.legend(handles=handles, loc="outside lower right", ncol=2, fontsize=8, frameon=False)
     save_figure(fig, png, pdf, dpi)
@@ -452,14 +533,17 @@ def organ_panels(background: np.ndarray, label_maps: Mapping[str, np.ndarray],
                  dice: Mapping[str, Mapping[str, float]], truth: np.ndarray, png=None, pdf=None, *,
                  truth_name: str = "Ground truth", truth_lesion: np.ndarray | None = None,
                  slice_index: int | None = None, voxel_mm=(1.0, 1.0, 1.0), suv_max: float | None = None,
-                 title: str | None = None, missing: Sequence[str] = (), dpi: int = DPI) -> Figure:
+                 title: str | None = None, missing: Sequence[str] = (), dpi: int = DPI,
+                 underlay: str = "PET") -> Figure:
     """Fig. 6 analog: per segmenter its organ labels in colour over the image, with the mean
-    organ Dice and the worst organ underneath; the true labels last."""
+    organ Dice and the worst organ underneath; the true labels last. ``underlay`` names the
+    image underneath in the title."""
     layout = _Layout(_default_slice(slice_index, truth_lesion), tuple(voxel_mm))
     bg = layout.plane(background)
     vmax = float(suv_max) if suv_max is not None else _suv_window(bg)
     maps = {**label_maps, truth_name: truth}
-    fig, axes = _panel_figure(len(maps), bg.shape, layout, title, _missing_note(missing))
+    fig, axes = _panel_figure(len(maps), bg.shape, layout, _with_underlay(title, underlay),
+                              _missing_note(missing))
     for ax, (name, labels) in zip(axes, maps.items()):
         _show_pet(ax, bg, layout, vmax, alpha=0.6)
         _organ_overlay(ax, layout.plane(labels), layout)
@@ -550,6 +634,8 @@ def write_slice_figures(results_dir, metrics_df: pd.DataFrame, site: str, models
              for n, kind in ((4, "denoising"), (5, "lesions"), (6, "organs"))}
     suv_max = _suv_window(coronal_slice(data.hc, y))
     bg = data.hc if background == "hc" else data.lc
+    underlay = ("high-count reference" if background == "hc"
+                else f"low-count input ({case.count_percent:g} % counts)")
 
     images = {f"LC input ({case.count_percent:g} %)": data.lc,
               **{model_label(m): data.denoised[m] for m in models if m in data.denoised},
@@ -562,12 +648,14 @@ def write_slice_figures(results_dir, metrics_df: pd.DataFrame, site: str, models
     segmenters = [m for m in models if m in data.lesion_pred]
     lesion_panels(bg, {model_label(m): data.lesion_pred[m] for m in segmenters},
                   {model_label(m): _value(rows, m, "dice_lesion") for m in segmenters}, data.lesion,
-                  *paths["lesions"], suv_max=suv_max, title=f"Lesion segmentation: {title}", **common)
+                  *paths["lesions"], suv_max=suv_max, title=f"Lesion segmentation: {title}",
+                  underlay=underlay, **common)
 
     segmenters = [m for m in models if m in data.organs_pred]
     organ_dice = {model_label(m): {o: _value(rows, m, f"dice_{o}") for o in ORGAN_NAMES} for m in segmenters}
     organ_panels(bg, {model_label(m): data.organs_pred[m] for m in segmenters}, organ_dice, data.organs,
-                 *paths["organs"], suv_max=suv_max, title=f"Organ segmentation: {title}", **common)
+                 *paths["organs"], suv_max=suv_max, title=f"Organ segmentation: {title}",
+                 underlay=underlay, **common)
     return paths
 
 

@@ -5,11 +5,12 @@ Three things are compared with a per-case metrics table (see ``columns.py``):
 
 * ``comparison_table``: every cell of Tables 2, 3 and 4 (``paper_tables.tsv``, transcribed
   from the paper) beside our mean ± std over the same site (``all`` = every site), plus a
-  Table 4 row for amdiff_no_lor, which the paper has none for (its paper cells are n/a).
+  Table 4 row for amdiff_no_lor, which the paper has none for (its paper cells are n/a); on
+  AMDiff's cells of Tables 2-3 also the paper's asterisk beside our test (``significance``).
 * ``headline``: the abstract's numbers - TLG bias of AMDiff and its ablations on cases
-  below 20 % of the clinical count (paper values for AMDiff, amdiff_no_lor and
-  amdiff_no_revision only), the lesion/liver NRMSE reduction against Med-DDPM and
-  the lesion/liver Dice gain against nnMamba.
+  at or below 20 % of the clinical count (``clinical_percent``, see ``low_count``; paper
+  values for AMDiff, amdiff_no_lor and amdiff_no_revision only), the lesion/liver NRMSE
+  reduction against Med-DDPM and the lesion/liver Dice gain against nnMamba.
 * ``claims_table``: each effect the text states (``CLAIMS``) with the paper's relative
   change, ours, and whether our direction agrees (``reproduced``).
 
@@ -38,12 +39,15 @@ import numpy as np
 import pandas as pd
 
 from amdiff.evaluate.columns import ALL_SITES, HIGHER_IS_BETTER, LOWER_IS_BETTER, PAIR_KEYS
+from amdiff.evaluate.statistics import ALPHA, compare
 from amdiff.io.atomic import write_text
 
 PAPER_TABLES_PATH = Path(__file__).with_name("paper_tables.tsv")
-PAPER_TABLE_COLUMNS = ("table", "site", "model", "metric", "mean", "std")
+# significant: the paper's asterisk on the cell (1/0; empty where the paper reports no test).
+PAPER_TABLE_COLUMNS = ("table", "site", "model", "metric", "mean", "std", "significant")
 
-REQUIRED_KEYS = ("model", "site", "subject", "level", "realization", "count_percent")
+REQUIRED_KEYS = ("model", "site", "subject", "level", "realization", "count_percent",
+                 "clinical_percent")
 
 REFERENCE = "amdiff"
 ABLATIONS = ("amdiff_no_revision", "amdiff_no_organ_reg", "amdiff_no_lesion_reg",
@@ -57,11 +61,13 @@ DEMO_NOTE = ("The demo cohort is synthetic and tiny, so our numbers are not expe
 # --- the paper's tables -----------------------------------------------------------------
 
 def load_paper_tables(path: str | Path = PAPER_TABLES_PATH) -> pd.DataFrame:
-    """Tables 2-4 of the paper, one row per (table, site, model, metric)."""
+    """Tables 2-4 of the paper, one row per (table, site, model, metric); ``significant`` is
+    the paper's asterisk as a nullable boolean (NA in Table 4, which reports no test)."""
     df = pd.read_csv(path, sep="\t", comment="#", dtype={"site": str, "model": str, "metric": str})
     missing = [c for c in PAPER_TABLE_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: lacks columns {', '.join(missing)}")
+    df["significant"] = df["significant"].astype("boolean")
     return df.loc[:, list(PAPER_TABLE_COLUMNS)]
 
 
@@ -90,11 +96,28 @@ def relative_change(value: float, reference: float) -> float:
     return 100.0 * (value - reference) / reference
 
 
-def _below_count(df: pd.DataFrame, max_count_percent: float | None) -> pd.DataFrame:
-    """Cases strictly below ``max_count_percent`` of the clinical count ("below 20 %")."""
-    if max_count_percent is None:
+def low_count(df: pd.DataFrame, max_clinical_percent: float | None) -> pd.DataFrame:
+    """Cases at most ``max_clinical_percent`` of their site's clinical (standard) count, the
+    paper's "below 20 %" and "below 5 %"; None keeps every case.
+
+    Chosen on ``clinical_percent``, not on ``count_percent`` (the share of the full list): a
+    Vision standard-count image is 16.7 % of its 30-min list but 100 % of the clinical count.
+    """
+    if max_clinical_percent is None:
         return df
-    return df[df["count_percent"].astype(float) < max_count_percent]
+    # "Below" includes the limit (our reading): Sec. 4.1's "extremely low-count levels below
+    # 5%" are plural, yet of Table 1's test levels only uExplorer's 2.5 % lies strictly below
+    # 5 % and mCT's lies at it. "Below 20 %" is read alike, so a 20 % case (Group I's highest
+    # low-count level) is low-count. clinical_percent is computed in decimals
+    # (levels.clinical_percent), so a case at the limit compares equal.
+    return df[df["clinical_percent"].astype(float) <= max_clinical_percent]
+
+
+def low_count_label(max_clinical_percent: float | None) -> str:
+    """How the cases of ``low_count`` are named in the tables."""
+    if max_clinical_percent is None:
+        return "all"
+    return f"≤ {max_clinical_percent:g}% of clinical count"
 
 
 def _model_metric(df: pd.DataFrame, model: str, metric: str) -> pd.DataFrame:
@@ -108,8 +131,9 @@ def _model_metric(df: pd.DataFrame, model: str, metric: str) -> pd.DataFrame:
 
 
 def paired_change(df: pd.DataFrame, metric: str, model: str, reference: str,
-                  max_count_percent: float | None = None) -> dict:
-    """Means of ``model`` and ``reference`` over the cases both have, and their relative change.
+                  max_clinical_percent: float | None = None) -> dict:
+    """Means of ``model`` and ``reference`` over the cases both have (at most
+    ``max_clinical_percent`` of the clinical count if given), and their relative change.
 
     Returns n, mean_model, mean_reference and change_pct = 100 * (model - reference) /
     reference; NaN (n = 0) when a model or the metric is missing.
@@ -118,7 +142,7 @@ def paired_change(df: pd.DataFrame, metric: str, model: str, reference: str,
     out = {"n": 0, "mean_model": math.nan, "mean_reference": math.nan, "change_pct": math.nan}
     if metric not in df.columns:
         return out
-    df = _below_count(df, max_count_percent)
+    df = low_count(df, max_clinical_percent)
     both = _model_metric(df, model, metric).merge(
         _model_metric(df, reference, metric), on=list(PAIR_KEYS), suffixes=("_model", "_ref"))
     if both.empty:
@@ -131,7 +155,7 @@ def paired_change(df: pd.DataFrame, metric: str, model: str, reference: str,
 
 # --- headline numbers of the abstract ---------------------------------------------------
 
-HEADLINE_MAX_COUNT_PERCENT = 20.0      # "test cases below 20% of the clinical count levels"
+HEADLINE_MAX_CLINICAL_PERCENT = 20.0   # "test cases below 20% of the clinical count levels"
 
 # Abstract: TLG bias (mean ± std, %) of AMDiff and of the two ablations it names; Fig. 7
 # shows the same three models. "Without the lesion-organ-specific regularizer" removes all of
@@ -159,7 +183,7 @@ HEADLINE_COLUMNS = ("quantity", "models", "n", "ours", "ours_std", "paper", "pap
 
 def _tlg_rows(df: pd.DataFrame) -> list[dict]:
     """TLG bias of AMDiff (always) and of each ablation present, on low-count cases."""
-    low = _below_count(df, HEADLINE_MAX_COUNT_PERCENT)
+    low = low_count(df, HEADLINE_MAX_CLINICAL_PERCENT)
     present = set(df["model"])
     rows = []
     for model in (REFERENCE, *ABLATIONS):
@@ -168,7 +192,7 @@ def _tlg_rows(df: pd.DataFrame) -> list[dict]:
         values = low.loc[low["model"] == model, "tlg_bias_pct"] if "tlg_bias_pct" in low else []
         n, mean, std = describe(values)
         paper_mean, paper_std, note = PAPER_TLG_BIAS[model]
-        rows.append({"quantity": f"TLG bias (%), count < {HEADLINE_MAX_COUNT_PERCENT:g}%",
+        rows.append({"quantity": f"TLG bias (%), {low_count_label(HEADLINE_MAX_CLINICAL_PERCENT)}",
                      "models": model, "n": n, "ours": mean, "ours_std": std,
                      "paper": paper_mean, "paper_std": paper_std, "note": note})
     return rows
@@ -206,7 +230,7 @@ class Claim:
     better: str
     worse: str
     paper_change_pct: float
-    max_count_percent: float | None = None      # only cases below this count level
+    max_clinical_percent: float | None = None   # only cases at most this % of the clinical count
     note: str = ""
 
 
@@ -226,7 +250,7 @@ CLAIMS = (
           "Sec. 4.1, Table 2", "nrmse_lesion", "amdiff", "leqmod_gan", -2.6),
     Claim("spach_lesion_nrmse", "AMDiff lowers lesion NRMSE against SpachTransformer",
           "Sec. 4.1, Table 2", "nrmse_lesion", "amdiff", "spach_transformer", -8.9),
-    # "extremely low-count levels below 5%": read as strictly below, like "below 20%".
+    # "extremely low-count levels below 5%": at most 5 % of the clinical count (see low_count).
     Claim("leqmod_lesion_nrmse_lt5", "AMDiff lowers lesion NRMSE against LeqMod-GAN below 5% count",
           "Sec. 4.1", "nrmse_lesion", "amdiff", "leqmod_gan", -12.0, 5.0),
     Claim("spach_lesion_nrmse_lt5",
@@ -306,19 +330,16 @@ def reproduced(claim: Claim, ours_change_pct: float) -> str:
     return "yes" if np.sign(ours_change_pct) == claimed_sign(claim) else "no"
 
 
-def _cases_label(claim: Claim) -> str:
-    return "all" if claim.max_count_percent is None else f"count < {claim.max_count_percent:g}%"
-
-
 def claims_table(metrics_df: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
     """Each claim with the paper's relative change, ours over paired cases, and the verdict."""
     _check_metrics(metrics_df)
     rows = []
     for claim in claims:
         change = paired_change(metrics_df, claim.metric, claim.better, claim.worse,
-                               claim.max_count_percent)
-        rows.append({**{k: v for k, v in asdict(claim).items() if k != "max_count_percent"},
-                     "cases": _cases_label(claim), "ours_change_pct": change["change_pct"],
+                               claim.max_clinical_percent)
+        rows.append({**{k: v for k, v in asdict(claim).items() if k != "max_clinical_percent"},
+                     "cases": low_count_label(claim.max_clinical_percent),
+                     "ours_change_pct": change["change_pct"],
                      "n": change["n"], "ours_better_mean": change["mean_model"],
                      "ours_worse_mean": change["mean_reference"],
                      "reproduced": reproduced(claim, change["change_pct"])})
@@ -328,7 +349,13 @@ def claims_table(metrics_df: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
 # --- Tables 2-4 beside ours -------------------------------------------------------------
 
 COMPARISON_COLUMNS = ("table", "site", "model", "metric", "paper_mean", "paper_std",
-                      "ours_mean", "ours_std", "n")
+                      "ours_mean", "ours_std", "n", "paper_significant", "ours_significant",
+                      "ours_p_max", "significance_agrees")
+
+SIGNIFICANCE_TABLES = (2, 3)     # the tables whose AMDiff cells the paper marks with asterisks
+# Only the p-values of `compare` are used here; its bootstrap intervals are not, so few
+# resamples keep it cheap (the result tables hold the full intervals).
+SIGNIFICANCE_RESAMPLES = 199
 
 
 def _ours(df: pd.DataFrame, site: str, model: str, metric: str) -> tuple[int, float, float]:
@@ -357,18 +384,74 @@ def with_unpublished_ablations(paper: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([paper, extra], ignore_index=True)
 
 
+def our_significance(metrics_df: pd.DataFrame, paper: pd.DataFrame) -> dict:
+    """Our counterpart of the paper's asterisk on AMDiff's cells of Tables 2-3:
+    {(table, site, metric): (largest p, significant)}.
+
+    The paper marks AMDiff's cell for "P-value < 0.05 based on the non-parametric Wilcoxon
+    signed-rank test between the AMDiff and others". We read "others" as every other method of
+    the table: its 32 asterisks sit only on cells where AMDiff has the best mean, and none
+    where AMDiff beats some methods by far but not all (Table 2, mCT muscle: .148 against
+    LeqMod-GAN's .169, no asterisk), which "any other" would have marked. So ours is p < ALPHA
+    against each of the table's other methods, p from `statistics.compare` (the test behind
+    our tables' asterisks); NA (and p NaN) when one of them has no tested pair in our run.
+    """
+    out = {}
+    for number in SIGNIFICANCE_TABLES:
+        cells = paper[paper["table"] == number]
+        peers = [m for m in dict.fromkeys(cells["model"]) if m != REFERENCE]
+        metrics = [m for m in dict.fromkeys(cells["metric"]) if m in metrics_df.columns]
+        if not peers or not metrics:
+            continue
+        rows = metrics_df[metrics_df["model"].isin([REFERENCE, *peers])]
+        tests = compare(rows, peers, metrics, reference=REFERENCE, per_site=True,
+                        n_resamples=SIGNIFICANCE_RESAMPLES)
+        for (site, metric), part in tests.groupby(["group", "metric"], sort=False):
+            p = part["p_wilcoxon"].to_numpy(float)
+            if np.isfinite(p).all():
+                out[(number, site, metric)] = (float(p.max()), bool((p < ALPHA).all()))
+            else:
+                out[(number, site, metric)] = (math.nan, pd.NA)
+    return out
+
+
+def significance_agrees(paper_significant, ours_significant) -> str:
+    """"yes" when our test and the paper's asterisk agree, "no" when not, "n/a" when either
+    is missing (no test in the paper, or none possible in our run)."""
+    if pd.isna(paper_significant) or pd.isna(ours_significant):
+        return "n/a"
+    return "yes" if bool(paper_significant) == bool(ours_significant) else "no"
+
+
 def comparison_table(metrics_df: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every cell of the paper's Tables 2-4 beside our mean ± std over the same cases; our
-    ablations without a Table 4 row in the paper get one whose paper cells are NaN."""
+    ablations without a Table 4 row in the paper get one whose paper cells are NaN.
+
+    AMDiff's cells of Tables 2-3 also carry the significance: the paper's asterisk
+    (paper_significant; ``paper`` without a "significant" column has none), ours
+    (`our_significance`: ours_significant, ours_p_max) and whether they agree
+    (significance_agrees); every other cell has NA there and "n/a".
+    """
     _check_metrics(metrics_df)
     paper = with_unpublished_ablations(load_paper_tables() if paper is None else paper)
+    ours_sig = our_significance(metrics_df, paper)
     rows = []
-    for cell in paper.itertuples(index=False):
-        n, mean, std = _ours(metrics_df, cell.site, cell.model, cell.metric)
-        rows.append({"table": cell.table, "site": cell.site, "model": cell.model,
-                     "metric": cell.metric, "paper_mean": cell.mean, "paper_std": cell.std,
-                     "ours_mean": mean, "ours_std": std, "n": n})
-    return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+    for cell in paper.to_dict("records"):
+        n, mean, std = _ours(metrics_df, cell["site"], cell["model"], cell["metric"])
+        tested = cell["model"] == REFERENCE and cell["table"] in SIGNIFICANCE_TABLES
+        paper_sig = cell.get("significant", pd.NA) if tested else pd.NA
+        p_max, sig = ours_sig.get((cell["table"], cell["site"], cell["metric"]), (math.nan, pd.NA))
+        if not tested:
+            p_max, sig = math.nan, pd.NA
+        rows.append({"table": cell["table"], "site": cell["site"], "model": cell["model"],
+                     "metric": cell["metric"], "paper_mean": cell["mean"],
+                     "paper_std": cell["std"], "ours_mean": mean, "ours_std": std, "n": n,
+                     "paper_significant": paper_sig, "ours_significant": sig,
+                     "ours_p_max": p_max, "significance_agrees": significance_agrees(paper_sig, sig)})
+    table = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+    for column in ("paper_significant", "ours_significant"):
+        table[column] = table[column].astype("boolean")
+    return table
 
 
 # --- writing ----------------------------------------------------------------------------
@@ -413,7 +496,32 @@ def _comparison_markdown(table: pd.DataFrame) -> pd.DataFrame:
         "metric": table["metric"],
         "paper": [_paper_cell(m, s) for m, s in zip(table["paper_mean"], table["paper_std"])],
         "ours": [_mean_std(m, s, 3) for m, s in zip(table["ours_mean"], table["ours_std"])],
-        "n": table["n"]})
+        "n": table["n"],
+        "* paper / ours": [_stars(p, o, a) for p, o, a in zip(
+            table["paper_significant"], table["ours_significant"], table["significance_agrees"])]})
+
+
+def _stars(paper_significant, ours_significant, agrees: str) -> str:
+    """"* / –": the paper's asterisk and ours ("–" none, "n/a" untested); empty where the
+    paper tests nothing."""
+    if pd.isna(paper_significant):
+        return ""
+    def mark(value):
+        return "n/a" if pd.isna(value) else ("*" if value else "–")
+    return f"{mark(paper_significant)} / {mark(ours_significant)}" + (" ✗" if agrees == "no" else "")
+
+
+def significance_summary(table: pd.DataFrame) -> str:
+    """One sentence: on how many of AMDiff's Tables 2-3 cells our test agrees with the paper."""
+    marked = table["paper_significant"].notna()
+    judged = table["significance_agrees"] != "n/a"
+    n_agree = int((table["significance_agrees"] == "yes").sum())
+    return (f"Significance (column `* paper / ours`, AMDiff's cells of Tables 2–3): the paper's "
+            f"asterisk means p < {ALPHA:g} in its Wilcoxon test of AMDiff against the others, "
+            f"read as against every other method of the table; ours is the test behind our "
+            f"tables' asterisks, against each of them. The paper marks "
+            f"{int(table['paper_significant'].sum())} of {int(marked.sum())} cells; ours agrees "
+            f"on {n_agree} of the {int(judged.sum())} we could test (✗: disagrees).")
 
 
 def _claims_markdown(table: pd.DataFrame) -> pd.DataFrame:
@@ -449,8 +557,9 @@ def write_paper_comparison(metrics_df: pd.DataFrame, out_dir: str | Path,
         "headline.md": "\n".join([
             "# AMDiff headline numbers: paper vs this reproduction", "", note, "",
             "Relative changes are of the means over all paired test cases (as the paper "
-            "computes them); TLG bias is mean ± std over cases below "
-            f"{HEADLINE_MAX_COUNT_PERCENT:g}% of the clinical count.", "",
+            "computes them); TLG bias is mean ± std over cases at or below "
+            f"{HEADLINE_MAX_CLINICAL_PERCENT:g}% of their site's clinical (standard) count "
+            "(`clinical_percent`; a Vision standard-count image is 100 %).", "",
             markdown_table(_headline_markdown(heads))]),
         "paper_vs_reproduction.tsv": _tsv(comparison),
         "paper_vs_reproduction.md": "\n".join([
@@ -459,7 +568,7 @@ def write_paper_comparison(metrics_df: pd.DataFrame, out_dir: str | Path,
             "", "Change = 100 × (better − worse) / worse, of the means over paired cases.", "",
             markdown_table(_claims_markdown(claims)),
             "## Tables 2–4 (mean ± std; site `all` = every site; paper `n/a`: the paper "
-            "has no such row)", "",
+            "has no such row)", "", significance_summary(comparison), "",
             markdown_table(_comparison_markdown(comparison))]),
         "claims.tsv": _tsv(claims),
     }
