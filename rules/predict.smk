@@ -14,18 +14,21 @@ def test_cases():
 
 
 DENOISER_BASELINES = [b for b in BASELINES if b in ("med_ddpm", "leqmod_gan", "spach_transformer")]
+# Table 2's first rows, which need no training: the low-count input itself and the low-count
+# input Gaussian-filtered at the FWHM fit_gaussian_filter chose on the validation images.
+TRAINING_FREE = ["lowcount_input", "gaussian_filter"]
 
 
 def outputs_of(model):
     """What a model predicts: AMDiff all three; denoisers the image; segmenters the masks."""
     if model in VARIANTS:
         return ("denoised", "lesion", "organs")
-    return ("denoised",) if model in DENOISER_BASELINES else ("lesion", "organs")
+    return ("denoised",) if model in DENOISER_BASELINES + TRAINING_FREE else ("lesion", "organs")
 
 
 def prediction_targets():
     return [f"{RESULTS}/predictions/{model}/{site}/{subject}/{name}/{item}.nii.gz"
-            for model in VARIANTS + BASELINES for site, subject, name in test_cases()
+            for model in VARIANTS + BASELINES + TRAINING_FREE for site, subject, name in test_cases()
             for item in outputs_of(model)]
 
 
@@ -116,3 +119,47 @@ rule predict_segmenter_baseline:
         "amdiff predict --config {CONFIG_FILE} --checkpoint {input.model} --lc {input.lc}"
         " --denoised {input.denoised} --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
         " --out-dir {params.outdir} --threads {threads} > {log} 2>&1"
+
+
+rule predict_lowcount_input:
+    # the input itself as a "denoised" image: FWHM 0 writes its voxels unchanged
+    input:
+        lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
+    output:
+        denoised=f"{RESULTS}/predictions/lowcount_input/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",
+    params:
+        outdir=lambda w: f"{RESULTS}/predictions/lowcount_input/{w.site}/{w.subject}/{w.level}_r{w.real}",
+    log:
+        "logs/predict/lowcount_input/{site}/{subject}/{level}_r{real}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict/lowcount_input/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        "amdiff gaussian-filter --lc {input.lc} --fwhm-mm 0 --out-dir {params.outdir} > {log} 2>&1"
+
+
+rule predict_gaussian_filter:
+    input:
+        fit=lambda w: f"{RESULTS}/models/gaussian_filter/{TRAINED_ON[w.site]}/fit.json",
+        lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
+    output:
+        denoised=f"{RESULTS}/predictions/gaussian_filter/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",
+    params:
+        outdir=lambda w: f"{RESULTS}/predictions/gaussian_filter/{w.site}/{w.subject}/{w.level}_r{w.real}",
+    log:
+        "logs/predict/gaussian_filter/{site}/{subject}/{level}_r{real}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict/gaussian_filter/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        "amdiff gaussian-filter --lc {input.lc} --fit {input.fit} --out-dir {params.outdir} > {log} 2>&1"

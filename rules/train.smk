@@ -10,6 +10,7 @@ BASELINES = config.get("baselines", {}).get("names", [])
 DIFFUSION_MODELS = VARIANTS + [b for b in BASELINES if b == "med_ddpm"]
 OTHER_BASELINES = [b for b in BASELINES if b != "med_ddpm"]
 COMPARISON_SEGMENTERS = [b for b in OTHER_BASELINES if b in ("swin_unetr", "nnmamba", "medsam3d")]
+GAUSSIAN_GRID = ((config.get("evaluation") or {}).get("gaussian_filter") or {}).get("fwhm_mm_grid")
 
 
 def never(names):
@@ -104,3 +105,32 @@ rule train_baseline:
     shell:
         "amdiff train --config {CONFIG_FILE} --manifest {input.manifest} --site {wildcards.train_site}"
         " --variant {wildcards.model} {params.denoiser} --out-dir {params.outdir} --threads {threads} > {log} 2>&1"
+
+
+rule fit_gaussian_filter:
+    # Table 2's Gaussian-filter row needs no training, only its FWHM: the candidate with the
+    # lowest mean whole-image NRMSE on this site's validation images (amdiff.evaluate.gaussian)
+    input:
+        manifest=f"{RESULTS}/manifest_{{train_site}}.tsv",
+    output:
+        f"{RESULTS}/models/gaussian_filter/{{train_site}}/fit.json",
+    params:
+        # evaluation.gaussian_filter.fwhm_mm_grid; unset: amdiff's default grid
+        grid=f"--fwhm-grid {','.join(f'{v:g}' for v in GAUSSIAN_GRID)}" if GAUSSIAN_GRID else "",
+        # the criterion reads the whole-image NRMSE as the evaluation does
+        nrmse_whole=config.get("evaluation", {}).get("nrmse_whole", "body_mean"),
+    wildcard_constraints:
+        train_site="|".join(TRAIN_SITES),
+    log:
+        "logs/train/gaussian_filter/{train_site}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/gaussian_filter/{{train_site}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        "amdiff fit-gaussian --manifest {input.manifest} --site {wildcards.train_site} {params.grid}"
+        " --nrmse-whole {params.nrmse_whole} --out {output} > {log} 2>&1"

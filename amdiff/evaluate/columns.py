@@ -47,6 +47,8 @@ CLOSEST_TO_ZERO_IS_BETTER = {"tlg_bias_pct"}
 
 # Display names as the paper prints them; unknown models are shown by their workflow name.
 MODEL_LABELS = {
+    "lowcount_input": "Low-count input",       # Table 2's training-free rows (not in the paper)
+    "gaussian_filter": "Gaussian filter",      # its tables label carries the chosen FWHM
     "amdiff": "AMDiff",
     "amdiff_no_revision": "w/o denoising revision",
     "amdiff_no_organ_reg": "w/o organ regularizer",
