@@ -30,4 +30,4 @@ report: install
 	$(BIN)/snakemake --report reports/report.html
 
 clean:
-	rm -rf results logs .snakemake reports/tables reports/figures reports/report.html
+	rm -rf results logs .snakemake reports/tables reports/figures reports/report.html reports/provenance.json

@@ -16,6 +16,9 @@ if not workflow.overwrite_configfiles:
     configfile: f"{workflow.basedir}/config/config.yaml"
 
 
+# The HTML report's front page: what this run is (a demo says it is an untrained smoke test).
+report: "reports/workflow.rst"
+
 
 include: "rules/common.smk"
 include: "rules/phantom.smk"
@@ -36,6 +39,8 @@ if MODELS:
     include: "rules/predict.smk"
     include: "rules/evaluate.smk"
 
+# written last, from every other target: code, config, packages, machine, wall time per stage
+include: "rules/provenance.smk"
 
 
 rule all:
@@ -43,4 +48,5 @@ rule all:
         data_targets(),
         prediction_targets() if MODELS else [],
         evaluation_targets() if MODELS else [],
+        PROVENANCE,
     default_target: True

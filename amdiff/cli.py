@@ -30,6 +30,24 @@ def _pairs(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _fwhm_grid(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"FWHM grid must be comma-separated mm, none negative, got {text!r}")
+    return values
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    """--budget and --run-kind: a demo run's outputs say they come from an untrained smoke test."""
+    p.add_argument("--budget", default=None, help="training budget TSV (amdiff training-budget)")
+    # the config's run_kind values (config/schema.yaml; not imported: keeps --help fast)
+    p.add_argument("--run-kind", choices=("demo", "study", "paper"), default="study",
+                   help="demo: mark every output as an untrained smoke test (needs --budget)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amdiff", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -141,6 +159,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
 
+    p = sub.add_parser("fit-gaussian", help="choose the Gaussian filter's FWHM (Table 2's training-free "
+                                            "row) on a site's validation images")
+    p.add_argument("--manifest", required=True, help="training manifest of the site (its val subjects)")
+    p.add_argument("--site", required=True)
+    p.add_argument("--fwhm-grid", type=_fwhm_grid, default=None, metavar="MM,MM,...",
+                   help="candidate FWHMs in mm, 0 = no filter (default 0,2,4,6,8,10,12)")
+    p.add_argument("--nrmse-whole", choices=("body_mean", "body_range", "image_range"),
+                   default="body_mean", help="whole-image NRMSE reading of the criterion, as evaluate's")
+    p.add_argument("--out", required=True, help="fit JSON: chosen FWHM, NRMSE against FWHM")
+
+    p = sub.add_parser("gaussian-filter", help="smooth a low-count image by a Gaussian (Table 2's "
+                                               "training-free rows; FWHM 0 = the input itself)")
+    p.add_argument("--lc", required=True, help="low-count PET in SUV")
+    fwhm = p.add_mutually_exclusive_group(required=True)
+    fwhm.add_argument("--fwhm-mm", type=float, help="FWHM in mm (0: write the input unchanged)")
+    fwhm.add_argument("--fit", help="fit JSON of fit-gaussian, whose chosen FWHM is used")
+    p.add_argument("--out-dir", required=True, help="prediction folder: denoised.nii.gz is written there")
+
     p = sub.add_parser("evaluate", help="per-case metrics of one model on one subject's test images")
     p.add_argument("--model", required=True)
     p.add_argument("--site", required=True)
@@ -176,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", required=True)
     p.add_argument("--out-dir", required=True)
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--gaussian-fit", nargs="*", default=[], metavar="SITE=JSON",
+                   help="fit-gaussian JSON whose FWHM filtered each test site's images (row label)")
+    _run_args(p)
 
     p = sub.add_parser("figure-regression", help="Fig. 7 analog: automatic vs true MTV, TLG, SUVmean")
     p.add_argument("--metrics", required=True)
@@ -183,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", required=True)
     p.add_argument("--pdf", required=True)
     p.add_argument("--stats", required=True, help="TSV of slope, intercept, R2 per model and quantity")
+    _run_args(p)
 
     p = sub.add_parser("figure-slices", help="Figs. 4-6 analogs: one slice of every model's output")
     p.add_argument("--metrics", required=True)
@@ -190,11 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", required=True)
     p.add_argument("--models", nargs="+", required=True)
     p.add_argument("--out-dir", required=True)
+    _run_args(p)
 
     p = sub.add_parser("figure-training", help="training curves of every model")
     p.add_argument("--log", nargs="+", required=True, metavar="MODEL/SITE=CSV")
     p.add_argument("--png", required=True)
     p.add_argument("--pdf", required=True)
+    _run_args(p)
+
+    p = sub.add_parser("training-budget", help="gradient steps and epochs of every trained model")
+    p.add_argument("--config", required=True, help="the config the models trained with")
+    p.add_argument("--log", nargs="+", required=True, metavar="MODEL/SITE=CSV", help="training logs")
+    p.add_argument("--out", required=True, help="budget TSV")
+
+    p = sub.add_parser("provenance", help="record the code, config, packages, machine and stage "
+                                          "wall times of a run")
+    p.add_argument("--config", required=True, help="the run's effective config")
+    p.add_argument("--benchmarks", required=True, help="folder of Snakemake's benchmark TSVs")
+    p.add_argument("--source-dir", required=True, help="the workflow's source folder (its git commit)")
+    p.add_argument("--out", required=True, help="provenance JSON")
 
     p = sub.add_parser("params", help="parameter counts of every model at paper size")
     p.add_argument("--config", default=None, help="config with a models section (default: config/paper.yaml)")

@@ -143,3 +143,9 @@ def standard_count_percent(site_cfg: dict, split: str | None) -> float:
     holds: ``acquisition.standard_count_percent`` with the split's ``acquisition_by_split``
     entry over it; 100 (the full list is the clinical scan) where unset."""
     return float(site_acquisition(site_cfg, split).get("standard_count_percent", 100.0))
+
+
+def run_kind(config: dict) -> str:
+    """What a run is (config ``run_kind``): ``demo``, an untrained smoke test whose outputs say
+    so; ``study`` or ``paper``, trained runs. Unset: ``study``."""
+    return config.get("run_kind", "study")

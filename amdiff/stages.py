@@ -398,6 +398,32 @@ def params(args) -> None:
 
 # ---- evaluation -------------------------------------------------------------------------
 
+def fit_gaussian(args) -> None:
+    """Choose the Gaussian filter's FWHM on the site's validation images; write the fit JSON."""
+    from amdiff.evaluate.gaussian import DEFAULT_FWHM_GRID_MM, fit
+
+    record = fit(args.manifest, args.site, args.fwhm_grid or DEFAULT_FWHM_GRID_MM, args.nrmse_whole)
+    for point in record["curve"]:
+        print(f"FWHM {point['fwhm_mm']:g} mm: mean whole-image NRMSE {point['nrmse_whole']:.4f}")
+    print(f"chosen FWHM {record['fwhm_mm']:g} mm ({record['n_images']} validation images, "
+          f"{record['n_subjects']} subjects)")
+    if record["at_grid_edge"]:
+        print("warning: the largest FWHM of the grid won; extend evaluation.gaussian_filter.fwhm_mm_grid")
+    _write_json(args.out, record)
+
+
+def gaussian_filter(args) -> None:
+    """denoised.nii.gz: the low-count image smoothed by the fitted (or given) FWHM."""
+    from amdiff.evaluate.gaussian import gaussian_filter as smooth
+    from amdiff.evaluate.gaussian import read_fit
+
+    fwhm = read_fit(args.fit) if args.fit else args.fwhm_mm
+    if fwhm < 0:
+        raise InputError("--fwhm-mm", f"must not be negative, got {fwhm}")
+    lc = read_volume(args.lc, "suv")
+    write_volume(Path(args.out_dir) / "denoised.nii.gz", smooth(lc.data, fwhm, lc.voxel_size_mm), lc.affine)
+
+
 def evaluate(args) -> None:
     """Metrics TSV of one model on one subject: a row per low-count test image."""
     from amdiff.evaluate.subject import evaluate_subject, read_references
@@ -423,13 +449,31 @@ def collect_metrics(args) -> None:
     write_text(args.out, df.to_csv(sep="\t", index=False, float_format="%.6g"))
 
 
+def training_budget(args) -> None:
+    """Gradient steps and epochs of every trained model, from its log and the config."""
+    from amdiff.evaluate.budget import training_budget as budget, write_budget
+
+    config = load_config(args.config)
+    _require_sections(config, args.config, ("training",))
+    write_budget(budget(_pairs_or_fail(args.log), config["training"]), args.out)
+
+
+def _budget_and_banner(args):
+    """The run's training budget (--budget, optional) and, for a demo run (--run-kind), the
+    smoke-test line its tables and figures carry (None otherwise)."""
+    from amdiff.evaluate.budget import read_budget, run_banner
+
+    budget = read_budget(args.budget) if args.budget else None
+    return budget, run_banner(args.run_kind, budget)
+
+
 def figure_regression(args) -> None:
     """Fig. 7 analog and its regression statistics."""
     from amdiff.evaluate.figures import regression_figure, regression_stats
     from amdiff.evaluate.subject import read_metrics
 
     metrics = read_metrics(args.metrics)
-    regression_figure(metrics, args.models, png=args.png, pdf=args.pdf)
+    regression_figure(metrics, args.models, png=args.png, pdf=args.pdf, banner=_budget_and_banner(args)[1])
     stats = regression_stats(metrics, args.models)
     write_text(args.stats, stats.to_csv(sep="\t", index=False, float_format="%.6g"))
 
@@ -439,21 +483,35 @@ def figure_slices(args) -> None:
     from amdiff.evaluate.figures import write_slice_figures
     from amdiff.evaluate.subject import read_metrics
 
-    write_slice_figures(args.results, read_metrics(args.metrics), args.site, args.models, args.out_dir)
+    write_slice_figures(args.results, read_metrics(args.metrics), args.site, args.models, args.out_dir,
+                        banner=_budget_and_banner(args)[1])
 
 
 def figure_training(args) -> None:
     from amdiff.evaluate.figures import training_curves
 
-    training_curves(_pairs_or_fail(args.log), png=args.png, pdf=args.pdf)
+    training_curves(_pairs_or_fail(args.log), png=args.png, pdf=args.pdf, banner=_budget_and_banner(args)[1])
+
+
+def provenance(args) -> None:
+    """provenance.json: git commit, config hash, package versions, machine, wall time per stage."""
+    from amdiff.provenance import provenance as record
+    from amdiff.provenance import read_config, write_provenance
+
+    write_provenance(record(read_config(args.config), args.benchmarks, args.source_dir), args.out)
 
 
 def tables(args) -> None:
     """Tables 2-5, the headline numbers and the paper-versus-reproduction comparison."""
-    from amdiff.evaluate.paper import write_paper_comparison
+    from amdiff.evaluate.gaussian import read_fit, row_labels
+    from amdiff.evaluate.paper import DEMO_NOTE, write_paper_comparison
     from amdiff.evaluate.subject import read_metrics
     from amdiff.evaluate.tables import write_tables
 
     metrics = read_metrics(args.metrics)
-    write_tables(metrics, args.out_dir, seed=args.seed)
-    write_paper_comparison(metrics, args.out_dir)
+    # the Gaussian row's label names the FWHM that filtered each site's images
+    fwhm = {site: read_fit(path) for site, path in _pairs_or_fail(args.gaussian_fit).items()}
+    budget, banner = _budget_and_banner(args)
+    write_tables(metrics, args.out_dir, seed=args.seed, row_labels=row_labels(fwhm) if fwhm else None,
+                 banner=banner, budget=budget)
+    write_paper_comparison(metrics, args.out_dir, note=f"**{banner}**\n\n{DEMO_NOTE}" if banner else DEMO_NOTE)

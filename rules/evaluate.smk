@@ -2,9 +2,12 @@
 # the true masks, pooled into one table, then the paper's tables (2-4 and beyond), the headline
 # numbers, the paper-versus-reproduction comparison and the figures (4-7, training curves).
 
-from amdiff.config import standard_count_percent
+from amdiff.config import run_kind, standard_count_percent
 
 REPORTS = config.get("reports_dir", "reports")
+# every trained model's gradient steps: the tables state them, and a demo run's (run_kind)
+# tables and figures say they come from an untrained smoke test of that many steps
+BUDGET = f"{RESULTS}/metrics/training_budget.tsv"
 TABLES = ["table2_denoising", "table3_segmentation", "table4_ablation", "table5_quantification"]
 PAPER_TABLES = {"headline": ("tsv", "md"), "paper_vs_reproduction": ("tsv", "md"), "claims": ("tsv",)}
 TEST_SITES = sorted({site for site, _, _ in test_cases()})
@@ -45,7 +48,7 @@ def evaluation_args(wildcards):
 def case_metric_files():
     subjects = sorted({(site, subject) for site, subject, _ in test_cases()})
     return [f"{RESULTS}/metrics/cases/{model}/{site}/{subject}.tsv"
-            for model in VARIANTS + BASELINES for site, subject in subjects]
+            for model in VARIANTS + BASELINES + TRAINING_FREE for site, subject in subjects]
 
 
 def evaluation_targets():
@@ -117,9 +120,16 @@ def table_output(name, ext, category):
                   labels={"table": name, "format": ext})
 
 
+def gaussian_fits():
+    """Each test site's Gaussian-filter fit (its training site's): Table 2 labels the row with its FWHM."""
+    return {site: f"{RESULTS}/models/gaussian_filter/{TRAINED_ON[site]}/fit.json" for site in TEST_SITES}
+
+
 rule tables:
     input:
-        f"{RESULTS}/metrics/metrics.tsv",
+        metrics=f"{RESULTS}/metrics/metrics.tsv",
+        fits=list(gaussian_fits().values()),
+        budget=BUDGET,
     output:
         # TSV (every number) and Markdown (the paper's layout) go into the HTML report.
         **{f"{name}_{ext}": table_output(name, ext, "Tables") for name in TABLES for ext in ("tsv", "md", "tex")},
@@ -128,6 +138,8 @@ rule tables:
     params:
         out_dir=f"{REPORTS}/tables",
         seed=config["seed"],
+        fits=" ".join(f"{site}={path}" for site, path in gaussian_fits().items()),
+        run_kind=run_kind(config),
     log:
         "logs/evaluate/tables.log",
     threads: 1
@@ -137,12 +149,14 @@ rule tables:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff tables --metrics {input} --out-dir {params.out_dir} --seed {params.seed} > {log} 2>&1"
+        "amdiff tables --metrics {input.metrics} --gaussian-fit {params.fits} --out-dir {params.out_dir}"
+        " --seed {params.seed} --budget {input.budget} --run-kind {params.run_kind} > {log} 2>&1"
 
 
 rule figure_regression:
     input:
-        f"{RESULTS}/metrics/metrics.tsv",
+        metrics=f"{RESULTS}/metrics/metrics.tsv",
+        budget=BUDGET,
     output:
         png=report(f"{REPORTS}/figures/fig7_regression.png", caption="../reports/captions/fig7_regression.rst",
                    category="Figures", labels={"figure": "Fig. 7 analog"}),
@@ -151,6 +165,7 @@ rule figure_regression:
                      category="Figures", labels={"figure": "Fig. 7 regression statistics"}),
     params:
         models=" ".join(VARIANTS),
+        run_kind=run_kind(config),
     log:
         "logs/evaluate/fig7_regression.log",
     threads: 1
@@ -160,12 +175,13 @@ rule figure_regression:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff figure-regression --metrics {input} --models {params.models}"
-        " --png {output.png} --pdf {output.pdf} --stats {output.stats} > {log} 2>&1"
+        "amdiff figure-regression --metrics {input.metrics} --models {params.models}"
+        " --png {output.png} --pdf {output.pdf} --stats {output.stats}"
+        " --budget {input.budget} --run-kind {params.run_kind} > {log} 2>&1"
 
 
 def slice_inputs(wildcards):
-    inputs = {"metrics": f"{RESULTS}/metrics/metrics.tsv"}
+    inputs = {"metrics": f"{RESULTS}/metrics/metrics.tsv", "budget": BUDGET}
     for site, subject, image in test_cases():
         if site != wildcards.site:
             continue
@@ -191,6 +207,7 @@ rule figure_slices:
     params:
         models=" ".join(VARIANTS + BASELINES),
         prefix=f"{REPORTS}/figures",
+        run_kind=run_kind(config),
     log:
         "logs/evaluate/figure_slices_{site}.log",
     threads: 1
@@ -201,7 +218,8 @@ rule figure_slices:
         "../envs/amdiff.yaml"
     shell:
         "amdiff figure-slices --metrics {input.metrics} --results {RESULTS} --site {wildcards.site}"
-        " --models {params.models} --out-dir {params.prefix} > {log} 2>&1"
+        " --models {params.models} --out-dir {params.prefix}"
+        " --budget {input.budget} --run-kind {params.run_kind} > {log} 2>&1"
 
 
 def training_logs():
@@ -212,12 +230,14 @@ def training_logs():
 rule figure_training:
     input:
         **training_logs(),
+        budget=BUDGET,
     output:
         png=report(f"{REPORTS}/figures/training_curves.png", caption="../reports/captions/training_curves.rst",
                    category="Figures", labels={"figure": "Training curves"}),
         pdf=f"{REPORTS}/figures/training_curves.pdf",
     params:
         logs=lambda w, input: " ".join(f"{name}={input[name]}" for name in training_logs()),
+        run_kind=run_kind(config),
     log:
         "logs/evaluate/training_curves.log",
     threads: 1
@@ -227,4 +247,26 @@ rule figure_training:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff figure-training --log {params.logs} --png {output.png} --pdf {output.pdf} > {log} 2>&1"
+        "amdiff figure-training --log {params.logs} --png {output.png} --pdf {output.pdf}"
+        " --budget {input.budget} --run-kind {params.run_kind} > {log} 2>&1"
+
+
+rule training_budget:
+    input:
+        **training_logs(),
+    output:
+        report(BUDGET, caption="../reports/captions/training_budget.rst", category="Tables",
+               labels={"table": "training_budget", "format": "tsv"}),
+    params:
+        logs=lambda w, input: " ".join(f"{name}={input[name]}" for name in training_logs()),
+    log:
+        "logs/evaluate/training_budget.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        # patches per epoch and batch size: the config the models trained with (a change re-trains them)
+        "amdiff training-budget --config {CONFIG_FILE} --log {params.logs} --out {output} > {log} 2>&1"

@@ -454,3 +454,31 @@ def test_cells_whose_test_used_fewer_images_than_the_means_carry_a_dagger():
     assert "† The test and the difference use only the images both" in md
     assert r".250 $\pm$ .016$^{\dagger}$" in to_latex(table, SPEC2)
     assert "†" not in to_markdown(build_table(df.dropna(), SPEC2, **FAST), SPEC2)
+
+
+def test_table2_opens_with_the_training_free_rows_labelled_with_their_fwhm(metrics, tmp_path):
+    from amdiff.evaluate.gaussian import row_labels
+
+    amdiff = metrics[metrics.model == "amdiff"]
+    free = pd.concat([amdiff.assign(model="lowcount_input", nrmse_whole=amdiff.nrmse_whole + 0.30),
+                      amdiff.assign(model="gaussian_filter", nrmse_whole=amdiff.nrmse_whole + 0.10)])
+    df = pd.concat([metrics, free], ignore_index=True)
+    table = build_table(df, SPEC2, **FAST)
+    for group in ("mct", "new_site", "all"):
+        models = list(table.loc[table.group == group, "model"].unique())
+        assert models == ["lowcount_input", "gaussian_filter", "leqmod_gan", "med_ddpm", "amdiff"]
+    # peers like every denoiser: AMDiff lower on all 6 subjects -> p = 2/2^6, asterisk
+    for model in ("lowcount_input", "gaussian_filter"):
+        row = _get(table, "mct", model, "nrmse_whole")
+        assert row["n_pairs"] == 6 and row["p_wilcoxon"] == pytest.approx(0.03125) and row["star"]
+
+    write_tables(df, tmp_path, (SPEC2,), row_labels=row_labels({"mct": 6.0, "new_site": 4.0}), **FAST)
+    md = (tmp_path / "table2_denoising.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| mCT |") or line.startswith("|  |")]
+    assert rows[0].startswith("| mCT | Low-count input | .450 ± .037\\* |")
+    assert rows[1].startswith("|  | Gaussian filter (FWHM 6 mm) | .250 ± .037\\* |")
+    assert "| new_site | Low-count input |" in md and "|  | Gaussian filter (FWHM 4 mm) |" in md
+    assert "|  | Gaussian filter (each site's FWHM) |" in md                  # All: two FWHMs
+    assert "| mCT | Gaussian filter (FWHM 6 mm) | NRMSE Whole image |" in md   # comparisons
+    assert r"& Gaussian filter (FWHM 6 mm) &" in (tmp_path / "table2_denoising.tex").read_text()
+    assert "first two rows need no training" in md

@@ -115,8 +115,8 @@ def test_tiny_workflow_evaluates_every_model_and_writes_tables_figures_and_repor
 
     metrics = pd.read_csv(tiny_run / "results/metrics/metrics.tsv", sep="\t")
     assert list(metrics.columns) == list(COLUMNS)
-    # 12 models x 3 test images (mct003 p005, p040; vision001 p0167)
-    assert len(metrics) == 36 and metrics.groupby("model").size().eq(3).all()
+    # 14 models (12 trained, 2 training-free) x 3 test images (mct003 p005, p040; vision001 p0167)
+    assert len(metrics) == 42 and metrics.groupby("model").size().eq(3).all()
     by_model = metrics.set_index("model")
     for model in ("amdiff", "amdiff_no_resmamba"):
         assert by_model.loc[model, ["nrmse_liver", "dice_liver", "tlg_true"]].notna().all().all()
@@ -129,6 +129,13 @@ def test_tiny_workflow_evaluates_every_model_and_writes_tables_figures_and_repor
     table2 = (tables / "table2_denoising.md").read_text()
     for name in ("LeqMod-GAN", "SpachTransformer", "3D Med-DDPM", "AMDiff", "mCT", "Vision", "All"):
         assert name in table2
+    # the training-free rows open every group; the Gaussian's label names the FWHM it was fit to
+    fwhm = json.loads((tiny_run / "results/models/gaussian_filter/mct/fit.json").read_text())["fwhm_mm"]
+    assert fwhm in (0, 12, 24, 36) and f"|  | Gaussian filter (FWHM {fwhm:g} mm) |" in table2
+    assert "| mCT | Low-count input |" in table2 and "| Vision | Low-count input |" in table2
+    lc = read_volume(tiny_run / "results/mct/mct003/lc_p005_r0.nii.gz", "suv").data
+    copy = read_volume(tiny_run / "results/predictions/lowcount_input/mct/mct003/p005_r0/denoised.nii.gz", "suv")
+    assert np.array_equal(copy.data, lc)
     assert "**" in table2 and (tables / "table4_ablation.tex").read_text().count("\\textbf") >= 17
     # the whole-L_lor ablation is a Table 4 row, with no paper number beside it
     assert "| w/o lesion-organ regularizer |" in (tables / "table4_ablation.md").read_text()
@@ -240,7 +247,10 @@ def test_paper_config_plans_the_full_study(repo, venv_env, tmp_path):
     assert any(line.split()[:2] == ["train_amdiff", "12"] for line in out.splitlines())
     assert any(line.split()[:2] == ["train_baseline", "10"] for line in out.splitlines())
     images = 29 * 2 + 10 + 5 * 3
-    for rule, models in (("predict_amdiff", 5), ("predict_denoiser_baseline", 3), ("predict_segmenter_baseline", 3)):
+    # the training-free rows: one FWHM fit per training site, both "models" on every test image
+    assert any(line.split()[:2] == ["fit_gaussian_filter", "2"] for line in out.splitlines())
+    for rule, models in (("predict_amdiff", 5), ("predict_denoiser_baseline", 3), ("predict_segmenter_baseline", 3),
+                         ("predict_lowcount_input", 1), ("predict_gaussian_filter", 1)):
         assert any(line.split()[:2] == [rule, str(models * images)] for line in out.splitlines()), rule
 
 

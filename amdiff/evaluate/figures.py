@@ -21,6 +21,9 @@ out of every slice figure and named in a footnote ("no predictions: ..."); a mod
 only the outputs its kind never writes (a denoiser's masks, a segmenter's image) simply has no
 panel in the figure that needs them.
 
+A demo run's figures carry its smoke-test line (``banner``, `amdiff.evaluate.budget`) as the
+first line of their title.
+
 Figures are built on :class:`matplotlib.figure.Figure` directly (not pyplot), so nothing is
 registered globally and nothing needs closing; files are written atomically.
 """
@@ -65,6 +68,11 @@ PANELS_PER_ROW = 5
 
 def model_label(model: str) -> str:
     return columns.model_label(model, standalone=True)
+
+
+def with_banner(title: str, banner: str | None) -> str:
+    """``title`` under ``banner`` (a demo run's smoke-test line, `amdiff.evaluate.budget`)."""
+    return f"{banner}\n{title}" if banner else title
 
 
 def model_family(model: str) -> str:
@@ -242,7 +250,8 @@ def _regression_panel(ax, metrics_df, model, name, colours) -> None:
 
 
 def regression_figure(metrics_df: pd.DataFrame, models: Sequence[str], png=None, pdf=None,
-                      quantities: Sequence[str] = DEFAULT_QUANTITIES, dpi: int = DPI) -> Figure:
+                      quantities: Sequence[str] = DEFAULT_QUANTITIES, dpi: int = DPI,
+                      banner: str | None = None) -> Figure:
     """Fig. 7 analog: rows = models (``order_models``: AMDiff, w/o lesion-organ regularizer,
     w/o revision, the other ablations, then the rest), columns = quantities.
 
@@ -265,7 +274,8 @@ def regression_figure(metrics_df: pd.DataFrame, models: Sequence[str], png=None,
     handles += [Line2D([], [], color="k", label="OLS fit"),
                 Line2D([], [], color="0.5", ls="--", label="identity")]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.suptitle("Automatic versus ground-truth quantification (test cases)", fontsize=11)
+    fig.suptitle(with_banner("Automatic versus ground-truth quantification (test cases)", banner),
+                 fontsize=11, wrap=True)
     save_figure(fig, png, pdf, dpi)
     return fig
 
@@ -391,7 +401,7 @@ def _panel_figure(n: int, plane_shape, layout: _Layout, title: str | None, note:
         spare.remove()
     axes = grid[:max(n, 1)]
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, wrap=True)   # wrap: a banner line may be wider than the panels
     if note:
         fig.text(0.01, 0.005, note, fontsize=7, color="0.35", ha="left", va="bottom")
     return fig, axes
@@ -616,7 +626,8 @@ def _value(rows: pd.DataFrame, model: str, column: str) -> float:
 
 
 def write_slice_figures(results_dir, metrics_df: pd.DataFrame, site: str, models: Sequence[str],
-                        out_dir, background: str = "lc", dpi: int = DPI) -> dict[str, tuple[Path, Path]]:
+                        out_dir, background: str = "lc", dpi: int = DPI,
+                        banner: str | None = None) -> dict[str, tuple[Path, Path]]:
     """Write fig4_denoising_{site}, fig5_lesions_{site}, fig6_organs_{site} (.png and .pdf) for the
     image :func:`choose_case` picks. Masks are drawn over the low-count input (``background="lc"``,
     what every model saw) or the high-count reference (``"hc"``). Every file is always written,
@@ -643,18 +654,20 @@ def write_slice_figures(results_dir, metrics_df: pd.DataFrame, site: str, models
     nrmse = {model_label(m): (_value(rows, m, "nrmse_lesion"), _value(rows, m, "nrmse_liver"))
              for m in models if m in data.denoised}
     denoising_panels(images, nrmse, *paths["denoising"], suv_max=suv_max,
-                     title=f"Denoising: {title}", **common)
+                     title=with_banner(f"Denoising: {title}", banner), **common)
 
     segmenters = [m for m in models if m in data.lesion_pred]
     lesion_panels(bg, {model_label(m): data.lesion_pred[m] for m in segmenters},
                   {model_label(m): _value(rows, m, "dice_lesion") for m in segmenters}, data.lesion,
-                  *paths["lesions"], suv_max=suv_max, title=f"Lesion segmentation: {title}",
+                  *paths["lesions"], suv_max=suv_max,
+                  title=with_banner(f"Lesion segmentation: {title}", banner),
                   underlay=underlay, **common)
 
     segmenters = [m for m in models if m in data.organs_pred]
     organ_dice = {model_label(m): {o: _value(rows, m, f"dice_{o}") for o in ORGAN_NAMES} for m in segmenters}
     organ_panels(bg, {model_label(m): data.organs_pred[m] for m in segmenters}, organ_dice, data.organs,
-                 *paths["organs"], suv_max=suv_max, title=f"Organ segmentation: {title}",
+                 *paths["organs"], suv_max=suv_max,
+                 title=with_banner(f"Organ segmentation: {title}", banner),
                  underlay=underlay, **common)
     return paths
 
@@ -708,7 +721,8 @@ def _warmup_note(logs: Sequence[pd.DataFrame]) -> str | None:
     return f"λ_warm ramps 0 → {top:.2g}: regulariser terms enter train_total"
 
 
-def training_curves(logs: Mapping, png=None, pdf=None, dpi: int = DPI) -> Figure:
+def training_curves(logs: Mapping, png=None, pdf=None, dpi: int = DPI,
+                    banner: str | None = None) -> Figure:
     """One column per model family (AMDiff with its ablations; each comparison model): training
     loss on top, validation score (lower is better) below, one line per (model, training site),
     the best epoch starred. Keys are (model, train_site) tuples or "model/site" strings."""
@@ -753,6 +767,8 @@ def training_curves(logs: Mapping, png=None, pdf=None, dpi: int = DPI) -> Figure
         top.legend(fontsize=6.5, frameon=False)
     fig.legend(handles=[Line2D([], [], marker="*", ms=10, ls="", color="0.3", label="best epoch (best.pt)")],
                loc="outside lower center", fontsize=8, frameon=False)
+    if banner:
+        fig.suptitle(banner, fontsize=10, wrap=True)
     save_figure(fig, png, pdf, dpi)
     return fig
 

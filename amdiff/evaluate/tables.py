@@ -27,13 +27,15 @@ Conventions
   used fewer images than its mean or AMDiff's (the images both have), counts in the TSV.
 - Models absent from the metrics table are skipped; a table with none of its models is
   still written, with a note saying so.
+- Given the run's training budget (`amdiff.evaluate.budget`), each table states the gradient
+  steps of its trained models; a demo run's tables carry its smoke-test line under the title.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +58,8 @@ class TableSpec:
     metrics: tuple[str, ...]      # column order
     per_site: bool                # rows per site as well as "All"
     reference: str = REFERENCE
+    # model -> group -> printed label where it is not the model's own (the Gaussian's FWHM)
+    row_labels: dict = field(default_factory=dict)
 
 
 # Table 4's rows, plus amdiff_no_lor (all of L_lor removed: the abstract's and Fig. 7's
@@ -64,6 +68,9 @@ ABLATIONS = ("amdiff_no_revision", "amdiff_no_organ_reg", "amdiff_no_lesion_reg"
              "amdiff_no_lor", "amdiff_no_resmamba")
 SEGMENTERS = ("swin_unetr", "nnmamba", "medsam3d")
 DENOISERS = ("leqmod_gan", "spach_transformer", "med_ddpm")
+# Table 2's first rows, which need no training: the low-count input and its Gaussian-filtered
+# version (amdiff.evaluate.gaussian); AMDiff is tested against them as against every denoiser.
+TRAINING_FREE = ("lowcount_input", "gaussian_filter")
 QUANT_METRICS = ("tlg_bias_pct", "mtv_true_ml", "mtv_auto_ml", "lesions_tp", "lesions_fp",
                  "lesions_fn", "lesion_precision", "lesion_recall", "lesion_f1",
                  "autopet_fp_volume_ml", "autopet_fn_volume_ml", "lesion_free_fp_volume_ml")
@@ -75,8 +82,13 @@ TABLES = (
               "diffusion module alone, whose target is cut off at diffusion.suv_cutoff (SUV 20) "
               "unless baselines.med_ddpm.suv_cutoff lifts it, so SUV above the cutoff (lesion "
               "peaks) is unreachable for it by construction: a limit of this reproduction, "
-              "not necessarily of the published Med-DDPM the paper compares against.",
-              (*DENOISERS, REFERENCE), columns.NRMSE, per_site=True),
+              "not necessarily of the published Med-DDPM the paper compares against. The "
+              "first two rows need no training (not in the paper): the low-count input itself "
+              "and the low-count input smoothed by a 3D Gaussian whose FWHM (in its label) gave "
+              "the lowest mean whole-image NRMSE on the training site's validation images; "
+              "every trained denoiser is judged against them, and AMDiff is tested against "
+              "them as against every other method.",
+              (*TRAINING_FREE, *DENOISERS, REFERENCE), columns.NRMSE, per_site=True),
     TableSpec("table3_segmentation", "Table 3: Segmentation comparisons with SOTA methods",
               "Dice on each semantic class, averaged across all noise levels and presented "
               "as mean ± std. Higher is better.",
@@ -136,6 +148,11 @@ DAGGER = "†"
 
 def model_label(model: str) -> str:
     return columns.model_label(model)
+
+
+def row_label(spec: TableSpec, model: str, group: str) -> str:
+    """A row's printed method: the spec's label for this model and group, else the paper's name."""
+    return spec.row_labels.get(model, {}).get(group) or model_label(model)
 
 
 def group_label(group: str) -> str:
@@ -361,7 +378,7 @@ def _excluded_note(table: pd.DataFrame, spec: TableSpec) -> str:
         if len(set(counts)) == 1:
             text = f"{counts[0]} images for every method"
         else:
-            text = ", ".join(f"{model_label(m)} {c}" for m, c in zip(part["model"], counts))
+            text = ", ".join(f"{row_label(spec, m, group)} {c}" for m, c in zip(part["model"], counts))
         family, label = metric_label(metric)
         where = f"{group_label(group)} " if spec.per_site else ""
         parts.append(f"{where}{family} {label}".strip() + f": {text}")
@@ -382,6 +399,30 @@ def _holm_note(table: pd.DataFrame, spec: TableSpec) -> str:
                       for r in sizes.itertuples())
     return (f"Holm-Bonferroni families: one per scanner group, the pooled All (which reuses "
             f"the sites' subjects) a family of its own; tests per family: {parts}.")
+
+
+def _budget_note(table: pd.DataFrame, budget: pd.DataFrame | None) -> str:
+    """The training budget of the table's trained models (`amdiff.evaluate.budget`), one
+    clause per budget shared by models and training sites; "" without a budget or such model."""
+    if budget is None:
+        return ""
+    clauses: dict[tuple, list[str]] = {}
+    for model in dict.fromkeys(table["model"]):
+        sites_by_budget: dict[tuple, list[str]] = {}
+        for r in budget[budget["model"] == model].itertuples():
+            key = (int(r.steps), int(r.epochs), int(r.steps_per_epoch), int(r.patches_per_epoch),
+                   int(r.batch_size))
+            sites_by_budget.setdefault(key, []).append(group_label(r.train_site))
+        for key, sites in sites_by_budget.items():
+            clauses.setdefault((key, tuple(sites)), []).append(model_label(model))
+    if not clauses:
+        return ""
+    parts = [f"{', '.join(models)} (trained on {', '.join(sites)}): {steps} steps ({epochs} "
+             f"epochs × {per_epoch} batches: {patches} patches per epoch, batch size {batch})"
+             for ((steps, epochs, per_epoch, patches, batch), sites), models in clauses.items()]
+    return ("Training budget in gradient steps (one per batch of training patches): "
+            + "; ".join(parts) + ". The evaluated checkpoint (best.pt) is the best-validation "
+            "epoch's; per model in training_budget.tsv.")
 
 
 def _has_dagger(table: pd.DataFrame) -> bool:
@@ -432,7 +473,7 @@ def _md_main_table(table: pd.DataFrame, spec: TableSpec) -> list[str]:
              "|" + "---|" * len(lead) + ":---:|" * len(spec.metrics)]
     previous_group = None
     for group, model, cells in wide_rows(table, spec):
-        lead_cells = [model_label(model)]
+        lead_cells = [row_label(spec, model, group)]
         if spec.per_site:
             lead_cells.insert(0, group_label(group) if group != previous_group else "")
         previous_group = group
@@ -468,7 +509,7 @@ def _md_comparisons(table: pd.DataFrame, spec: TableSpec) -> list[str]:
     for _, row in peers.iterrows():
         family_name, label = metric_label(row["metric"])
         label += " (absolute)" if row["tested"] == "|value|" else ""
-        lead_cells = [model_label(row["model"])]
+        lead_cells = [row_label(spec, row["model"], row["group"])]
         if spec.per_site:
             lead_cells.insert(0, group_label(row["group"]))
         cells = [*lead_cells, f"{family_name} {label}".strip(), str(int(row["n_pairs"])),
@@ -478,11 +519,16 @@ def _md_comparisons(table: pd.DataFrame, spec: TableSpec) -> list[str]:
     return lines
 
 
-def to_markdown(table: pd.DataFrame, spec: TableSpec) -> str:
-    lines = [f"## {spec.title}", "", spec.caption, ""]
+def to_markdown(table: pd.DataFrame, spec: TableSpec, *, banner: str | None = None,
+                budget: pd.DataFrame | None = None) -> str:
+    """The paper's layout; ``banner`` (a demo run's line) heads it in bold, ``budget``
+    (`amdiff.evaluate.budget`) adds the training budget of the table's models."""
+    lines = [f"## {spec.title}", "", *([f"**{banner}**", ""] if banner else []), spec.caption, ""]
     if table.empty:
         return "\n".join([*lines, f"_{_missing_note(spec)}_", ""])
     lines += [*_md_main_table(table, spec), "", _best_note(spec), "", _n_note(table), ""]
+    if _budget_note(table, budget):
+        lines += [_budget_note(table, budget), ""]
     if _excluded_note(table, spec):
         lines += [_excluded_note(table, spec), ""]
     if _has_comparisons(table, spec):
@@ -501,7 +547,7 @@ LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
                   "^": r"\textasciicircum{}"}
 LATEX_UNICODE = {"±": r"$\pm$", "–": "--", "−": "$-$", "|": r"\textbar{}",
                  "<": r"\textless{}", ">": r"\textgreater{}",   # OT1 prints < as ¡
-                 DAGGER: r"\textdagger{}"}
+                 DAGGER: r"\textdagger{}", "×": r"$\times$", "—": "---"}
 
 
 def latex_escape(text: str) -> str:
@@ -538,7 +584,7 @@ def _tex_header(spec: TableSpec, n_lead: int) -> list[str]:
 def _tex_body(table: pd.DataFrame, spec: TableSpec) -> list[str]:
     lines, previous_group = [], None
     for group, model, cells in wide_rows(table, spec):
-        lead = [latex_escape(model_label(model))]
+        lead = [latex_escape(row_label(spec, model, group))]
         if spec.per_site:
             if previous_group is not None and group != previous_group:
                 lines.append(r"\midrule")
@@ -548,8 +594,10 @@ def _tex_body(table: pd.DataFrame, spec: TableSpec) -> list[str]:
     return lines
 
 
-def _tex_notes(table: pd.DataFrame, spec: TableSpec) -> str:
+def _tex_notes(table: pd.DataFrame, spec: TableSpec, budget: pd.DataFrame | None = None) -> str:
     notes = latex_escape(_best_note(spec)) + rf"\\ {latex_escape(_n_note(table))}"
+    if _budget_note(table, budget):
+        notes += rf"\\ {latex_escape(_budget_note(table, budget))}"
     if _excluded_note(table, spec):
         notes += rf"\\ {latex_escape(_excluded_note(table, spec))}"
     if _has_comparisons(table, spec):
@@ -560,10 +608,13 @@ def _tex_notes(table: pd.DataFrame, spec: TableSpec) -> str:
     return rf"{{\footnotesize {notes}\par}}"
 
 
-def to_latex(table: pd.DataFrame, spec: TableSpec) -> str:
-    """A booktabs table environment; needs \\usepackage{booktabs}."""
+def to_latex(table: pd.DataFrame, spec: TableSpec, *, banner: str | None = None,
+             budget: pd.DataFrame | None = None) -> str:
+    """A booktabs table environment; needs \\usepackage{booktabs}. ``banner`` and ``budget``
+    as in `to_markdown` (the banner in bold above the caption)."""
     head = [f"% {spec.name}: generated by amdiff evaluate; needs \\usepackage{{booktabs}}",
             r"\begin{table}[htbp]", r"\centering",
+            *([rf"\textbf{{{latex_escape(banner)}}}\par\smallskip"] if banner else []),
             rf"\caption{{{latex_escape(spec.title)}. {latex_escape(spec.caption)}}}",
             rf"\label{{tab:{spec.name}}}"]
     if table.empty:
@@ -572,7 +623,7 @@ def to_latex(table: pd.DataFrame, spec: TableSpec) -> str:
     n_lead = 2 if spec.per_site else 1
     lines = [*head, rf"\begin{{tabular}}{{{'l' * n_lead}{'c' * len(spec.metrics)}}}",
              r"\toprule", *_tex_header(spec, n_lead), r"\midrule", *_tex_body(table, spec),
-             r"\bottomrule", r"\end{tabular}", "", r"\smallskip", _tex_notes(table, spec),
+             r"\bottomrule", r"\end{tabular}", "", r"\smallskip", _tex_notes(table, spec, budget),
              r"\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -585,14 +636,20 @@ def _tsv(table: pd.DataFrame) -> str:
 
 def write_tables(metrics_df: pd.DataFrame, out_dir: str | os.PathLike,
                  specs: tuple[TableSpec, ...] = TABLES, *,
-                 n_resamples: int = N_RESAMPLES, seed: int = SEED) -> list[Path]:
-    """Write {name}.tsv (long form), {name}.md and {name}.tex for each spec, atomically."""
+                 n_resamples: int = N_RESAMPLES, seed: int = SEED,
+                 row_labels: dict | None = None, banner: str | None = None,
+                 budget: pd.DataFrame | None = None) -> list[Path]:
+    """Write {name}.tsv (long form), {name}.md and {name}.tex for each spec, atomically.
+    ``row_labels``: model -> group -> printed label (e.g. `gaussian.row_labels`); ``banner``
+    and ``budget`` as in `to_markdown`."""
     out_dir = Path(out_dir)
     written = []
     for spec in specs:
+        spec = replace(spec, row_labels=row_labels) if row_labels else spec
         table = build_table(metrics_df, spec, n_resamples=n_resamples, seed=seed)
-        for suffix, text in ((".tsv", _tsv(table)), (".md", to_markdown(table, spec)),
-                             (".tex", to_latex(table, spec))):
+        for suffix, text in ((".tsv", _tsv(table)),
+                             (".md", to_markdown(table, spec, banner=banner, budget=budget)),
+                             (".tex", to_latex(table, spec, banner=banner, budget=budget))):
             path = out_dir / f"{spec.name}{suffix}"
             write_text(path, text)
             written.append(path)

@@ -1,0 +1,33 @@
+# Provenance: the last job of every run records which code (git commit, dirty or not), config
+# (its sha256), packages and machine made the results, and the wall time of each stage summed
+# from the benchmark files (amdiff/provenance.py).
+
+PROVENANCE = f"{config.get('reports_dir', 'reports')}/provenance.json"
+
+
+def run_targets():
+    """Every file `rule all` asks for besides the provenance, which is written after them."""
+    return data_targets() + (prediction_targets() + evaluation_targets() if MODELS else [])
+
+
+rule provenance:
+    input:
+        targets=run_targets(),
+        config=CONFIG_FILE,
+    output:
+        report(PROVENANCE, caption="../reports/captions/provenance.rst", category="Provenance"),
+    params:
+        benchmarks=f"{RESULTS}/benchmarks",
+        source=workflow.basedir,
+    log:
+        "logs/provenance.log",
+    # no benchmark: its own file would be written after it and counted by the next run
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        "amdiff provenance --config {input.config} --benchmarks {params.benchmarks}"
+        " --source-dir {params.source} --out {output} > {log} 2>&1"
