@@ -94,7 +94,8 @@ def _check_windows(config: dict, source: str) -> None:
                                  "normalisation layers see different statistics on other window sizes)")
 
 
-def load_config(path: str | os.PathLike) -> dict:
+def read_config(path: str | os.PathLike) -> dict:
+    """A YAML config file as a dict, not validated (e.g. a snapshot's config to compare)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "config file does not exist")
@@ -104,7 +105,12 @@ def load_config(path: str | os.PathLike) -> dict:
         raise InputError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(config, dict):
         raise InputError(path, "config must be a YAML mapping")
-    return validate_config(config, str(path))
+    return config
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """A YAML config file, validated against the schema and the cross-key rules."""
+    return validate_config(read_config(path), str(Path(path)))
 
 
 def derived_seed(base: int, *keys: str) -> int:

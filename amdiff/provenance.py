@@ -31,7 +31,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Mapping
 
-import yaml
 
 from amdiff.config import run_kind
 from amdiff.errors import InputError
@@ -44,21 +43,6 @@ PACKAGES = ("amdiff", "torch", "monai", "numpy", "scipy", "pandas", "snakemake",
 MAX_DIRTY_PATHS = 50
 FIELDS = ("written_utc", "git", "config", "packages", "python", "machine", "wall_time_s")
 
-
-# --- config -----------------------------------------------------------------------------
-
-def read_config(path) -> dict:
-    """A YAML config as a dict (the effective config the workflow wrote, or a config file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "config file does not exist")
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(config, dict):
-        raise InputError(path, "config must be a YAML mapping")
-    return config
 
 
 def config_sha256(config: Mapping) -> str:

@@ -496,7 +496,8 @@ def figure_training(args) -> None:
 def provenance(args) -> None:
     """provenance.json: git commit, config hash, package versions, machine, wall time per stage."""
     from amdiff.provenance import provenance as record
-    from amdiff.provenance import read_config, write_provenance
+    from amdiff.config import read_config
+    from amdiff.provenance import write_provenance
 
     write_provenance(record(read_config(args.config), args.benchmarks, args.source_dir), args.out)
 
