@@ -5,7 +5,7 @@ CORES ?= all
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test install dry-run-paper report clean
+.PHONY: run test install study dry-run-paper report clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The trained study (config/study.yaml): every model trained 480 gradient steps, results in
+# results_study/ and the committed snapshot reports/study/ (README, "Trained study").
+study: install
+	$(BIN)/snakemake --cores $(CORES) --configfile config/study.yaml $(SNAKEMAKE_ARGS)
 
 dry-run-paper: install
 	$(BIN)/snakemake -n --configfile config/paper.yaml --quiet rules
