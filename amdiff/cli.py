@@ -243,6 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", nargs="+", required=True, metavar="MODEL/SITE=CSV", help="training logs")
     p.add_argument("--out", required=True, help="budget TSV")
 
+    p = sub.add_parser("seed-variance", help="two models' difference against their spread over "
+                                             "training seeds (config seed_replicates)")
+    p.add_argument("--config", required=True, help="the config naming the seed replicates")
+    p.add_argument("--metrics", nargs="+", required=True, help="per-subject metrics TSVs of the "
+                   "models and their replicates")
+    p.add_argument("--out-tsv", required=True)
+    p.add_argument("--out-md", required=True)
+
     p = sub.add_parser("provenance", help="record the code, config, packages, machine and stage "
                                           "wall times of a run")
     p.add_argument("--config", required=True, help="the run's effective config")

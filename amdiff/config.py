@@ -7,6 +7,7 @@ Validation gives one line naming the offending key, e.g.
 from __future__ import annotations
 
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -48,7 +49,17 @@ def validate_config(config: dict, source: str = "config") -> dict:
     _check_windows(config, source)
     if config["cohort"]["source"] == "manifest" and not config["cohort"].get("manifest"):
         raise InputError(source, "cohort.manifest: required when cohort.source is 'manifest'")
+    _check_seed_replicates(config, source)
     return config
+
+
+def _check_seed_replicates(config: dict, source: str) -> None:
+    trained = list((config.get("models") or {}).get("variants", []))
+    trained += [b for b in (config.get("baselines") or {}).get("names", []) if b == "med_ddpm"]
+    for model in (config.get("seed_replicates") or {}).get("models", []):
+        if model not in trained:
+            raise InputError(source, f"seed_replicates.models: {model!r} is not trained by this config "
+                                     f"(models.variants, or med_ddpm in baselines.names)")
 
 
 def _check_site(site: str, cfg: dict, source: str) -> None:
@@ -111,6 +122,24 @@ def read_config(path: str | os.PathLike) -> dict:
 def load_config(path: str | os.PathLike) -> dict:
     """A YAML config file, validated against the schema and the cross-key rules."""
     return validate_config(read_config(path), str(Path(path)))
+
+
+# A seed replicate of model M is the model "M_seedK" (K = 1, 2, ...): the same variant and
+# settings, trained with the seed derived from that name instead of from "M".
+_REPLICATE = re.compile(r"^(?P<base>.+)_seed(?P<k>[1-9][0-9]*)$")
+
+
+def seed_replicates(config: dict) -> dict[str, list[str]]:
+    """{model: [its replicate names]} from ``seed_replicates`` (count includes the model itself)."""
+    section = config.get("seed_replicates") or {}
+    count = int(section.get("count", 1))
+    return {m: [f"{m}_seed{k}" for k in range(1, count)] for m in section.get("models", [])}
+
+
+def replicate_base(name: str) -> str:
+    """The model a seed replicate repeats ("amdiff_seed1" -> "amdiff"); other names unchanged."""
+    match = _REPLICATE.match(name)
+    return match["base"] if match else name
 
 
 def derived_seed(base: int, *keys: str) -> int:

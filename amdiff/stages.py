@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amdiff.config import derived_seed, load_config, phantom_subjects, site_acquisition
+from amdiff.config import derived_seed, load_config, phantom_subjects, replicate_base, site_acquisition
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path, write_text
 from amdiff.io.nifti import check_same_grid, read_volume, write_volume
@@ -299,7 +299,7 @@ def train(args) -> None:
     config = load_config(args.config)
     _require_sections(config, args.config, ("models", "training", "diffusion"))
     _threads(args.threads or config["training"].get("threads"))
-    if args.variant in VARIANTS:   # AMDiff, its ablations and Med-DDPM
+    if replicate_base(args.variant) in VARIANTS:   # AMDiff, its ablations, Med-DDPM, their seed replicates
         trainer = Trainer(config, args.variant, args.site, args.manifest, args.out_dir, device=args.device)
     else:
         trainer = BaselineTrainer(config, args.variant, args.site, args.manifest, args.out_dir,
@@ -456,6 +456,22 @@ def training_budget(args) -> None:
     config = load_config(args.config)
     _require_sections(config, args.config, ("training",))
     write_budget(budget(_pairs_or_fail(args.log), config["training"]), args.out)
+
+
+def seed_variance(args) -> None:
+    """The seed-variance table of the models config ``seed_replicates`` names."""
+    import pandas as pd
+
+    from amdiff.config import seed_replicates
+    from amdiff.evaluate.seeds import seed_variance as table, write_seed_variance
+    from amdiff.evaluate.subject import read_metrics
+
+    config = load_config(args.config)
+    replicates = seed_replicates(config)
+    if len(replicates) < 2 or not all(replicates.values()):
+        raise InputError(args.config, "seed_replicates: needs two models and a count of at least 2")
+    df = pd.concat([read_metrics(path) for path in args.metrics], ignore_index=True)
+    write_seed_variance(table(df, replicates), args.out_tsv, args.out_md)
 
 
 def _budget_and_banner(args):

@@ -4,7 +4,8 @@ import json
 import re
 import sys
 
-from amdiff.config import count_levels, derived_seed, phantom_subjects, validate_config
+from amdiff.config import (count_levels, derived_seed, phantom_subjects, replicate_base, seed_replicates,
+                           validate_config)
 from amdiff.errors import InputError
 from amdiff.listmode.levels import level_name
 

@@ -58,7 +58,8 @@ def evaluation_targets():
             + [f"{REPORTS}/figures/{name}.{ext}" for name in ("fig7_regression", "training_curves")
                for ext in ("png", "pdf")]
             + [f"{REPORTS}/figures/fig{n}_{kind}_{site}.{ext}" for n, kind in SLICE_FIGURES
-               for site in TEST_SITES for ext in ("png", "pdf")])
+               for site in TEST_SITES for ext in ("png", "pdf")]
+            + ([f"{REPORTS}/tables/seed_variance.{ext}" for ext in ("tsv", "md")] if REPLICATES else []))
 
 
 rule evaluate_subject:
@@ -110,6 +111,31 @@ rule collect_metrics:
         "../envs/amdiff.yaml"
     shell:
         "amdiff collect-metrics --out {output} {input} > {log} 2>&1"
+
+
+rule seed_variance:
+    # the reference model (first of seed_replicates.models) against each other one, with the
+    # spread between training seeds (amdiff.evaluate.seeds)
+    input:
+        [f"{RESULTS}/metrics/cases/{name}/{site}/{subject}.tsv"
+         for model, names in REPLICATES.items() for name in [model, *names]
+         for site, subject in sorted({(s, subj) for s, subj, _ in test_cases()})],
+    output:
+        tsv=report(f"{REPORTS}/tables/seed_variance.tsv", caption="../reports/captions/seed_variance.rst",
+                   category="Tables", labels={"table": "seed_variance", "format": "tsv"}),
+        md=report(f"{REPORTS}/tables/seed_variance.md", caption="../reports/captions/seed_variance.rst",
+                  category="Tables", labels={"table": "seed_variance", "format": "md"}),
+    log:
+        "logs/evaluate/seed_variance.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        "amdiff seed-variance --config {CONFIG_FILE} --metrics {input}"
+        " --out-tsv {output.tsv} --out-md {output.md} > {log} 2>&1"
 
 
 def table_output(name, ext, category):

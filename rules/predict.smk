@@ -21,6 +21,7 @@ TRAINING_FREE = ["lowcount_input", "gaussian_filter"]
 
 def outputs_of(model):
     """What a model predicts: AMDiff all three; denoisers the image; segmenters the masks."""
+    model = replicate_base(model)   # a seed replicate predicts what its model does
     if model in VARIANTS:
         return ("denoised", "lesion", "organs")
     return ("denoised",) if model in DENOISER_BASELINES + TRAINING_FREE else ("lesion", "organs")
@@ -44,7 +45,7 @@ rule predict_amdiff:
         inference=json.dumps(INFERENCE),
         outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
     wildcard_constraints:
-        model=never(VARIANTS),
+        model=never(VARIANTS + [r for m in VARIANTS for r in REPLICATES.get(m, [])]),
     log:
         "logs/predict/{model}/{site}/{subject}/{level}_r{real}.log",
     benchmark:
@@ -72,7 +73,7 @@ rule predict_denoiser_baseline:
         inference=json.dumps(INFERENCE),
         outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
     wildcard_constraints:
-        model=never(DENOISER_BASELINES),
+        model=never(DENOISER_BASELINES + REPLICATES.get("med_ddpm", [])),
     log:
         "logs/predict/{model}/{site}/{subject}/{level}_r{real}.log",
     benchmark:

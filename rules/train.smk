@@ -6,8 +6,11 @@ TRAINING = config["training"]
 VARIANTS = config["models"]["variants"]
 TRAIN_SITES = list(TRAINING["train_sites"])
 BASELINES = config.get("baselines", {}).get("names", [])
+# seed replicates (config seed_replicates): "amdiff_seed1" is amdiff trained from another seed
+REPLICATES = seed_replicates(config)
+REPLICATE_NAMES = [name for names in REPLICATES.values() for name in names]
 # Med-DDPM is AMDiff's diffusion module alone: it trains with the AMDiff trainer
-DIFFUSION_MODELS = VARIANTS + [b for b in BASELINES if b == "med_ddpm"]
+DIFFUSION_MODELS = VARIANTS + [b for b in BASELINES if b == "med_ddpm"] + REPLICATE_NAMES
 OTHER_BASELINES = [b for b in BASELINES if b != "med_ddpm"]
 COMPARISON_SEGMENTERS = [b for b in OTHER_BASELINES if b in ("swin_unetr", "nnmamba", "medsam3d")]
 GAUSSIAN_GRID = ((config.get("evaluation") or {}).get("gaussian_filter") or {}).get("fwhm_mm_grid")
@@ -30,7 +33,7 @@ def amdiff_params(wildcards):
     """
     sections = {k: config[k] for k in ("models", "training", "diffusion")}
     own = ((config.get("baselines") or {}).get("med_ddpm") or {}).get("suv_cutoff")
-    if wildcards.model == "med_ddpm" and own is not None:
+    if replicate_base(wildcards.model) == "med_ddpm" and own is not None:
         sections["med_ddpm"] = {"suv_cutoff": own}
     return json.dumps(sections)
 

@@ -506,6 +506,32 @@ def test_claims_directions():
     assert table.loc["lower_yes", "paper_change_pct"] == -32.5
 
 
+def test_claim_verdicts_follow_the_bootstrap_interval():
+    """Eight subjects: AMDiff lower on every one (reproduced), higher on every one (reversed),
+    lower on half and higher on half (inconclusive: the interval holds 0)."""
+    base = [0.20, 0.22, 0.18, 0.25, 0.21, 0.19, 0.23, 0.24]
+    claims = (paper.Claim("lower", "AMDiff lowers lesion NRMSE", "test", "nrmse_lesion",
+                          "amdiff", "amdiff_no_lesion_reg", -10.0),
+              paper.Claim("higher", "AMDiff lowers liver NRMSE", "test", "nrmse_liver",
+                          "amdiff", "amdiff_no_lesion_reg", -10.0),
+              paper.Claim("mixed", "AMDiff lowers lung NRMSE", "test", "nrmse_lung",
+                          "amdiff", "amdiff_no_lesion_reg", -10.0))
+    signs = [1, -1] * 4
+    rows = (paired({"amdiff": [b - 0.05 for b in base], "amdiff_no_lesion_reg": base}, "nrmse_lesion")
+            + paired({"amdiff": [b + 0.05 for b in base], "amdiff_no_lesion_reg": base}, "nrmse_liver")
+            + paired({"amdiff": [b + 0.03 * s for b, s in zip(base, signs)],
+                      "amdiff_no_lesion_reg": base}, "nrmse_lung"))
+    table = paper.claims_table(make_metrics(rows), claims).set_index("id")
+    assert table["verdict"].to_dict() == {"lower": "reproduced", "higher": "reversed",
+                                          "mixed": "inconclusive"}
+    low, high = table.loc["lower", ["ours_ci_low_pct", "ours_ci_high_pct"]]
+    # every paired difference is -0.05 on a mean of 0.215: the interval is that one value
+    assert low == pytest.approx(-0.05 / 0.215 * 100) and high == pytest.approx(low)
+    assert table.loc["mixed", "ours_ci_low_pct"] < 0 < table.loc["mixed", "ours_ci_high_pct"]
+    assert (table["n_subjects"] == 8).all()
+    assert paper.verdict_counts(table) == {"reproduced": 1, "reversed": 1, "inconclusive": 1, "n/a": 0}
+
+
 def test_default_claims_table_covers_every_claim():
     table = paper.claims_table(claim_data())
     assert list(table["id"]) == [c.id for c in paper.CLAIMS]
@@ -563,6 +589,7 @@ def test_write_paper_comparison(tmp_path):
     claims = paper.read_output_tsv(tmp_path / "paper" / "claims.tsv")
     assert list(claims["id"]) == [c.id for c in paper.CLAIMS]
     assert set(claims["reproduced"]) == {"yes", "no", "n/a"}
+    assert set(claims["verdict"]) <= set(paper.VERDICTS) and (claims["verdict"] == "n/a").any()
     assert claims["ours_change_pct"].isna().sum() == (claims["reproduced"] == "n/a").sum()
     comparison = paper.read_output_tsv(tmp_path / "paper" / "paper_vs_reproduction.tsv")
     assert len(comparison) == 3 * 4 * 9 + 3 * 4 * 8 + 6 * 17      # Table 4 + amdiff_no_lor

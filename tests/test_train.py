@@ -106,6 +106,25 @@ def test_ablation_variants_change_the_loss_or_network(manifest, tmp_path):
     assert float(no_organ.loss.lor_weights[1]) == 1 and float(no_organ.loss.lor_weights[2:].sum()) == 0
 
 
+def test_seed_replicate_is_the_same_variant_from_another_seed(manifest, full_run, tmp_path):
+    """"amdiff_seed1" builds and trains amdiff with its own seed: other initial weights, the
+    checkpoint names the variant (what predict builds) and the replicate (what resume checks)."""
+    torch.set_num_threads(1)
+    cfg = copy.deepcopy(CONFIG)
+    cfg["training"]["epochs"] = 1
+    replicate = Trainer(cfg, "amdiff_seed1", "mct", manifest, tmp_path)
+    original = Trainer(cfg, "amdiff", "mct", manifest, tmp_path / "original")
+    assert replicate.variant == "amdiff" and replicate.seed != original.seed
+    a, b = replicate.model.state_dict(), original.model.state_dict()
+    assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)
+    replicate.fit(progress=False)
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["variant"] == "amdiff" and best["model_name"] == "amdiff_seed1"
+    # another model's last.pt in this folder is a wrong --out-dir, whatever the variant
+    with pytest.raises(InputError, match="amdiff_seed1"):
+        Trainer(cfg, "amdiff_seed2", "mct", manifest, tmp_path).resume()
+
+
 def test_tampered_checkpoint_is_refused(tmp_path):
     class Payload:  # arbitrary objects need full unpickling, which weights_only forbids
         def __reduce__(self):

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from amdiff.evaluate.columns import ALL_SITES, HIGHER_IS_BETTER, LOWER_IS_BETTER, PAIR_KEYS
-from amdiff.evaluate.statistics import ALPHA, compare
+from amdiff.evaluate.statistics import ALPHA, cluster_bootstrap_ci, compare
 from amdiff.io.atomic import write_text
 
 PAPER_TABLES_PATH = Path(__file__).with_name("paper_tables.tsv")
@@ -50,6 +50,9 @@ REQUIRED_KEYS = ("model", "site", "subject", "level", "realization", "count_perc
                  "clinical_percent")
 
 REFERENCE = "amdiff"
+# the claims' bootstrap CIs: resamples and seed (fixed, so a rerun gives the same intervals)
+CLAIM_RESAMPLES = 1999
+CLAIM_SEED = 20250317
 ABLATIONS = ("amdiff_no_revision", "amdiff_no_organ_reg", "amdiff_no_lesion_reg",
              "amdiff_no_lor", "amdiff_no_resmamba")
 
@@ -130,6 +133,18 @@ def _model_metric(df: pd.DataFrame, model: str, metric: str) -> pd.DataFrame:
     return rows
 
 
+def paired_rows(df: pd.DataFrame, metric: str, model: str, reference: str,
+                max_clinical_percent: float | None = None) -> pd.DataFrame:
+    """The cases both models have (at most ``max_clinical_percent`` of the clinical count if
+    given): pairing keys plus ``{metric}_model`` and ``{metric}_ref``; empty if either is missing."""
+    _check_metrics(df)
+    if metric not in df.columns:
+        return pd.DataFrame(columns=[*PAIR_KEYS, f"{metric}_model", f"{metric}_ref"])
+    df = low_count(df, max_clinical_percent)
+    return _model_metric(df, model, metric).merge(
+        _model_metric(df, reference, metric), on=list(PAIR_KEYS), suffixes=("_model", "_ref"))
+
+
 def paired_change(df: pd.DataFrame, metric: str, model: str, reference: str,
                   max_clinical_percent: float | None = None) -> dict:
     """Means of ``model`` and ``reference`` over the cases both have (at most
@@ -138,19 +153,27 @@ def paired_change(df: pd.DataFrame, metric: str, model: str, reference: str,
     Returns n, mean_model, mean_reference and change_pct = 100 * (model - reference) /
     reference; NaN (n = 0) when a model or the metric is missing.
     """
-    _check_metrics(df)
-    out = {"n": 0, "mean_model": math.nan, "mean_reference": math.nan, "change_pct": math.nan}
-    if metric not in df.columns:
-        return out
-    df = low_count(df, max_clinical_percent)
-    both = _model_metric(df, model, metric).merge(
-        _model_metric(df, reference, metric), on=list(PAIR_KEYS), suffixes=("_model", "_ref"))
+    both = paired_rows(df, metric, model, reference, max_clinical_percent)
     if both.empty:
-        return out
+        return {"n": 0, "mean_model": math.nan, "mean_reference": math.nan, "change_pct": math.nan}
     mean_model = float(both[f"{metric}_model"].mean())
     mean_reference = float(both[f"{metric}_ref"].mean())
     return {"n": len(both), "mean_model": mean_model, "mean_reference": mean_reference,
             "change_pct": relative_change(mean_model, mean_reference)}
+
+
+def change_ci_pct(both: pd.DataFrame, metric: str, seed: int = CLAIM_SEED) -> tuple[float, float]:
+    """95 % cluster-bootstrap CI of the mean paired difference (model - reference), resampling
+    subjects (their images stay together), in percent of the reference mean: the interval of
+    ``change_pct`` with the denominator held at its observed value (our choice, so that the
+    interval's sign is the sign of the paired difference)."""
+    if both.empty:
+        return math.nan, math.nan
+    differences = both[f"{metric}_model"].to_numpy(float) - both[f"{metric}_ref"].to_numpy(float)
+    clusters = both["site"].astype(str) + "/" + both["subject"].astype(str)
+    low, high = cluster_bootstrap_ci(differences, clusters, n_resamples=CLAIM_RESAMPLES, seed=seed)
+    scale = 100.0 / abs(float(both[f"{metric}_ref"].mean()) or math.nan)
+    return low * scale, high * scale
 
 
 # --- headline numbers of the abstract ---------------------------------------------------
@@ -310,8 +333,10 @@ CLAIMS = (
 )
 
 CLAIM_COLUMNS = ("id", "statement", "source", "metric", "better", "worse", "cases",
-                 "paper_change_pct", "ours_change_pct", "n", "ours_better_mean",
-                 "ours_worse_mean", "reproduced", "note")
+                 "paper_change_pct", "ours_change_pct", "ours_ci_low_pct", "ours_ci_high_pct",
+                 "n", "n_subjects", "ours_better_mean", "ours_worse_mean", "reproduced", "verdict",
+                 "note")
+VERDICTS = ("reproduced", "reversed", "inconclusive", "n/a")
 
 
 def claimed_sign(claim: Claim) -> int:
@@ -330,20 +355,44 @@ def reproduced(claim: Claim, ours_change_pct: float) -> str:
     return "yes" if np.sign(ours_change_pct) == claimed_sign(claim) else "no"
 
 
+def verdict(claim: Claim, ci_low_pct: float, ci_high_pct: float) -> str:
+    """"reproduced" when the whole CI lies on the claimed side of 0, "reversed" when it lies on
+    the other, "inconclusive" when it holds 0, "n/a" when there is no interval."""
+    if not (np.isfinite(ci_low_pct) and np.isfinite(ci_high_pct)):
+        return "n/a"
+    sign = claimed_sign(claim)
+    if sign * ci_low_pct > 0 and sign * ci_high_pct > 0:
+        return "reproduced"
+    if sign * ci_low_pct < 0 and sign * ci_high_pct < 0:
+        return "reversed"
+    return "inconclusive"
+
+
 def claims_table(metrics_df: pd.DataFrame, claims=CLAIMS) -> pd.DataFrame:
-    """Each claim with the paper's relative change, ours over paired cases, and the verdict."""
+    """Each claim with the paper's relative change, ours over paired cases with its bootstrap
+    CI, the sign test of the point estimate (``reproduced``) and the CI's ``verdict``."""
     _check_metrics(metrics_df)
     rows = []
     for claim in claims:
+        both = paired_rows(metrics_df, claim.metric, claim.better, claim.worse, claim.max_clinical_percent)
         change = paired_change(metrics_df, claim.metric, claim.better, claim.worse,
                                claim.max_clinical_percent)
+        low, high = change_ci_pct(both, claim.metric)
         rows.append({**{k: v for k, v in asdict(claim).items() if k != "max_clinical_percent"},
                      "cases": low_count_label(claim.max_clinical_percent),
-                     "ours_change_pct": change["change_pct"],
-                     "n": change["n"], "ours_better_mean": change["mean_model"],
+                     "ours_change_pct": change["change_pct"], "ours_ci_low_pct": low,
+                     "ours_ci_high_pct": high, "n": change["n"],
+                     "n_subjects": int(both[["site", "subject"]].drop_duplicates().shape[0]),
+                     "ours_better_mean": change["mean_model"],
                      "ours_worse_mean": change["mean_reference"],
-                     "reproduced": reproduced(claim, change["change_pct"])})
+                     "reproduced": reproduced(claim, change["change_pct"]),
+                     "verdict": verdict(claim, low, high)})
     return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
+
+
+def verdict_counts(claims: pd.DataFrame) -> dict[str, int]:
+    """How many claims each verdict has (every verdict listed, zeros included)."""
+    return {v: int((claims["verdict"] == v).sum()) for v in VERDICTS}
 
 
 # --- Tables 2-4 beside ours -------------------------------------------------------------
@@ -528,8 +577,11 @@ def _claims_markdown(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "id": table["id"], "statement": table["statement"], "source": table["source"],
         "cases": table["cases"], "paper %": [f"{v:g}" for v in table["paper_change_pct"]],
-        "ours %": [_fmt(v, 2) for v in table["ours_change_pct"]], "n": table["n"],
-        "reproduced": table["reproduced"]})
+        "ours %": [_fmt(v, 2) for v in table["ours_change_pct"]],
+        "95 % CI": [f"[{_fmt(lo, 2)}, {_fmt(hi, 2)}]" if np.isfinite(lo) else "n/a"
+                    for lo, hi in zip(table["ours_ci_low_pct"], table["ours_ci_high_pct"])],
+        "n (subjects)": [f"{n} ({k})" for n, k in zip(table["n"], table["n_subjects"])],
+        "sign": table["reproduced"], "verdict": table["verdict"]})
 
 
 def _tsv(df: pd.DataFrame) -> str:
@@ -552,6 +604,7 @@ def write_paper_comparison(metrics_df: pd.DataFrame, out_dir: str | Path,
                                  claims_table(metrics_df))
     n_yes = int((claims["reproduced"] == "yes").sum())
     n_tested = int((claims["reproduced"] != "n/a").sum())
+    counts = verdict_counts(claims)
     files = {
         "headline.tsv": _tsv(heads),
         "headline.md": "\n".join([
@@ -565,7 +618,13 @@ def write_paper_comparison(metrics_df: pd.DataFrame, out_dir: str | Path,
         "paper_vs_reproduction.md": "\n".join([
             "# AMDiff: paper vs this reproduction", "", note, "",
             f"## Claimed effects ({n_yes} of {n_tested} testable claims point the paper's way)",
-            "", "Change = 100 × (better − worse) / worse, of the means over paired cases.", "",
+            "", "Change = 100 × (better − worse) / worse, of the means over paired cases. "
+            "95 % CI: cluster bootstrap over subjects of the mean paired difference, in % of the "
+            "worse model's mean. `sign`: the point estimate points the paper's way; `verdict`: "
+            "the whole CI does (reproduced), the whole CI points the other way (reversed), or "
+            "it holds 0 (inconclusive).", "",
+            f"Verdicts: {counts['reproduced']} reproduced, {counts['reversed']} reversed, "
+            f"{counts['inconclusive']} inconclusive, {counts['n/a']} not testable.", "",
             markdown_table(_claims_markdown(claims)),
             "## Tables 2–4 (mean ± std; site `all` = every site; paper `n/a`: the paper "
             "has no such row)", "", significance_summary(comparison), "",

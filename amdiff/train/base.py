@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from amdiff import __version__
-from amdiff.config import derived_seed
+from amdiff.config import derived_seed, replicate_base
 from amdiff.data.cases import content_sha256, load_cases
 from amdiff.data.patches import PatchSampler, collate
 from amdiff.errors import InputError
@@ -105,6 +105,7 @@ class EpochTrainer(ABC):
 
     def __init__(self, config: dict, name: str, site: str, manifest, out_dir, device: str | None = None):
         self.config, self.name, self.site = config, name, site
+        self.variant_name = replicate_base(name)   # what is built; name (a seed replicate's own) seeds it
         self.tcfg = config["training"]
         self.out_dir = Path(out_dir)
         self.device = device_of(device or self.tcfg.get("device", "cpu"))
@@ -150,7 +151,7 @@ class EpochTrainer(ABC):
                     "models": {k: v for k, v in self.config.get("models", {}).items() if k != "variants"},
                     "diffusion": self.config.get("diffusion")}
         own = ((self.config.get("baselines") or {}).get("med_ddpm") or {}).get("suv_cutoff")
-        if self.name == "med_ddpm" and own is not None:   # unset or null: diffusion.suv_cutoff, above
+        if self.variant_name == "med_ddpm" and own is not None:   # unset or null: diffusion.suv_cutoff, above
             sections["med_ddpm"] = {"suv_cutoff": own}
         return sections
 
@@ -168,7 +169,8 @@ class EpochTrainer(ABC):
 
     # ---- checkpoints -----------------------------------------------------------------------
     def payload(self, epoch: int) -> dict:
-        return {"model": self.model.state_dict(), "kind": self.kind, "variant": self.name, "site": self.site,
+        return {"model": self.model.state_dict(), "kind": self.kind, "variant": self.variant_name,
+                "model_name": self.name, "site": self.site,
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
                 "epoch": epoch, "best_score": self.best_score, "history": self.history,
@@ -184,8 +186,9 @@ class EpochTrainer(ABC):
             # never restart silently: days of training may be one good copy away
             raise InputError(last, f"{err.problem}; restore it, or delete it to train from scratch") from None
         # another model's or site's checkpoint here is a wrong --out-dir: stop, do not delete it
-        if state.get("variant") != self.name:
-            raise InputError(last, f"checkpoint is for model {state.get('variant')!r}, not {self.name!r}")
+        written_by = state.get("model_name", state.get("variant"))
+        if written_by != self.name:
+            raise InputError(last, f"checkpoint is for model {written_by!r}, not {self.name!r}")
         if state.get("site", self.site) != self.site:
             raise InputError(last, f"checkpoint is for site {state.get('site')!r}, not {self.site!r}")
         old, new = state.get("fingerprint"), self.fingerprint_record["fingerprint"]

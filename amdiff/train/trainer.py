@@ -82,7 +82,7 @@ class Trainer(EpochTrainer):
 
     def __init__(self, config: dict, variant: str, site: str, manifest, out_dir, device: str | None = None):
         super().__init__(config, variant, site, manifest, out_dir, device)
-        self.variant = variant
+        self.variant = variant = self.variant_name   # a seed replicate builds the model it repeats
         self.e_T = int(self.tcfg["warmup_epochs"])
         if self.e_T > self.e_max:
             raise InputError("training.warmup_epochs", f"e_T={self.e_T} exceeds epochs={self.e_max}")
