@@ -5,7 +5,7 @@ CORES ?= all
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test install study dry-run-paper report clean
+.PHONY: run test install study study-gpu dry-run-paper report clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: install
 # results_study/ and the committed snapshot reports/study/ (README, "Trained study").
 study: install
 	$(BIN)/snakemake --cores $(CORES) --configfile config/study.yaml $(SNAKEMAKE_ARGS)
+
+# Its GPU variant on one CUDA device (config/study_gpu.yaml): GPU_JOBS jobs share the device.
+GPU_JOBS ?= 4
+study-gpu: install
+	$(BIN)/snakemake --cores $(CORES) --resources gpu=$(GPU_JOBS) \
+		--configfile config/study.yaml config/study_gpu.yaml $(SNAKEMAKE_ARGS)
 
 dry-run-paper: install
 	$(BIN)/snakemake -n --configfile config/paper.yaml --quiet rules
