@@ -243,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", nargs="+", required=True, metavar="MODEL/SITE=CSV", help="training logs")
     p.add_argument("--out", required=True, help="budget TSV")
 
+    p = sub.add_parser("study-checks", help="the floor every trained model must clear: denoisers "
+                                            "below the low-count input, Dice targets")
+    p.add_argument("--metrics", required=True, help="metrics TSV of every model (collect-metrics)")
+    p.add_argument("--out-tsv", required=True)
+    p.add_argument("--out-md", required=True)
+    _run_args(p)
+
     p = sub.add_parser("seed-variance", help="two models' difference against their spread over "
                                              "training seeds (config seed_replicates)")
     p.add_argument("--config", required=True, help="the config naming the seed replicates")

@@ -458,6 +458,15 @@ def training_budget(args) -> None:
     write_budget(budget(_pairs_or_fail(args.log), config["training"]), args.out)
 
 
+def study_checks(args) -> None:
+    """Denoisers against the low-count input and the Gaussian filter; Dice against targets."""
+    from amdiff.evaluate.checks import study_checks as checks, write_study_checks
+    from amdiff.evaluate.subject import read_metrics
+
+    _, banner = _budget_and_banner(args)
+    write_study_checks(checks(read_metrics(args.metrics)), args.out_tsv, args.out_md, banner)
+
+
 def seed_variance(args) -> None:
     """The seed-variance table of the models config ``seed_replicates`` names."""
     import pandas as pd

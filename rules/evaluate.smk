@@ -59,6 +59,7 @@ def evaluation_targets():
                for ext in ("png", "pdf")]
             + [f"{REPORTS}/figures/fig{n}_{kind}_{site}.{ext}" for n, kind in SLICE_FIGURES
                for site in TEST_SITES for ext in ("png", "pdf")]
+            + [f"{REPORTS}/tables/study_checks.{ext}" for ext in ("tsv", "md")]
             + ([f"{REPORTS}/tables/seed_variance.{ext}" for ext in ("tsv", "md")] if REPLICATES else []))
 
 
@@ -111,6 +112,32 @@ rule collect_metrics:
         "../envs/amdiff.yaml"
     shell:
         "amdiff collect-metrics --out {output} {input} > {log} 2>&1"
+
+
+rule study_checks:
+    # the floor of a trained study: denoisers below the low-count input (and AMDiff below the
+    # Gaussian filter) at every site and level; Dice against fixed targets (amdiff.evaluate.checks)
+    input:
+        metrics=f"{RESULTS}/metrics/metrics.tsv",
+        budget=BUDGET,
+    output:
+        tsv=report(f"{REPORTS}/tables/study_checks.tsv", caption="../reports/captions/study_checks.rst",
+                   category="Tables", labels={"table": "study_checks", "format": "tsv"}),
+        md=report(f"{REPORTS}/tables/study_checks.md", caption="../reports/captions/study_checks.rst",
+                  category="Tables", labels={"table": "study_checks", "format": "md"}),
+    params:
+        run_kind=run_kind(config),
+    log:
+        "logs/evaluate/study_checks.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/amdiff.yaml"
+    shell:
+        "amdiff study-checks --metrics {input.metrics} --budget {input.budget} --run-kind {params.run_kind}"
+        " --out-tsv {output.tsv} --out-md {output.md} > {log} 2>&1"
 
 
 rule seed_variance:
