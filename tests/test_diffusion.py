@@ -253,3 +253,47 @@ def test_suv_diffusion_round_trip_and_cutoff():
     assert diffusion_to_suv(torch.tensor(1.5)).item() == pytest.approx(25.0)  # no clamp back
     with pytest.raises(InputError):
         suv_to_diffusion(suv, cutoff=0)
+
+
+# ------------------------------------------------------------------ v-parameterisation
+def test_v_closed_forms_invert_each_other(sched):
+    x0 = torch.rand((3, 1, 4, 4, 4), generator=_gen(11)) * 2 - 1
+    noise = torch.randn(x0.shape, generator=_gen(12))
+    t = torch.tensor([0, 125, 249])
+    x_t = sched.q_sample(x0, t, noise)
+    v = sched.v_target(x0, t, noise)
+    ab = sched.extract("alpha_bar", t, x0)
+    assert torch.allclose(v, ab.sqrt() * noise - (1 - ab).sqrt() * x0, atol=1e-6)
+    assert torch.allclose(sched.x0_from_v(x_t, t, v), x0, atol=1e-5)
+    assert torch.allclose(sched.eps_from_v(x_t, t, v), noise, atol=1e-5)
+    # a v error of 0.01 moves x0 by at most 0.01; through eps it would move it up to ~50 at t = 249
+    assert (sched.x0_from_v(x_t, t, v + 0.01) - x0).abs().max() <= 0.01 + 1e-5
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_model_output_target_and_sampling_agree_for_both_predictions(sched, prediction):
+    """An AMDiff whose network is an oracle (the true noise or v of a known x0) samples that x0
+    from pure noise: the model's eps(), target() and x0_estimate() are consistent."""
+    from amdiff.models.amdiff import AMDiff
+
+    model = AMDiff("med_ddpm", denoiser={"channels": [4, 8, 8, 8], "norm_groups": 4,
+                                         "attention_heads_channels": 8},
+                   timesteps=250, prediction=prediction)
+    x0_true = torch.rand((2, 1, 8, 8, 8), generator=_gen(13)) * 1.8 - 0.9
+    oracle_eps = _oracle(sched, x0_true)
+
+    def network(x_t, lc, t):
+        eps = oracle_eps(x_t, t)
+        return eps if prediction == "eps" else sched.v_target(x0_true, t, eps)
+
+    model.network = network
+    t = torch.tensor([10, 200])
+    noise = torch.randn(x0_true.shape, generator=_gen(14))
+    x_t = sched.q_sample(x0_true, t, noise)
+    out = model.network(x_t, None, t)
+    assert torch.allclose(out, model.target(x0_true, t, noise), atol=1e-4)
+    assert torch.allclose(model.x0_estimate(x_t, t, out), x0_true, atol=1e-4)
+    lc = torch.zeros_like(x0_true)
+    sampled = sample(lambda x, tt: model.eps(x, lc, tt), x0_true.shape, sched, method="ddim",
+                     steps=10, generator=_gen(15))
+    assert torch.allclose(sampled, x0_true, atol=1e-3)

@@ -161,6 +161,25 @@ class CosineSchedule:
         return ((self.extract("sqrt_recip_alpha_bar", t, x_t) * x_t - x0)
                 / self.extract("sqrt_recipm1_alpha_bar", t, x_t))
 
+    # ---------------------------------------------------------- v-parameterisation
+    # v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022). A network predicting v gives
+    # x0 = sqrt(abar) x_t - sqrt(1 - abar) v, whose error is the v error times at most 1, where
+    # the eps route multiplies it by sqrt(1/abar - 1) (5e3 at t = T - 1 of T = 250).
+    def v_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """v of a training pair: sqrt(abar_t) eps - sqrt(1 - abar_t) x0."""
+        return (self.extract("sqrt_alpha_bar", t, x0) * noise
+                - self.extract("sqrt_one_minus_alpha_bar", t, x0) * x0)
+
+    def eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The noise a predicted v implies: sqrt(abar) v + sqrt(1 - abar) x_t."""
+        return (self.extract("sqrt_alpha_bar", t, x_t) * v
+                + self.extract("sqrt_one_minus_alpha_bar", t, x_t) * x_t)
+
+    def x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The x0 a predicted v implies: sqrt(abar) x_t - sqrt(1 - abar) v (differentiable)."""
+        return (self.extract("sqrt_alpha_bar", t, x_t) * x_t
+                - self.extract("sqrt_one_minus_alpha_bar", t, x_t) * v)
+
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """q(x_{t-1} | x_t, x0) = N(coef1 x0 + coef2 x_t, beta~_t).
 

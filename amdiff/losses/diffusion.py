@@ -1,4 +1,5 @@
-"""The diffusion (noise-prediction) loss of AMDiff, paper Eq. 3."""
+"""The diffusion loss of AMDiff, paper Eq. 3: L1 between the network's output and its target,
+the noise (the paper's prediction) or v (``diffusion.prediction: v``, see AMDiff.target)."""
 
 from __future__ import annotations
 

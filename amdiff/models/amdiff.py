@@ -52,6 +52,9 @@ class Variant:
         return tuple(terms)
 
 
+# what f_den predicts (config diffusion.prediction): the noise (paper Eq. 3) or v
+PREDICTIONS = ("eps", "v")
+
 VARIANTS = {
     "amdiff": Variant(),
     "amdiff_no_revision": Variant(revision=False),
@@ -66,8 +69,10 @@ VARIANTS = {
 class AMDiff(nn.Module):
     def __init__(self, variant: str = "amdiff", denoiser: dict | None = None,
                  revision: dict | None = None, segmenter: dict | None = None,
-                 timesteps: int = 250, suv_cutoff: float = 20.0):
+                 timesteps: int = 250, suv_cutoff: float = 20.0, prediction: str = "eps"):
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown diffusion prediction {prediction!r}; choose from {PREDICTIONS}")
         if variant not in VARIANTS:
             raise ValueError(f"unknown AMDiff variant {variant!r}; choose from {sorted(VARIANTS)}")
         self.variant_name = variant
@@ -81,6 +86,7 @@ class AMDiff(nn.Module):
                           if self.variant.segmentation else None)
         self.schedule = CosineSchedule(timesteps)
         self.suv_cutoff = float(suv_cutoff)
+        self.prediction = prediction
 
     # ---- domains ----------------------------------------------------------------------
     def to_diffusion(self, suv: torch.Tensor) -> torch.Tensor:
@@ -90,9 +96,25 @@ class AMDiff(nn.Module):
         return diffusion_to_suv(x, self.suv_cutoff)
 
     # ---- pieces used by training and inference -----------------------------------------
-    def eps(self, x_t: torch.Tensor, i_lc_suv: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """f_den(I^t (+) I_LC, t), Eq. 2 (the condition enters in the diffusion domain)."""
+    def network(self, x_t: torch.Tensor, i_lc_suv: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """f_den(I^t (+) I_LC, t), Eq. 2 (the condition enters in the diffusion domain): the
+        noise (prediction "eps", the paper's) or v (prediction "v")."""
         return self.denoiser(x_t, self.to_diffusion(i_lc_suv), t)
+
+    def eps(self, x_t: torch.Tensor, i_lc_suv: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The predicted noise, whatever the network predicts: what the samplers step with."""
+        out = self.network(x_t, i_lc_suv, t)
+        return out if self.prediction == "eps" else self.schedule.eps_from_v(x_t, t, out)
+
+    def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What ``network`` is trained to output (L_diff's target): the noise, or v."""
+        return noise if self.prediction == "eps" else self.schedule.v_target(x0, t, noise)
+
+    def x0_estimate(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The one-step x0 estimate (P_HC before clamping) from the network's output."""
+        if self.prediction == "eps":
+            return self.schedule.predict_x0(x_t, t, out)
+        return self.schedule.x0_from_v(x_t, t, out)
 
     def revise(self, p_hc_suv: torch.Tensor, i_lc_suv: torch.Tensor) -> torch.Tensor:
         """P_HCR = f_rev(P_HC, I_LC) (Eq. 6); without the module, P_HC itself."""
@@ -120,7 +142,8 @@ def build_model(variant: str, config: dict) -> AMDiff:
     return AMDiff(variant, denoiser=models["denoiser"], revision=models.get("revision"),
                   segmenter=models.get("segmenter") if VARIANTS[variant].segmentation else None,
                   timesteps=diffusion["timesteps"],
-                  suv_cutoff=suv_cutoff_of(variant, config))
+                  suv_cutoff=suv_cutoff_of(variant, config),
+                  prediction=config["diffusion"].get("prediction", "eps"))
 
 
 def suv_cutoff_of(variant: str, config: dict) -> float:

@@ -131,7 +131,7 @@ class Trainer(EpochTrainer):
         m, opt = self.model, self.optimizers["adam"]
         hc, lc = batch["hc"].to(self.device), batch["lc"].to(self.device)
         x0, t, noise, x_t = self._noisy(hc, generator)
-        eps_pred = m.eps(x_t, lc, t)
+        out = m.network(x_t, lc, t)   # the noise, or v (diffusion.prediction)
         aux = {}
         if lambda_warm(epoch, self.e_T, self.e_max) > 0:
             keep = (t < self.aux_max_t).nonzero().squeeze(1)
@@ -139,7 +139,7 @@ class Trainer(EpochTrainer):
                 aux = {"skip_aux": True}   # every item too noisy for a meaningful P_HC
             else:
                 # P_HC: the clamped one-step x0 estimate of the kept items (diffusion domain)
-                p_hc = clamp_p_hc(m.schedule.predict_x0(x_t[keep], t[keep], eps_pred[keep]), self.p_hc_clamp)
+                p_hc = clamp_p_hc(m.x0_estimate(x_t[keep], t[keep], out[keep]), self.p_hc_clamp)
                 lc_k, hc_k = lc[keep], hc[keep]
                 p_hcr = m.revise(m.to_suv(p_hc), lc_k)
                 seg = m.segment(p_hcr, lc_k)
@@ -147,7 +147,7 @@ class Trainer(EpochTrainer):
                        "lesion_logits": seg["lesion"], "organ_logits": seg["organs"],
                        "lesion": batch["lesion"].to(self.device)[keep][:, None],
                        "organs": batch["organs"].to(self.device)[keep][:, None]}
-        terms = self.loss(eps_pred, noise, epoch=epoch, **aux)
+        terms = self.loss(out, m.target(x0, t, noise), epoch=epoch, **aux)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         opt.step()
@@ -162,7 +162,7 @@ class Trainer(EpochTrainer):
                         steps=self.val_steps, generator=gen, device=self.device)
         else:
             _, t, _, x_t = self._noisy(hc, gen)
-            x0 = m.schedule.predict_x0(x_t, t, m.eps(x_t, lc, t))
+            x0 = m.x0_estimate(x_t, t, m.network(x_t, lc, t))
         return m.revise(m.to_suv(x0.clamp(-1, 1)), lc)
 
     def validate(self) -> dict[str, float]:

@@ -32,6 +32,6 @@ def loss(model: AMDiff, batch: dict, generator: torch.Generator | None = None) -
     x0 = model.to_diffusion(batch["hc"])
     t = model.schedule.sample_t(x0.shape[0], generator).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-    eps = model.eps(model.schedule.q_sample(x0, t, noise), batch["lc"], t)
-    total = diffusion_l1(eps, noise)
+    out = model.network(model.schedule.q_sample(x0, t, noise), batch["lc"], t)
+    total = diffusion_l1(out, model.target(x0, t, noise))
     return {"total": total, "diff": total}
