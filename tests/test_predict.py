@@ -35,15 +35,19 @@ def lc():
     return (rng.random((24, 20, 32)) * 6).astype(np.float32)
 
 
-def test_sliding_window_sampling_equals_whole_volume_sampling(lc):
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_sliding_window_sampling_equals_whole_volume_sampling(lc, prediction):
+    """Also: a network predicting v is stepped with the noise it implies (model.eps), as in
+    training and validation, not with its raw output."""
     torch.manual_seed(0)
-    model = AMDiff("amdiff_no_revision", **SMALL)
+    model = AMDiff("amdiff_no_revision", **SMALL, prediction=prediction)
     model.denoiser = PointwiseEps()
     pred = predict_volume(model, lc, INF, seed=5)
     # the same sampler on the whole (zero-padded to a multiple of 8) volume at once
-    cond = model.to_diffusion(torch.nn.functional.pad(torch.as_tensor(lc)[None, None], (0, 0, 0, 4)))
+    lc_padded = torch.nn.functional.pad(torch.as_tensor(lc)[None, None], (0, 0, 0, 4))
+    cond = model.to_diffusion(lc_padded)
     gen = torch.Generator().manual_seed(5)
-    x0 = sample(lambda x, t: model.denoiser(x, cond, t), tuple(cond.shape), model.schedule,
+    x0 = sample(lambda x, t: model.eps(x, lc_padded, t), tuple(cond.shape), model.schedule,
                 method="ddim", steps=4, generator=gen)
     expected = model.to_suv(x0.clamp(-1, 1))[0, 0, :, :20].numpy()
     assert pred.denoised.shape == lc.shape

@@ -97,7 +97,10 @@ def predict_volume(model: AMDiff, lc_suv: np.ndarray, inference: dict, seed: int
     def eps_fn(x_t, t):
         def predictor(patch):
             return model.denoiser(patch[:, :1], patch[:, 1:], t[:1].expand(patch.shape[0]))
-        return windows(torch.cat([x_t, model.to_diffusion(lc)], 1), predictor)
+        out = windows(torch.cat([x_t, model.to_diffusion(lc)], 1), predictor)
+        # the network's output stitched over windows, as the noise the sampler steps with
+        # (pointwise, so converting after stitching is converting each window)
+        return out if model.prediction == "eps" else model.schedule.eps_from_v(x_t, t, out)
 
     generator = torch.Generator(device=dev).manual_seed(int(seed))
     method = inference["sampler"]

@@ -93,7 +93,7 @@ def diffusion_denoise(model, lc_suv: torch.Tensor, inference: dict, generator) -
     """Sample Med-DDPM on a patch batch (SUV in, SUV out, cut off at the diffusion range)."""
     cond = model.to_diffusion(lc_suv)
     method = inference["sampler"]
-    x0 = sample(lambda x, t: model.denoiser(x, cond, t), tuple(cond.shape), model.schedule, method=method,
+    x0 = sample(lambda x, t: model.eps(x, lc_suv, t), tuple(cond.shape), model.schedule, method=method,
                 steps=None if method == "ddpm" else int(inference["steps"]), generator=generator,
                 device=lc_suv.device)
     return model.to_suv(x0.clamp(-1, 1))
