@@ -139,8 +139,8 @@ rule study_checks:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff study-checks --metrics {input.metrics} --budget {input.budget} --run-kind {params.run_kind}"
-        " --out-tsv {output.tsv} --out-md {output.md} > {log} 2>&1"
+        "amdiff study-checks --metrics {input.metrics:q} --budget {input.budget:q} --run-kind {params.run_kind}"
+        " --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
 rule seed_variance:
