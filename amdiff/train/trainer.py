@@ -9,7 +9,9 @@ after half the epochs. ``med_ddpm`` (no semantic parts) trains with L_diff alone
 P_HC in training (our choice; the paper defines P_HC as the sampler's final output I^0, which
 training cannot afford). P_HC is the one-step x0 estimate x0^ = (x_t - sqrt(1 - abar) eps^) /
 sqrt(abar), an estimate whose error is the noise-prediction error times sqrt(1/abar - 1): about
-0.4 at t = T/4, 1 at t = T/2, 5e3 at t = T. Two settings (``training``):
+0.4 at t = T/4, 1 at t = T/2, 5e3 at t = T. With ``diffusion.prediction: v`` it is
+sqrt(abar) x_t - sqrt(1 - abar) v^, whose error is the v error times at most 1
+(AMDiff.x0_estimate). Two settings (``training``):
 - ``aux_max_t_fraction`` (default 0.5): only batch items with t < fraction x T form P_HC and
   enter L_lor, L_rev and L_seg; items at larger t train L_diff alone. Beyond T/2 the estimate is
   mostly noise, and its gradient into the denoiser would be amplified up to 5e3-fold. 1.0 gives
