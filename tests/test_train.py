@@ -139,3 +139,23 @@ def test_tampered_checkpoint_is_refused(tmp_path):
         load_checkpoint(tmp_path / "junk.pt")
     save_checkpoint(tmp_path / "ok.pt", {"model": {"w": torch.ones(2)}, "epoch": 1})
     assert load_checkpoint(tmp_path / "ok.pt")["epoch"] == 1
+
+
+def test_validation_organ_dice_is_the_mean_over_classes_not_pooled_voxels():
+    """A segmenter that calls every organ voxel muscle must score badly on organs."""
+    from amdiff.train.trainer import DiceTally
+    truth = torch.zeros(1, 20, 20, 20, dtype=torch.long)
+    truth[:, :, :, :14] = 7          # muscle: most of the organ voxels
+    truth[:, :, :, 14:17] = 1        # liver
+    truth[:, :, :, 17:] = 2          # lung
+    all_muscle = torch.where(truth > 0, torch.full_like(truth, 7), truth)
+    tally = DiceTally()
+    tally.add("organs", all_muscle, truth, range(1, 8))
+    tally.add("lesion", torch.zeros_like(truth), torch.zeros_like(truth), [1])
+    dice = tally.result()
+    # pooled over voxels this would be 2*14/(20+14) = 0.82; per class: muscle 2*14/34, liver 0, lung 0
+    assert dice["organs"] == pytest.approx((28 / 34) / 3)
+    assert dice["lesion"] == 1.0     # no lesion predicted or present: nothing to miss
+    perfect = DiceTally()
+    perfect.add("organs", truth, truth, range(1, 8))
+    assert perfect.result()["organs"] == pytest.approx(1.0)

@@ -29,7 +29,7 @@ from amdiff.models.amdiff import build_model
 from amdiff.models.baselines import DENOISERS, SEGMENTERS, get
 from amdiff.train.base import EpochTrainer, batches, nrmse, weight_settings
 from amdiff.train.checkpoint import file_sha256, load_checkpoint, load_weights
-from amdiff.train.trainer import dice_counts
+from amdiff.train.trainer import SEG_HEADS, DiceTally
 
 # publications' learning rates (REFERENCES.md): LeqMod-GAN and Spach 1e-4, nnMamba 2e-4
 DEFAULT_LR = {"leqmod_gan": 1e-4, "spach_transformer": 1e-4, "swin_unetr": 1e-4, "nnmamba": 2e-4,
@@ -191,7 +191,7 @@ class BaselineTrainer(EpochTrainer):
     def validate(self) -> dict[str, float]:
         gen = torch.Generator().manual_seed(self.seed + 7)
         sq, ranges = [], []
-        counts = {"lesion": [0.0, 0.0], "organs": [0.0, 0.0]}
+        tally = DiceTally()
         for batch in batches(self.val_patches, int(self.tcfg["batch_size"])):
             b = self._batch(batch, gen)
             if not self.segmenter:
@@ -200,13 +200,11 @@ class BaselineTrainer(EpochTrainer):
                 ranges.append(rng)
                 continue
             out = self.model(torch.cat([b["lc"], b["denoised"]], 1))
-            for head, truth, labels in (("lesion", batch["lesion"], [1]), ("organs", batch["organs"], range(1, 8))):
-                inter, total = dice_counts(out[head].argmax(1).cpu(), truth, labels)
-                counts[head][0] += inter
-                counts[head][1] += total
+            for head, labels in SEG_HEADS:
+                tally.add(head, out[head].argmax(1).cpu(), batch[head], labels)
         if not self.segmenter:
             value = math.sqrt(float(np.mean(sq))) / max(float(np.max(ranges)), 1e-6)
             return {"val_nrmse": value, "val_score": value}
-        dice = {h: 1.0 if c[1] == 0 else c[0] / c[1] for h, c in counts.items()}
+        dice = tally.result()
         return {"val_dice_lesion": dice["lesion"], "val_dice_organs": dice["organs"],
                 "val_score": 1.0 - 0.5 * (dice["lesion"] + dice["organs"])}

@@ -26,7 +26,8 @@ Validation (every epoch, fixed patches and noise): the mean L1 noise error at ra
 (``val_diff``), and, as at inference, each validation patch sampled from noise with DDIM
 (``training.val_sampler_steps`` steps, default 10; 0 = the one-step estimate at random t), revised
 and segmented: ``val_nrmse`` is the NRMSE of the final output (P_HCR, or P_HC without revision)
-against I_HC in SUV, the Dice of lesion and organs that of the segmenter on it. Patches, not
+against I_HC in SUV, the Dice of lesion and organs that of the segmenter on it (organs: the mean
+over the organ classes, ``DiceTally``). Patches, not
 whole validation volumes: a whole paper-size volume is ~2,000 windows per sampler step, which
 no per-epoch validation can afford; the patches are the lesion-balanced, fixed ``val_patches``. The checkpoint
 with the lowest ``val_score = val_nrmse + (1 - mean(val_dice_lesion, val_dice_organs))`` is kept
@@ -66,14 +67,36 @@ def clamp_p_hc(x0_hat: torch.Tensor, mode: str) -> torch.Tensor:
     raise InputError("training.p_hc_clamp", f"must be one of {list(P_HC_CLAMPS)}, got {mode!r}")
 
 
-def dice_counts(pred: torch.Tensor, truth: torch.Tensor, labels) -> tuple[float, float]:
-    """(2 |P & G|, |P| + |G|) pooled over ``labels`` — summed over batches, then divided."""
-    inter = total = 0.0
-    for k in labels:
-        p, g = pred == k, truth == k
-        inter += 2.0 * float((p & g).sum())
-        total += float(p.sum() + g.sum())
-    return inter, total
+class DiceTally:
+    """Validation Dice of the segmentation heads, per class, counts summed over batches.
+
+    ``result()`` gives per head the mean over its classes of 2|P & G| / (|P| + |G|), each class
+    pooled over all validation patches; a class absent from prediction and truth is left out
+    (Dice 1 when no class of a head appears at all). Our choice: the organ score is the mean of
+    the organ classes, not one Dice of all their voxels pooled, which muscle (the largest class)
+    would dominate, so a segmenter that labels everything muscle would look good.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[int, list[float]]] = {}
+
+    def add(self, head: str, pred: torch.Tensor, truth: torch.Tensor, labels) -> None:
+        per_class = self.counts.setdefault(head, {})
+        for k in labels:
+            p, g = pred == k, truth == k
+            c = per_class.setdefault(int(k), [0.0, 0.0])
+            c[0] += 2.0 * float((p & g).sum())
+            c[1] += float(p.sum() + g.sum())
+
+    def result(self) -> dict[str, float]:
+        out = {}
+        for head, per_class in self.counts.items():
+            present = [inter / total for inter, total in per_class.values() if total > 0]
+            out[head] = float(np.mean(present)) if present else 1.0
+        return out
+
+
+SEG_HEADS = (("lesion", [1]), ("organs", range(1, 8)))   # head, its foreground labels
 
 
 class Trainer(EpochTrainer):
@@ -171,7 +194,7 @@ class Trainer(EpochTrainer):
         m = self.model
         gen = torch.Generator().manual_seed(self.seed + 7)
         diffs, sq, ranges = [], [], []
-        counts = {"lesion": [0.0, 0.0], "organs": [0.0, 0.0]}
+        tally = DiceTally()
         for batch in batches(self.val_patches, int(self.tcfg["batch_size"])):
             hc, lc = batch["hc"].to(self.device), batch["lc"].to(self.device)
             _, t, noise, x_t = self._noisy(hc, gen)
@@ -183,12 +206,9 @@ class Trainer(EpochTrainer):
             if not self.segments:
                 continue
             seg = m.segment(output, lc)
-            for head, truth, labels in (("lesion", batch["lesion"], [1]), ("organs", batch["organs"], range(1, 8))):
-                inter, total = dice_counts(seg[head].argmax(1).cpu(), truth, labels)
-                counts[head][0] += inter
-                counts[head][1] += total
-        dice = {h: (1.0 if c[1] == 0 else c[0] / c[1]) if self.segments else float("nan")
-                for h, c in counts.items()}
+            for head, labels in SEG_HEADS:
+                tally.add(head, seg[head].argmax(1).cpu(), batch[head], labels)
+        dice = tally.result() if self.segments else {"lesion": float("nan"), "organs": float("nan")}
         val_nrmse = math.sqrt(float(np.mean(sq))) / max(float(np.max(ranges)), 1e-6)
         score = val_nrmse + (1.0 - 0.5 * (dice["lesion"] + dice["organs"]) if self.segments else 0.0)
         return {"val_diff": float(np.mean(diffs)), "val_nrmse": val_nrmse, "val_dice_lesion": dice["lesion"],
