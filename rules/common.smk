@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 import sys
 
 from amdiff.config import (count_levels, derived_seed, phantom_subjects, replicate_base, seed_replicates,

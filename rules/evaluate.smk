@@ -35,12 +35,15 @@ def evaluation_inputs(wildcards):
 
 
 def evaluation_args(wildcards):
+    """Several command-line words: flags bare, each name=path word shell-quoted."""
     images = test_images(wildcards.site, wildcards.subject)
-    args = " ".join(f"{i}={prediction_dir(wildcards.model, wildcards.site, wildcards.subject, i)}" for i in images)
+    args = " ".join(shlex.quote(f"{i}={prediction_dir(wildcards.model, wildcards.site, wildcards.subject, i)}")
+                    for i in images)
     args = f"--prediction {args}"
     if wildcards.model in COMPARISON_SEGMENTERS:
-        quant = " ".join(f"{i}={prediction_dir('med_ddpm', wildcards.site, wildcards.subject, i)}/denoised.nii.gz"
-                         for i in images)
+        quant = " ".join(
+            shlex.quote(f"{i}={prediction_dir('med_ddpm', wildcards.site, wildcards.subject, i)}/denoised.nii.gz")
+            for i in images)
         args += f" --quant-image {quant}"
     return args
 
@@ -73,7 +76,7 @@ rule evaluate_subject:
         # evaluated subjects are test subjects: their split's standard count (mCT Group II: one pass)
         standard=lambda w: standard_count_percent(config["sites"][w.site], "test"),
         # how predicted and true lesions match (evaluation.lesion_match; unset keys: amdiff's defaults)
-        lesion_match=" ".join(f"--lesion-match-{key} {value}" for key, value in
+        lesion_match=" ".join(f"--lesion-match-{key} {shlex.quote(str(value))}" for key, value in
                               config.get("evaluation", {}).get("lesion_match", {}).items()),
         # the whole-image NRMSE's reading (config evaluation.nrmse_whole; default body_mean)
         nrmse_whole=config.get("evaluation", {}).get("nrmse_whole", "body_mean"),
@@ -89,10 +92,10 @@ rule evaluate_subject:
         "../envs/amdiff.yaml"
     shell:
         "amdiff evaluate --model {wildcards.model} --site {wildcards.site} --subject {wildcards.subject}"
-        " --hc {input.hc} --lesion {input.lesion} --organs {input.organs} --ct {input.ct}"
+        " --hc {input.hc:q} --lesion {input.lesion:q} --organs {input.organs:q} --ct {input.ct:q}"
         " --nrmse-whole {params.nrmse_whole} --outputs {params.outputs}"
         " {params.images} --standard-count-percent {params.standard} {params.lesion_match}"
-        " --out {output} > {log} 2>&1"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule collect_metrics:
@@ -110,7 +113,7 @@ rule collect_metrics:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff collect-metrics --out {output} {input} > {log} 2>&1"
+        "amdiff collect-metrics --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule seed_variance:
@@ -134,8 +137,8 @@ rule seed_variance:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff seed-variance --config {CONFIG_FILE} --metrics {input}"
-        " --out-tsv {output.tsv} --out-md {output.md} > {log} 2>&1"
+        "amdiff seed-variance --config {CONFIG_FILE:q} --metrics {input:q}"
+        " --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
 def table_output(name, ext, category):
@@ -164,7 +167,8 @@ rule tables:
     params:
         out_dir=f"{REPORTS}/tables",
         seed=config["seed"],
-        fits=" ".join(f"{site}={path}" for site, path in gaussian_fits().items()),
+        # site=path words, each shell-quoted (the rule leaves the param unquoted)
+        fits=" ".join(shlex.quote(f"{site}={path}") for site, path in gaussian_fits().items()),
         run_kind=run_kind(config),
     log:
         "logs/evaluate/tables.log",
@@ -175,8 +179,8 @@ rule tables:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff tables --metrics {input.metrics} --gaussian-fit {params.fits} --out-dir {params.out_dir}"
-        " --seed {params.seed} --budget {input.budget} --run-kind {params.run_kind} > {log} 2>&1"
+        "amdiff tables --metrics {input.metrics:q} --gaussian-fit {params.fits} --out-dir {params.out_dir:q}"
+        " --seed {params.seed} --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
 
 
 rule figure_regression:
@@ -201,9 +205,9 @@ rule figure_regression:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff figure-regression --metrics {input.metrics} --models {params.models}"
-        " --png {output.png} --pdf {output.pdf} --stats {output.stats}"
-        " --budget {input.budget} --run-kind {params.run_kind} > {log} 2>&1"
+        "amdiff figure-regression --metrics {input.metrics:q} --models {params.models}"
+        " --png {output.png:q} --pdf {output.pdf:q} --stats {output.stats:q}"
+        " --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
 
 
 def slice_inputs(wildcards):
@@ -243,9 +247,9 @@ rule figure_slices:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff figure-slices --metrics {input.metrics} --results {RESULTS} --site {wildcards.site}"
-        " --models {params.models} --out-dir {params.prefix}"
-        " --budget {input.budget} --run-kind {params.run_kind} > {log} 2>&1"
+        "amdiff figure-slices --metrics {input.metrics:q} --results {RESULTS:q} --site {wildcards.site}"
+        " --models {params.models} --out-dir {params.prefix:q}"
+        " --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
 
 
 def training_logs():
@@ -262,7 +266,7 @@ rule figure_training:
                    category="Figures", labels={"figure": "Training curves"}),
         pdf=f"{REPORTS}/figures/training_curves.pdf",
     params:
-        logs=lambda w, input: " ".join(f"{name}={input[name]}" for name in training_logs()),
+        logs=lambda w, input: " ".join(shlex.quote(f"{name}={input[name]}") for name in training_logs()),
         run_kind=run_kind(config),
     log:
         "logs/evaluate/training_curves.log",
@@ -273,8 +277,8 @@ rule figure_training:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff figure-training --log {params.logs} --png {output.png} --pdf {output.pdf}"
-        " --budget {input.budget} --run-kind {params.run_kind} > {log} 2>&1"
+        "amdiff figure-training --log {params.logs} --png {output.png:q} --pdf {output.pdf:q}"
+        " --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
 
 
 rule training_budget:
@@ -284,7 +288,7 @@ rule training_budget:
         report(BUDGET, caption="../reports/captions/training_budget.rst", category="Tables",
                labels={"table": "training_budget", "format": "tsv"}),
     params:
-        logs=lambda w, input: " ".join(f"{name}={input[name]}" for name in training_logs()),
+        logs=lambda w, input: " ".join(shlex.quote(f"{name}={input[name]}") for name in training_logs()),
     log:
         "logs/evaluate/training_budget.log",
     threads: 1
@@ -295,4 +299,4 @@ rule training_budget:
         "../envs/amdiff.yaml"
     shell:
         # patches per epoch and batch size: the config the models trained with (a change re-trains them)
-        "amdiff training-budget --config {CONFIG_FILE} --log {params.logs} --out {output} > {log} 2>&1"
+        "amdiff training-budget --config {CONFIG_FILE:q} --log {params.logs} --out {output:q} > {log:q} 2>&1"

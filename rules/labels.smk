@@ -22,7 +22,8 @@ rule organ_labels:
         f"{RESULTS}/{{site}}/{{subject}}/organs.nii.gz",
     params:
         method=LABELS["method"],
-        source=lambda w, input: f"--source {input.source}" if "source" in input.keys() else "",
+        # several words: each path is shell-quoted here, the rule leaves the param unquoted
+        source=lambda w, input: f"--source {shlex.quote(str(input.source))}" if "source" in input.keys() else "",
         ts=("--fast " if LABELS.get("totalsegmentator", {}).get("fast", True) else "")
         + f"--device {LABELS.get('totalsegmentator', {}).get('device', 'cpu')}",
     log:
@@ -35,5 +36,5 @@ rule organ_labels:
         runtime=30,
         gpu=1 if LABELS.get("totalsegmentator", {}).get("device") == "gpu" and LABELS["method"] == "totalsegmentator" else 0,
     shell:
-        "amdiff labels --method {params.method} --ct {input.ct} {params.source} {params.ts}"
-        " --out {output} > {log} 2>&1"
+        "amdiff labels --method {params.method} --ct {input.ct:q} {params.source} {params.ts}"
+        " --out {output:q} > {log:q} 2>&1"

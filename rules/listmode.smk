@@ -42,9 +42,9 @@ rule simulate_listmode:
         mem_mb=4000,
         runtime=60,
     shell:
-        "amdiff simulate --config {CONFIG_FILE} --site {wildcards.site} --subject {wildcards.subject}"
-        " --split {params.split} --suv {input.suv} --mumap {input.mumap} {params.body}"
-        " --out {output.listmode} --summary {output.summary} > {log} 2>&1"
+        "amdiff simulate --config {CONFIG_FILE:q} --site {wildcards.site} --subject {wildcards.subject}"
+        " --split {params.split} --suv {input.suv:q} --mumap {input.mumap:q} {params.body}"
+        " --out {output.listmode:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
 # The number of low-count lists depends on the subject's split, so the rule declares
@@ -70,6 +70,6 @@ rule downsample:
         mem_mb=2000,
         runtime=60,
     shell:
-        "amdiff downsample --input {input} --levels {params.levels} --realizations {params.realizations}"
-        " --seed {params.seed} --outdir {params.outdir} --counts {output.counts} > {log} 2>&1"
+        "amdiff downsample --input {input:q} --levels {params.levels} --realizations {params.realizations}"
+        " --seed {params.seed} --outdir {params.outdir:q} --counts {output.counts:q} > {log:q} 2>&1"
 

@@ -58,9 +58,9 @@ rule predict_amdiff:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff predict --config {CONFIG_FILE} --checkpoint {input.model} --lc {input.lc}"
+        "amdiff predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
         " --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
-        " --out-dir {params.outdir} --threads {threads} > {log} 2>&1"
+        " --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule predict_denoiser_baseline:
@@ -86,9 +86,9 @@ rule predict_denoiser_baseline:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff predict --config {CONFIG_FILE} --checkpoint {input.model} --lc {input.lc}"
+        "amdiff predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
         " --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
-        " --out-dir {params.outdir} --threads {threads} > {log} 2>&1"
+        " --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule predict_segmenter_baseline:
@@ -117,9 +117,9 @@ rule predict_segmenter_baseline:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff predict --config {CONFIG_FILE} --checkpoint {input.model} --lc {input.lc}"
-        " --denoised {input.denoised} --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
-        " --out-dir {params.outdir} --threads {threads} > {log} 2>&1"
+        "amdiff predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
+        " --denoised {input.denoised:q} --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
+        " --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule predict_lowcount_input:
@@ -141,7 +141,7 @@ rule predict_lowcount_input:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff gaussian-filter --lc {input.lc} --fwhm-mm 0 --out-dir {params.outdir} > {log} 2>&1"
+        "amdiff gaussian-filter --lc {input.lc:q} --fwhm-mm 0 --out-dir {params.outdir:q} > {log:q} 2>&1"
 
 
 rule predict_gaussian_filter:
@@ -163,4 +163,4 @@ rule predict_gaussian_filter:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff gaussian-filter --lc {input.lc} --fit {input.fit} --out-dir {params.outdir} > {log} 2>&1"
+        "amdiff gaussian-filter --lc {input.lc:q} --fit {input.fit:q} --out-dir {params.outdir:q} > {log:q} 2>&1"

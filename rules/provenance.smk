@@ -29,5 +29,5 @@ rule provenance:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff provenance --config {input.config} --benchmarks {params.benchmarks}"
-        " --source-dir {params.source} --out {output} > {log} 2>&1"
+        "amdiff provenance --config {input.config:q} --benchmarks {params.benchmarks:q}"
+        " --source-dir {params.source:q} --out {output:q} > {log:q} 2>&1"

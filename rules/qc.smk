@@ -19,7 +19,8 @@ rule qc_subject:
             labels={"site": "{site}", "subject": "{subject}"},
         ),
     params:
-        lc=lambda w, input: " ".join(f"{name}={input[name]}" for name in lc_images(w)),
+        # name=path words, each shell-quoted (the rule leaves the param unquoted)
+        lc=lambda w, input: " ".join(shlex.quote(f"{name}={input[name]}") for name in lc_images(w)),
     log:
         "logs/qc/{site}/{subject}.log",
     threads: 1
@@ -27,8 +28,8 @@ rule qc_subject:
         mem_mb=2000,
         runtime=10,
     shell:
-        "amdiff qc --hc {input.hc} --lc {params.lc} --lesion {input.lesion} --organs {input.organs}"
-        " --title '{wildcards.site} {wildcards.subject}' --out {output} > {log} 2>&1"
+        "amdiff qc --hc {input.hc:q} --lc {params.lc} --lesion {input.lesion:q} --organs {input.organs:q}"
+        " --title '{wildcards.site} {wildcards.subject}' --out {output:q} > {log:q} 2>&1"
 
 
 def stats_inputs(wildcards):
@@ -50,7 +51,8 @@ rule subject_stats:
         f"{RESULTS}/{{site}}/{{subject}}/stats.json",
     params:
         split=lambda w: subject_of(w)["split"],
-        extra=lambda w, input: " ".join(f"--{k} {input[k]}" for k in ("acquisition", "counts") if k in input.keys()),
+        extra=lambda w, input: " ".join(f"--{k} {shlex.quote(str(input[k]))}" for k in ("acquisition", "counts")
+                                        if k in input.keys()),
     log:
         "logs/stats/{site}/{subject}.log",
     threads: 1
@@ -59,7 +61,7 @@ rule subject_stats:
         runtime=5,
     shell:
         "amdiff subject-stats --site {wildcards.site} --subject {wildcards.subject} --split {params.split}"
-        " --hc {input.hc} --lesion {input.lesion} {params.extra} --out {output} > {log} 2>&1"
+        " --hc {input.hc:q} --lesion {input.lesion:q} {params.extra} --out {output:q} > {log:q} 2>&1"
 
 
 rule cohort_summary:
@@ -78,7 +80,7 @@ rule cohort_summary:
         mem_mb=1000,
         runtime=5,
     shell:
-        "amdiff summary {input} --out-tsv {output.tsv} --out-md {output.md} > {log} 2>&1"
+        "amdiff summary {input:q} --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
 def manifest_images(subjects):
@@ -100,7 +102,7 @@ rule manifest:
         mem_mb=2000,
         runtime=10,
     shell:
-        "amdiff manifest --config {CONFIG_FILE} --out {output} --validate > {log} 2>&1"
+        "amdiff manifest --config {CONFIG_FILE:q} --out {output:q} --validate > {log:q} 2>&1"
 
 
 # What one site's models train on: its train and validation subjects only, so a broken test
@@ -121,5 +123,5 @@ rule training_manifest:
         mem_mb=2000,
         runtime=10,
     shell:
-        "amdiff manifest --config {CONFIG_FILE} --site {wildcards.train_site} --splits train,val"
-        " --out {output} --validate > {log} 2>&1"
+        "amdiff manifest --config {CONFIG_FILE:q} --site {wildcards.train_site} --splits train,val"
+        " --out {output:q} --validate > {log:q} 2>&1"

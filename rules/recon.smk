@@ -28,8 +28,8 @@ rule recon_highcount:
         runtime=60,
         gpu=recon_resources,
     shell:
-        "amdiff recon --config {CONFIG_FILE} --site {wildcards.site} --listmode {input.listmode}"
-        " --mumap {input.mumap} --count-percent 100 --out {output} > {log} 2>&1"
+        "amdiff recon --config {CONFIG_FILE:q} --site {wildcards.site} --listmode {input.listmode:q}"
+        " --mumap {input.mumap:q} --count-percent 100 --out {output:q} > {log:q} 2>&1"
 
 
 rule recon_lowcount:
@@ -56,5 +56,5 @@ rule recon_lowcount:
         runtime=60,
         gpu=recon_resources,
     shell:
-        "amdiff recon --config {CONFIG_FILE} --site {wildcards.site} --listmode {params.listmode}"
-        " --mumap {input.mumap} --count-percent {params.percent} --out {output} > {log} 2>&1"
+        "amdiff recon --config {CONFIG_FILE:q} --site {wildcards.site} --listmode {params.listmode:q}"
+        " --mumap {input.mumap:q} --count-percent {params.percent} --out {output:q} > {log:q} 2>&1"

@@ -64,8 +64,8 @@ rule train_amdiff:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff train --config {CONFIG_FILE} --manifest {input.manifest} --site {wildcards.train_site}"
-        " --variant {wildcards.model} --out-dir {params.outdir} --threads {threads} > {log} 2>&1"
+        "amdiff train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
+        " --variant {wildcards.model} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 
 def baseline_inputs(wildcards):
@@ -90,7 +90,9 @@ rule train_baseline:
     params:
         training=json.dumps({k: config.get(k) for k in ("training", "baselines", "inference")}),
         outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
-        denoiser=lambda w, input: f"--denoiser-checkpoint {input.denoiser}" if "denoiser" in input.keys() else "",
+        # flag and shell-quoted path, or nothing (the rule leaves the param unquoted)
+        denoiser=lambda w, input: (f"--denoiser-checkpoint {shlex.quote(str(input.denoiser))}"
+                                   if "denoiser" in input.keys() else ""),
     wildcard_constraints:
         model=never(OTHER_BASELINES),
         train_site="|".join(TRAIN_SITES),
@@ -106,8 +108,8 @@ rule train_baseline:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff train --config {CONFIG_FILE} --manifest {input.manifest} --site {wildcards.train_site}"
-        " --variant {wildcards.model} {params.denoiser} --out-dir {params.outdir} --threads {threads} > {log} 2>&1"
+        "amdiff train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
+        " --variant {wildcards.model} {params.denoiser} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule fit_gaussian_filter:
@@ -135,5 +137,5 @@ rule fit_gaussian_filter:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff fit-gaussian --manifest {input.manifest} --site {wildcards.train_site} {params.grid}"
-        " --nrmse-whole {params.nrmse_whole} --out {output} > {log} 2>&1"
+        "amdiff fit-gaussian --manifest {input.manifest:q} --site {wildcards.train_site} {params.grid}"
+        " --nrmse-whole {params.nrmse_whole} --out {output:q} > {log:q} 2>&1"

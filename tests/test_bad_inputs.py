@@ -461,6 +461,8 @@ CATALOGUE = [
      ["line 4", "column 'subject'", "must match"]),
     ("manifest-site-not-configured", manifest_with(_set(1, "site", "petct")), manifest,
      ["line 4", "column 'site'", "invalid site 'petct'"]),
+    ("manifest-path-control-char", manifest_with(_set(1, "ct", "sub-1/ct\x1b[31m.nii.gz")), manifest,
+     ["line 4", "column 'ct'", r"path .*ct\\x1b\[31m\.nii\.gz.* contains the control character U\+001B"]),
     ("manifest-file-missing", manifest_missing_file, manifest, ["manifest does not exist"]),
     ("manifest-not-text", manifest_not_text, manifest, ["cannot read manifest"]),
     # -- configs
@@ -559,3 +561,29 @@ def test_console_script_exit_status_and_single_line(tmp_path, venv_env, case):
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
     _check_clean_failure(result.stderr.splitlines(), d, out, files, outputs, before, words)
+
+
+# ---- the workflow's shell commands quote every path -----------------------------------------
+# A manifest path such as `a$(id>x).nii.gz` or one with a space reaches the rules' shell
+# commands; Snakemake's `:q` quotes a placeholder (each item of a list). Params holding several
+# words (flags and paths) are quoted inside their functions with shlex.quote instead.
+PATH_PLACEHOLDER = re.compile(r"\{((?:input|output|log)(?:\.\w+)?|CONFIG_FILE|RESULTS)(:[^}]*)?\}")
+
+
+def _shell_blocks():
+    """(rule name, text of its shell: directive) of every rule in rules/*.smk."""
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        text = smk.read_text()
+        for m in re.finditer(r"(?m)^    shell:\n((?:        .*\n?)+)", text):
+            rule = re.findall(r"(?m)^rule (\w+):", text[:m.start()])[-1]
+            yield f"{smk.name}:{rule}", m.group(1)
+
+
+def test_rule_shell_commands_quote_their_paths():
+    blocks = list(_shell_blocks())
+    texts = [p.read_text() for p in (REPO / "rules").glob("*.smk")]
+    assert len(blocks) == sum(t.count("shell:") for t in texts) > 20   # every shell: directive seen
+    assert all(PATH_PLACEHOLDER.search(block) for _, block in blocks)
+    offenders = [f"{rule}: {m.group(0)}" for rule, block in blocks for m in PATH_PLACEHOLDER.finditer(block)
+                 if m.group(2) != ":q"]
+    assert offenders == [], "unquoted path placeholders (use {name:q}):\n" + "\n".join(offenders)

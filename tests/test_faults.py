@@ -38,15 +38,16 @@ PATCHES_PER_EPOCH = 32
 def rule_argv(rule: str, **values) -> list[str]:
     """The shell command of ``rule`` in rules/train.smk with its placeholders filled, as argv.
 
-    The redirection ``> {log} 2>&1`` is left to the caller (which captures the output itself).
+    The redirection ``> {log:q} 2>&1`` is left to the caller (which captures the output itself);
+    a placeholder's ``:q`` (Snakemake's shell quoting) is applied as ``shlex.quote``.
     """
     text = (REPO / "rules" / "train.smk").read_text()
     block = text.split(f"rule {rule}:", 1)[1]
     shell = block.split("shell:", 1)[1].split("\n\n", 1)[0]
     command = "".join(re.findall(r'"([^"]*)"', shell))
-    command, redirect = command.split(" > {log}", 1)
+    command, redirect = re.split(r" > \{log(?::q)?\}", command, maxsplit=1)
     assert redirect.strip() == "2>&1", command
-    return shlex.split(re.sub(r"\{([^}]+)\}", lambda m: shlex.quote(str(values[m.group(1)])), command))
+    return shlex.split(re.sub(r"\{([^}:]+)(?::q)?\}", lambda m: shlex.quote(str(values[m.group(1)])), command))
 
 
 def epochs_logged(out: Path) -> int:

@@ -160,6 +160,28 @@ def test_path_escaping_data_root(cohort, tmp_path):
     expect_error(write_tsv(root / "m.tsv", rows), "column 'ct'.*outside the data roots")
 
 
+@pytest.mark.parametrize("char", ["\x1b", "\x01", "\x7f"])
+def test_control_characters_in_paths_are_rejected(cohort, char):
+    # even when the file exists: such a name is unsafe in a log line or a shell command
+    root, rows = cohort
+    shutil.copy(root / "sub-1" / "ct.nii.gz", root / "sub-1" / f"ct{char}.nii.gz")
+    rows[1]["ct"] = f"sub-1/ct{char}.nii.gz"
+    err = expect_error(write_tsv(root / "m.tsv", rows),
+                       rf"line 4 \(subject 'sub-1'\), column 'ct': path .* contains the control character "
+                       rf"U\+{ord(char):04X}$")
+    assert len(str(err).splitlines()) == 1 and char not in str(err)   # one printable line
+    rows[1]["ct"], rows[0]["lc_pet"] = "sub-1/ct.nii.gz", f"p005=sub-0/lc{char}.nii.gz"
+    expect_error(write_tsv(root / "m.tsv", rows), "line 3.*column 'lc_pet': path .* control character")
+
+
+def test_control_characters_in_the_manifest_folder_are_rejected(tmp_path):
+    # a newline or tab cannot stand in a cell (they separate rows and columns), but the
+    # manifest's own folder, against which relative paths resolve, can hold one
+    root = tmp_path / "da\nta"
+    rows = [{"subject": "sub-0", "site": "mct", "split": "train", **make_subject(root / "sub-0")}]
+    expect_error(write_tsv(root / "m.tsv", rows), r"line 3.*column 'hc_pet': path .*da\\nta.* U\+000A$")
+
+
 def test_structural_errors(cohort):
     root, rows = cohort
     manifest = write_tsv(root / "m.tsv", rows)

@@ -28,7 +28,7 @@ injected_mbq           listmode  injected activity in MBq, decay-corrected to sc
 Exactly one low-count source per row (lc_pet, listmode or simulate_from_images=true).
 Paths must lie inside the declared data roots (default: the manifest's folder) unless
 ``allow_outside_roots``; symbolic links are followed before the check. Paths may not contain
-tabs; lc_pet paths may not contain ``;``.
+tabs or other control characters (codes below 32, and 127); lc_pet paths may not contain ``;``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ SPLITS = ("train", "val", "test")
 _SUBJECT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _SITE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _TRUE, _FALSE = ("true",), ("false", "")
+# newline, tab, ESC, DEL...: never legitimate in a file name, and unsafe in a log line or a command
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def level_percent(level: str) -> float:
@@ -111,9 +113,17 @@ def _check_header(path: Path, header: list[str]) -> None:
         raise InputError(path, f"duplicate column(s): {', '.join(dup)}")
 
 
+def _check_no_control(row: _Row, column: str, path: str) -> None:
+    bad = _CONTROL_RE.search(path)
+    if bad:
+        raise row.error(column, f"path {path!r} contains the control character U+{ord(bad.group()):04X}")
+
+
 def _resolve(row: _Row, column: str, value: str, base: Path, roots: list[Path] | None) -> str:
+    _check_no_control(row, column, value)
     p = Path(value).expanduser()
     p = p if p.is_absolute() else base / p
+    _check_no_control(row, column, str(p))  # the manifest's folder or the home folder
     if not p.is_file():
         raise row.error(column, f"file {p} does not exist")
     real = p.resolve()
