@@ -276,16 +276,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb; 0 on success, 2 on bad input, 130 on Ctrl-C (SIGINT).
+
+    SIGTERM, SIGINT and SIGHUP delete the temporaries of the outputs being written
+    (``amdiff.io.atomic.remove_temporaries_on_signals``); SIGTERM and SIGHUP then end the
+    process with status 128 + the signal number.
+    """
     args = build_parser().parse_args(argv)
     from amdiff import stages
+    from amdiff.io.atomic import remove_temporaries_on_signals
 
-    try:
-        getattr(stages, args.verb.replace("-", "_"))(args)
-    except InputError as exc:
-        # one line, even if a wrapped library message (or a file name) holds a line break
-        message = " ".join(part.strip() for part in str(exc).splitlines())
-        print(f"amdiff: error: {message}", file=sys.stderr)
-        return 2
+    with remove_temporaries_on_signals("amdiff"):
+        try:
+            getattr(stages, args.verb.replace("-", "_"))(args)
+        except InputError as exc:
+            # one line, even if a wrapped library message (or a file name) holds a line break
+            message = " ".join(part.strip() for part in str(exc).splitlines())
+            print(f"amdiff: error: {message}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            # an interruption, not a fault: one line instead of a traceback
+            print("amdiff: stopped by SIGINT", file=sys.stderr)
+            return 130
     return 0
 
 

@@ -1,8 +1,8 @@
 """Stage functions behind the CLI verbs: they wire the packages to files.
 
-Each function takes the parsed CLI arguments, reads its inputs with the checking
-readers, and writes its outputs atomically. Science lives in the packages; this
-module only decides file names and passes config values.
+Each function takes the parsed CLI arguments, first refuses an output that is one of
+its inputs, reads its inputs with the checking readers, and writes its outputs atomically.
+Science lives in the packages; this module only decides file names and passes config values.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 
 from amdiff.config import derived_seed, load_config, phantom_subjects, replicate_base, site_acquisition
 from amdiff.errors import InputError
-from amdiff.io.atomic import atomic_path, write_text
+from amdiff.io.atomic import atomic_path, refuse_overwriting_inputs, write_text
 from amdiff.io.nifti import check_same_grid, read_volume, write_volume
 
 
@@ -52,15 +52,20 @@ def check_config(args) -> None:
     print(f"{args.config}: valid ({len(config['sites'])} sites)")
 
 
+PHANTOM_FILES = ("truth_suv.nii.gz", "ct.nii.gz", "mumap.nii.gz", "organs_truth.nii.gz",
+                 "lesion.nii.gz", "phantom.json")
+
+
 def phantom(args) -> None:
     from amdiff.phantom import generate_subject
 
+    out = Path(args.outdir)
+    refuse_overwriting_inputs([args.config], [out / name for name in PHANTOM_FILES])
     config = load_config(args.config)
     site = _site(config, args.site, args.config)
     seed = derived_seed(config["seed"], "phantom", args.site, args.subject)
     subj = generate_subject(site["image"]["shape"], site["image"]["voxel_size_mm"], seed,
                             config.get("phantom", {}))
-    out = Path(args.outdir)
     write_volume(out / "truth_suv.nii.gz", subj.suv, subj.affine)
     write_volume(out / "ct.nii.gz", subj.ct, subj.affine)
     write_volume(out / "mumap.nii.gz", subj.mu, subj.affine)
@@ -76,6 +81,7 @@ def phantom(args) -> None:
 def simulate(args) -> None:
     from amdiff.listmode.simulate import simulate_listmode
 
+    refuse_overwriting_inputs([args.config, args.suv, args.mumap], [args.out, args.summary])
     config = load_config(args.config)
     site = _site(config, args.site, args.config)
     suv = read_volume(args.suv, "suv")
@@ -125,6 +131,8 @@ def downsample(args) -> None:
     outdir = Path(args.outdir)
     outputs = {p: [outdir / f"{level_name(p)}_r{r}.petsird" for r in range(args.realizations)]
                for p in args.levels}
+    refuse_overwriting_inputs([args.input], [*(path for paths in outputs.values() for path in paths),
+                                             args.counts])
     written = {str(path): n for path, n in run(args.input, outputs, seed=args.seed).items()}
     if args.counts:
         events = {level_name(p): [written[str(path)] for path in paths] for p, paths in outputs.items()}
@@ -134,6 +142,7 @@ def downsample(args) -> None:
 def recon(args) -> None:
     from amdiff.recon.osem import reconstruct_listmode
 
+    refuse_overwriting_inputs([args.config, args.listmode, args.mumap], [args.out])
     config = load_config(args.config)
     site = _site(config, args.site, args.config)
     mu = read_volume(args.mumap, "mumap")
@@ -150,11 +159,13 @@ def recon(args) -> None:
 def mumap(args) -> None:
     from amdiff.phantom import hu_to_mu_511
 
+    refuse_overwriting_inputs([args.ct], [args.out])
     ct = read_volume(args.ct, "ct")
     write_volume(args.out, hu_to_mu_511(ct.data), ct.affine)
 
 
 def labels(args) -> None:
+    refuse_overwriting_inputs([args.ct, args.source], [args.out])
     ct = read_volume(args.ct, "ct")
     if args.method == "totalsegmentator":
         from amdiff.labels.totalseg import label_ct
@@ -177,7 +188,9 @@ def labels(args) -> None:
 def qc(args) -> None:
     from amdiff.qc.figures import qc_figure
 
-    qc_figure(args.hc, _pairs_or_fail(args.lc), args.lesion, args.organs, args.out, args.title)
+    lc = _pairs_or_fail(args.lc)
+    refuse_overwriting_inputs([args.hc, *lc.values(), args.lesion, args.organs], [args.out])
+    qc_figure(args.hc, lc, args.lesion, args.organs, args.out, args.title)
 
 
 def _pairs_or_fail(items) -> dict:
@@ -195,6 +208,7 @@ def _pairs_or_fail(items) -> dict:
 def subject_stats(args) -> None:
     from amdiff.qc.summary import lesion_stats_from_masks
 
+    refuse_overwriting_inputs([args.hc, args.lesion, args.acquisition, args.counts], [args.out])
     stats = {"site": args.site, "subject": args.subject, "split": args.split,
              "lesions": lesion_stats_from_masks(args.hc, args.lesion)}
     if args.acquisition:
@@ -208,6 +222,7 @@ def subject_stats(args) -> None:
 def summary(args) -> None:
     from amdiff.qc.summary import cohort_summary, write_cohort_summary
 
+    refuse_overwriting_inputs(args.stats, [args.out_tsv, args.out_md])
     rows = [_read_json(p) for p in args.stats]
     write_cohort_summary(cohort_summary(rows), args.out_tsv, args.out_md)
 
@@ -224,11 +239,14 @@ def manifest(args) -> None:
     from amdiff.io.manifest import format_lc_pet, lc_pet_images, validate_subject_images, write_manifest
     from amdiff.listmode.levels import level_name
 
+    refuse_overwriting_inputs([args.config], [args.out])
     config = load_config(args.config)
+    own = config["cohort"]["source"] == "manifest"
+    if own:   # the user's own manifest is an input too
+        refuse_overwriting_inputs([config["cohort"]["manifest"]], [args.out])
     root = Path(config["results_dir"]).resolve()
     out_dir = Path(args.out).resolve().parent
     rel = lambda p: os.path.relpath(p, out_dir)
-    own = config["cohort"]["source"] == "manifest"
     subjects = _manifest_subjects(config) if own else phantom_subjects(config)
     splits = set(args.splits.split(",")) if args.splits else None
     subjects = [s for s in subjects if (args.site is None or s["site"] == args.site)
@@ -270,11 +288,13 @@ def _manifest_subjects(config: dict) -> list[dict]:
 def import_autopet(args) -> None:
     from amdiff.io.autopet import autopet_to_manifest
 
+    refuse_overwriting_inputs([args.root], [args.out])
     autopet_to_manifest(args.root, args.out, site=args.site, seed=args.seed)
 
 
 def import_image(args) -> None:
     """Import a user image after checking it (the input is never modified)."""
+    refuse_overwriting_inputs([args.input, args.reference], [args.out])
     vol = read_volume(args.input, args.kind)
     if args.reference:
         check_same_grid(read_volume(args.reference, "image"), vol)
@@ -293,9 +313,14 @@ def _threads(n) -> None:
 
 def train(args) -> None:
     from amdiff.models.amdiff import VARIANTS
+    from amdiff.train.base import BEST_KEPT
     from amdiff.train.baselines import BaselineTrainer
     from amdiff.train.trainer import Trainer
 
+    # the trainer writes (and on a changed config deletes) these files of --out-dir
+    refuse_overwriting_inputs([args.config, args.manifest, args.denoiser_checkpoint],
+                              [Path(args.out_dir) / name
+                               for name in ("last.pt", "best.pt", BEST_KEPT, "log.csv")])
     config = load_config(args.config)
     _require_sections(config, args.config, ("models", "training", "diffusion"))
     _threads(args.threads or config["training"].get("threads"))
@@ -313,6 +338,10 @@ def predict(args) -> None:
     from amdiff.models.amdiff import build_model
     from amdiff.train.checkpoint import load_checkpoint, load_weights
 
+    out = Path(args.out_dir)
+    refuse_overwriting_inputs([args.config, args.checkpoint, args.lc, args.denoised],
+                              [out / f"{name}.nii.gz"
+                               for name in ("denoised", "lesion", "organs", "uncertainty")])
     config = load_config(args.config)
     _require_sections(config, args.config, ("inference",))
     _threads(args.threads)
@@ -320,7 +349,6 @@ def predict(args) -> None:
     _check_window(state, config, args.checkpoint)
     device = args.device or config["inference"].get("device", "cpu")
     lc = read_volume(args.lc, "suv")
-    out = Path(args.out_dir)
     # the network is rebuilt exactly as it was trained, from what the checkpoint records
     if state.get("kind") == "baseline":
         from amdiff.infer.predict import predict_baseline
@@ -402,6 +430,7 @@ def fit_gaussian(args) -> None:
     """Choose the Gaussian filter's FWHM on the site's validation images; write the fit JSON."""
     from amdiff.evaluate.gaussian import DEFAULT_FWHM_GRID_MM, fit
 
+    refuse_overwriting_inputs([args.manifest], [args.out])
     record = fit(args.manifest, args.site, args.fwhm_grid or DEFAULT_FWHM_GRID_MM, args.nrmse_whole)
     for point in record["curve"]:
         print(f"FWHM {point['fwhm_mm']:g} mm: mean whole-image NRMSE {point['nrmse_whole']:.4f}")
@@ -417,11 +446,13 @@ def gaussian_filter(args) -> None:
     from amdiff.evaluate.gaussian import gaussian_filter as smooth
     from amdiff.evaluate.gaussian import read_fit
 
+    out = Path(args.out_dir) / "denoised.nii.gz"
+    refuse_overwriting_inputs([args.lc, args.fit], [out])
     fwhm = read_fit(args.fit) if args.fit else args.fwhm_mm
     if fwhm < 0:
         raise InputError("--fwhm-mm", f"must not be negative, got {fwhm}")
     lc = read_volume(args.lc, "suv")
-    write_volume(Path(args.out_dir) / "denoised.nii.gz", smooth(lc.data, fwhm, lc.voxel_size_mm), lc.affine)
+    write_volume(out, smooth(lc.data, fwhm, lc.voxel_size_mm), lc.affine)
 
 
 def evaluate(args) -> None:
@@ -429,9 +460,14 @@ def evaluate(args) -> None:
     from amdiff.evaluate.subject import evaluate_subject, read_references
 
     outputs = tuple(filter(None, args.outputs.split(",")))
+    predictions, quant_images = _pairs_or_fail(args.prediction), _pairs_or_fail(args.quant_image)
+    # a prediction folder's images are inputs too
+    read = [Path(d) / f"{name}.nii.gz" for d in predictions.values() for name in outputs]
+    refuse_overwriting_inputs([args.hc, args.lesion, args.organs, args.ct, *predictions.values(), *read,
+                               *quant_images.values()], [args.out])
     refs = read_references(args.hc, args.lesion, args.organs, args.ct)
-    df = evaluate_subject(args.model, args.site, args.subject, refs, _pairs_or_fail(args.prediction),
-                          outputs, _pairs_or_fail(args.quant_image), args.standard_count_percent,
+    df = evaluate_subject(args.model, args.site, args.subject, refs, predictions,
+                          outputs, quant_images, args.standard_count_percent,
                           {"metric": args.lesion_match_metric, "threshold": args.lesion_match_threshold},
                           args.nrmse_whole)
     write_text(args.out, df.to_csv(sep="\t", index=False, float_format="%.6g"))
@@ -443,6 +479,8 @@ def collect_metrics(args) -> None:
 
     from amdiff.evaluate.subject import read_metrics, validate_metrics
 
+    # e.g. a glob of metrics tables that also matches the pooled table of an earlier run
+    refuse_overwriting_inputs(args.inputs, [args.out])
     df = pd.concat([read_metrics(path) for path in args.inputs], ignore_index=True)
     df = validate_metrics(df, args.out)
     df = df.sort_values(["model", "site", "subject", "count_percent", "realization"], kind="stable")
@@ -453,9 +491,11 @@ def training_budget(args) -> None:
     """Gradient steps and epochs of every trained model, from its log and the config."""
     from amdiff.evaluate.budget import training_budget as budget, write_budget
 
+    logs = _pairs_or_fail(args.log)
+    refuse_overwriting_inputs([args.config, *logs.values()], [args.out])
     config = load_config(args.config)
     _require_sections(config, args.config, ("training",))
-    write_budget(budget(_pairs_or_fail(args.log), config["training"]), args.out)
+    write_budget(budget(logs, config["training"]), args.out)
 
 
 def seed_variance(args) -> None:
@@ -466,6 +506,7 @@ def seed_variance(args) -> None:
     from amdiff.evaluate.seeds import seed_variance as table, write_seed_variance
     from amdiff.evaluate.subject import read_metrics
 
+    refuse_overwriting_inputs([args.config, *args.metrics], [args.out_tsv, args.out_md])
     config = load_config(args.config)
     replicates = seed_replicates(config)
     if len(replicates) < 2 or not all(replicates.values()):
@@ -488,6 +529,7 @@ def figure_regression(args) -> None:
     from amdiff.evaluate.figures import regression_figure, regression_stats
     from amdiff.evaluate.subject import read_metrics
 
+    refuse_overwriting_inputs([args.metrics, args.budget], [args.png, args.pdf, args.stats])
     metrics = read_metrics(args.metrics)
     regression_figure(metrics, args.models, png=args.png, pdf=args.pdf, banner=_budget_and_banner(args)[1])
     stats = regression_stats(metrics, args.models)
@@ -496,9 +538,11 @@ def figure_regression(args) -> None:
 
 def figure_slices(args) -> None:
     """Figs. 4-6 analogs for one site."""
-    from amdiff.evaluate.figures import write_slice_figures
+    from amdiff.evaluate.figures import slice_figure_paths, write_slice_figures
     from amdiff.evaluate.subject import read_metrics
 
+    figures = [path for pair in slice_figure_paths(args.out_dir, args.site).values() for path in pair]
+    refuse_overwriting_inputs([args.metrics, args.budget, args.results], figures)
     write_slice_figures(args.results, read_metrics(args.metrics), args.site, args.models, args.out_dir,
                         banner=_budget_and_banner(args)[1])
 
@@ -506,7 +550,9 @@ def figure_slices(args) -> None:
 def figure_training(args) -> None:
     from amdiff.evaluate.figures import training_curves
 
-    training_curves(_pairs_or_fail(args.log), png=args.png, pdf=args.pdf, banner=_budget_and_banner(args)[1])
+    logs = _pairs_or_fail(args.log)
+    refuse_overwriting_inputs([*logs.values(), args.budget], [args.png, args.pdf])
+    training_curves(logs, png=args.png, pdf=args.pdf, banner=_budget_and_banner(args)[1])
 
 
 def provenance(args) -> None:
@@ -515,19 +561,23 @@ def provenance(args) -> None:
     from amdiff.config import read_config
     from amdiff.provenance import write_provenance
 
+    refuse_overwriting_inputs([args.config, args.benchmarks, args.source_dir], [args.out])
     write_provenance(record(read_config(args.config), args.benchmarks, args.source_dir), args.out)
 
 
 def tables(args) -> None:
     """Tables 2-5, the headline numbers and the paper-versus-reproduction comparison."""
     from amdiff.evaluate.gaussian import read_fit, row_labels
-    from amdiff.evaluate.paper import DEMO_NOTE, write_paper_comparison
+    from amdiff.evaluate.paper import DEMO_NOTE, OUTPUT_FILES, write_paper_comparison
     from amdiff.evaluate.subject import read_metrics
-    from amdiff.evaluate.tables import write_tables
+    from amdiff.evaluate.tables import table_files, write_tables
 
+    fits = _pairs_or_fail(args.gaussian_fit)
+    refuse_overwriting_inputs([args.metrics, *fits.values(), args.budget],
+                              [Path(args.out_dir) / name for name in (*table_files(), *OUTPUT_FILES)])
     metrics = read_metrics(args.metrics)
     # the Gaussian row's label names the FWHM that filtered each site's images
-    fwhm = {site: read_fit(path) for site, path in _pairs_or_fail(args.gaussian_fit).items()}
+    fwhm = {site: read_fit(path) for site, path in fits.items()}
     budget, banner = _budget_and_banner(args)
     write_tables(metrics, args.out_dir, seed=args.seed, row_labels=row_labels(fwhm) if fwhm else None,
                  banner=banner, budget=budget)

@@ -245,7 +245,8 @@ class EpochTrainer(ABC):
             self.write_log()
 
     def remove_temporaries(self) -> None:
-        """Drop what ``atomic_path`` left of this folder's files when a kill hit a write."""
+        """Drop what ``atomic_path`` left of this folder's files when a SIGKILL (or a lost node)
+        hit a write; SIGTERM and SIGINT remove them at once (``remove_temporaries_on_signals``)."""
         for name in ("last.pt", "best.pt", BEST_KEPT, "log.csv"):
             for tmp in self.out_dir.glob(f".{name}.*.tmp*"):
                 tmp.unlink(missing_ok=True)
