@@ -10,13 +10,14 @@ import math
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import jsonschema
 import yaml
 
 from amdiff.errors import InputError
+from amdiff.io.files import check_input_file
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
 SPLITS = ("train", "val", "test")
@@ -226,8 +227,7 @@ def read_config(path: str | os.PathLike) -> dict:
     loaders otherwise keep the last value silently).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "config file does not exist")
+    check_input_file(path, "config file")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -249,6 +249,47 @@ def read_config(path: str | os.PathLike) -> dict:
     if not isinstance(config, dict):
         raise InputError(path, "config must be a YAML mapping")
     return config
+
+
+def offending_key(problem: str) -> str:
+    """The dotted config key a validation message of ``validate_config`` is about ("" for the top
+    level): its messages start with the key, an unknown key is named after it."""
+    where, _, rest = problem.partition(": ")
+    where = "" if where == "<top level>" else where
+    unknown = re.match(r"unknown key '([^']+)'", rest)
+    if unknown:
+        return f"{where}.{unknown.group(1)}" if where else unknown.group(1)
+    return where
+
+
+def check_workflow_config(config: dict, configfiles, overrides=None) -> dict:
+    """Validate the config Snakemake merged from ``configfiles`` and ``--config`` ``overrides``.
+
+    Each config file is read first (``read_config``: syntax errors and duplicate keys with their
+    line). A validation error is blamed on where its key came from: ``--config KEY`` when the
+    command line set that key (or a key above or below it), else the config files, so that a
+    typo on the command line is not reported as a fault of config/config.yaml.
+    """
+    for path in configfiles:
+        read_config(path)
+    files = " ".join(map(str, configfiles)) or "config"
+    try:
+        return validate_config(config, files)
+    except InputError as err:
+        key = offending_key(err.problem)
+        given = sorted(_dotted_keys(overrides or {}))
+        blamed = [g for g in given if key and (g == key or key.startswith(g + ".") or g.startswith(key + "."))]
+        if not blamed:
+            raise
+        raise InputError(f"--config {max(blamed, key=len)}", err.problem) from None
+
+
+def _dotted_keys(tree, prefix: str = ""):
+    for key, value in dict(tree).items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        yield name
+        if isinstance(value, Mapping):
+            yield from _dotted_keys(value, name)
 
 
 def load_config(path: str | os.PathLike) -> dict:

@@ -16,7 +16,8 @@ import numpy as np
 from amdiff.config import derived_seed, load_config, phantom_subjects, replicate_base, site_acquisition
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path, refuse_overwriting_inputs, write_text
-from amdiff.io.nifti import check_same_grid, read_volume, write_volume
+from amdiff.io.files import check_input_file
+from amdiff.io.nifti import check_same_grid, check_units, read_volume, write_volume
 
 
 def _write_json(path, obj) -> None:
@@ -33,8 +34,7 @@ def _json_default(value):
 
 def _read_json(path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file does not exist")
+    check_input_file(path)
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -153,7 +153,9 @@ def recon(args) -> None:
     # header has no field for it), exactly as the simulation used it.
     reconstruct_listmode(args.listmode, mu.data, mu.affine, recon_cfg, args.out,
                          count_fraction=args.count_percent / 100.0, device=device,
-                         background_fraction=site["acquisition"]["background_fraction"])
+                         background_fraction=site["acquisition"]["background_fraction"],
+                         scanner=_scanner(site),
+                         scanner_source=f"sites.{args.site}.scanner of {args.config}")
 
 
 def mumap(args) -> None:
@@ -161,6 +163,7 @@ def mumap(args) -> None:
 
     refuse_overwriting_inputs([args.ct], [args.out])
     ct = read_volume(args.ct, "ct")
+    check_units(ct, "ct")   # HU + 1024 without its rescale would give air the mu of water
     write_volume(args.out, hu_to_mu_511(ct.data), ct.affine)
 
 
@@ -173,7 +176,8 @@ def labels(args) -> None:
         label_ct(args.ct, args.out, fast=args.fast, device=args.device)
         return
     if not args.source:
-        raise InputError(args.out, f"labels --method {args.method} needs --source")
+        raise InputError("--source", f"labels --method {args.method} needs it (the "
+                                     f"{'truth' if args.method == 'phantom' else 'provided'} label map)")
     if args.method == "provided":
         from amdiff.labels.totalseg import load_provided_labels
 
@@ -298,6 +302,7 @@ def import_image(args) -> None:
     vol = read_volume(args.input, args.kind)
     if args.reference:
         check_same_grid(read_volume(args.reference, "image"), vol)
+    check_units(vol, args.kind)   # e.g. Bq/mL given as SUV, a CT that lost its rescale
     if args.kind == "labels" and vol.data.max() > 1:
         raise InputError(args.input, f"lesion mask must be binary, found values up to {vol.data.max()}")
     with atomic_path(args.out) as tmp:
@@ -323,6 +328,16 @@ def train(args) -> None:
                                for name in ("last.pt", "best.pt", BEST_KEPT, "log.csv")])
     config = load_config(args.config)
     _require_sections(config, args.config, ("models", "training", "diffusion"))
+    from amdiff.models.baselines import NAMES as BASELINES
+    from amdiff.train.base import device_of
+
+    known = [*VARIANTS, *(b for b in BASELINES if b not in VARIANTS)]
+    if replicate_base(args.variant) not in known:
+        raise InputError("--variant", f"unknown model {args.variant!r} (known: {', '.join(known)}, "
+                                      "or <model>_seedN)")
+    # before the manifest's images are read: a missing GPU is known at once
+    device_of(args.device or config["training"].get("device", "cpu"),
+              "--device" if args.device else "training.device")
     _threads(args.threads or config["training"].get("threads"))
     if replicate_base(args.variant) in VARIANTS:   # AMDiff, its ablations, Med-DDPM, their seed replicates
         trainer = Trainer(config, args.variant, args.site, args.manifest, args.out_dir, device=args.device)
@@ -335,7 +350,7 @@ def train(args) -> None:
 def predict(args) -> None:
     """Write denoised.nii.gz (SUV), lesion.nii.gz, organs.nii.gz (and uncertainty.nii.gz)."""
     from amdiff.infer.predict import predict_volume
-    from amdiff.models.amdiff import build_model
+    from amdiff.train.base import device_of
     from amdiff.train.checkpoint import load_checkpoint, load_weights
 
     out = Path(args.out_dir)
@@ -344,29 +359,29 @@ def predict(args) -> None:
                                for name in ("denoised", "lesion", "organs", "uncertainty")])
     config = load_config(args.config)
     _require_sections(config, args.config, ("inference",))
+    device = device_of(args.device or config["inference"].get("device", "cpu"),
+                       "--device" if args.device else "inference.device")
     _threads(args.threads)
     state = load_checkpoint(args.checkpoint)
     _check_window(state, config, args.checkpoint)
-    device = args.device or config["inference"].get("device", "cpu")
     lc = read_volume(args.lc, "suv")
     # the network is rebuilt exactly as it was trained, from what the checkpoint records
+    model, variant = _model_of_checkpoint(state, args.checkpoint)
+    load_weights(model, state["model"], args.checkpoint,   # a mismatch: one line naming the file
+                 network=f"the {variant} network rebuilt from the settings it records")
     if state.get("kind") == "baseline":
         from amdiff.infer.predict import predict_baseline
-        from amdiff.models.baselines import SEGMENTERS, get
+        from amdiff.models.baselines import SEGMENTERS
 
-        model = get(state["variant"]).build(**state["baseline_kwargs"])
-        load_weights(model, state["model"], args.checkpoint)   # a mismatch: one line naming the file
         denoised = None
-        if state["variant"] in SEGMENTERS:
+        if variant in SEGMENTERS:
             if not args.denoised:
-                raise InputError(args.checkpoint, f"{state['variant']} needs --denoised (the Med-DDPM output)")
+                raise InputError(args.checkpoint, f"{variant} needs --denoised (the Med-DDPM output)")
             den = read_volume(args.denoised, "suv")
             check_same_grid(lc, den)
             denoised = den.data
         pred = predict_baseline(model.to(device), lc.data, config["inference"], denoised, device=device)
     else:
-        model = build_model(state["variant"], state["config"])
-        load_weights(model, state["model"], args.checkpoint)   # a mismatch: one line naming the file
         seed = derived_seed(config["seed"], "predict", args.subject, args.level)
         pred = predict_volume(model.to(device), lc.data, config["inference"], seed, device=device)
     if not (state.get("kind") == "baseline" and pred.lesion is not None):
@@ -376,6 +391,45 @@ def predict(args) -> None:
         write_volume(out / "organs.nii.gz", pred.organs, lc.affine, dtype=np.uint8)
     if pred.uncertainty is not None:
         write_volume(out / "uncertainty.nii.gz", pred.uncertainty, lc.affine)
+
+
+def _model_of_checkpoint(state: dict, path):
+    """(network, variant name) that a checkpoint's weights belong to, built from what it records:
+    its ``kind``, ``variant`` and the ``config`` (AMDiff variants, Med-DDPM) or ``baseline_kwargs``
+    (comparison models) it was trained with. A record that is missing or names no known model
+    raises one-line InputError naming the checkpoint."""
+    from amdiff.models.amdiff import VARIANTS, build_model
+    from amdiff.models.baselines import NAMES, get
+    from amdiff.train.checkpoint import few
+
+    kind, variant = state.get("kind", "amdiff"), state.get("variant")
+    if kind not in ("amdiff", "baseline"):
+        raise InputError(path, f"records the unknown kind {kind!r} (amdiff or baseline); not a checkpoint "
+                               "of amdiff train")
+    if not isinstance(variant, str) or not variant:
+        raise InputError(path, "does not record its model ('variant'); not a checkpoint of amdiff train")
+    known = NAMES if kind == "baseline" else tuple(VARIANTS)
+    if variant not in known:
+        raise InputError(path, f"records the unknown model {variant!r} (known {kind} models: {few(known, 8)})")
+    if kind == "baseline":
+        kwargs = state.get("baseline_kwargs")
+        if not isinstance(kwargs, dict):
+            raise InputError(path, f"does not record the settings of its {variant} network "
+                                   "('baseline_kwargs')")
+        build = lambda: get(variant).build(**kwargs)   # noqa: E731
+    else:
+        cfg = state.get("config")
+        lacking = [k for k in ("models", "diffusion") if not isinstance((cfg or {}).get(k), dict)]
+        if not isinstance(cfg, dict) or lacking:
+            raise InputError(path, f"does not record the config its {variant} network was trained with "
+                                   f"(lacks {', '.join(lacking) if isinstance(cfg, dict) else 'config'})")
+        build = lambda: build_model(variant, cfg)   # noqa: E731
+    try:
+        return build(), variant
+    except (KeyError, TypeError, ValueError) as exc:
+        detail = few([" ".join(str(exc).split())], width=160)
+        raise InputError(path, f"its recorded settings do not build a {variant} network "
+                               f"({type(exc).__name__}: {detail})") from None
 
 
 def _check_window(state: dict, config: dict, checkpoint) -> None:

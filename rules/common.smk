@@ -5,18 +5,18 @@ import re
 import shlex
 import sys
 
-from amdiff.config import (count_levels, derived_seed, phantom_subjects, read_config, replicate_base,
-                           seed_replicates, validate_config)
+from amdiff.config import (check_workflow_config, count_levels, derived_seed, phantom_subjects,
+                           replicate_base, seed_replicates)
 from amdiff.errors import InputError
 from amdiff.listmode.levels import level_name
 from amdiff.provenance import config_sha256
 
 try:
-    # Snakemake's own YAML loader keeps the last of two equal keys silently; read_config
-    # refuses them (and names the line of a syntax error).
-    for _configfile in workflow.configfiles:
-        read_config(_configfile)
-    validate_config(config, " ".join(map(str, workflow.configfiles)) or "config")
+    # Snakemake's own YAML loader keeps the last of two equal keys silently; read_config (called
+    # by check_workflow_config) refuses them and names the line of a syntax error. An invalid key
+    # set by --config is blamed on --config, not on the config files.
+    check_workflow_config(config, workflow.configfiles,
+                          getattr(getattr(workflow, "config_settings", None), "config", None))
 except InputError as _err:
     # One clear line instead of a traceback.
     sys.exit(f"config error: {_err}")

@@ -48,6 +48,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 from scipy import ndimage, stats  # noqa: E402
 
 from amdiff.errors import InputError  # noqa: E402
+from amdiff.io.files import check_input_file  # noqa: E402
 from amdiff.evaluate import columns  # noqa: E402
 from amdiff.evaluate.columns import ORGANS as ORGAN_NAMES  # noqa: E402
 from amdiff.io.atomic import atomic_path  # noqa: E402
@@ -692,8 +693,7 @@ def _log_key(key) -> tuple[str, str]:
 
 def _read_log(path) -> pd.DataFrame:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "training log does not exist")
+    check_input_file(path, "training log")
     try:
         log = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:

@@ -11,6 +11,7 @@ stops a command whose output is one of its own inputs before anything is written
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import signal
@@ -20,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from amdiff.errors import InputError
+from amdiff.io.files import check_output_path, make_output_dir, write_error
 
 # temporary path -> id of the process writing it (a forked child inherits the registry but
 # must not delete its parent's temporaries)
@@ -37,19 +39,42 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None):
     libraries choosing a format from the extension still work. On an exception the
     temporary is deleted and ``final`` is left as it was; while the block runs the
     temporary is listed for the signal handler of ``remove_temporaries_on_signals``.
+    A failing write (disk full, quota, unwritable folder, a file where the folder should be)
+    raises one-line InputError naming ``final`` and the operating system's reason.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_output_dir(final.parent)
     suffix = suffix if suffix is not None else "".join(final.suffixes)
-    tmp = _create_temporary(final, suffix)
+    try:
+        tmp = _create_temporary(final, suffix)
+    except OSError as exc:
+        raise write_error(final, exc) from None
     try:
         yield tmp
         os.replace(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if _is_write_failure(exc, tmp, final):
+            raise write_error(final, exc) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     finally:
         _live.pop(str(tmp), None)
+
+
+# errors that only a write raises; other OSErrors count as write failures when they name the
+# temporary or the output, or no file at all (a write to an open file object names none)
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _is_write_failure(exc: OSError, tmp: Path, final: Path) -> bool:
+    """Whether ``exc``, raised in an ``atomic_path`` block, comes from writing its output
+    (not, say, from reading an input inside the block)."""
+    if exc.errno in _WRITE_ERRNOS or exc.filename is None:
+        return True
+    return os.fspath(exc.filename) in (str(tmp), str(final), os.path.abspath(tmp), os.path.abspath(final))
 
 
 def _create_temporary(final: Path, suffix: str) -> Path:
@@ -128,7 +153,9 @@ def remove_temporaries_on_signals(prog: str = "amdiff"):
 
 
 def refuse_overwriting_inputs(inputs: Iterable, outputs: Iterable) -> None:
-    """Raise InputError naming the first output that is also one of the inputs.
+    """Raise InputError naming the first output that is also one of the inputs, or that cannot
+    be written (``amdiff.io.files.check_output_path``: a directory of that name, a file where its
+    folder should be, a folder without write access).
 
     An output is an input when both name the same path once symlinks and ``..`` are
     resolved, or when both exist and are the same file (``os.path.samefile``: a hard
@@ -145,6 +172,7 @@ def refuse_overwriting_inputs(inputs: Iterable, outputs: Iterable) -> None:
                 via = "" if os.path.abspath(out) == os.path.abspath(inp) else f" (the input {inp})"
                 raise InputError(out, f"is both an input and an output{via}; writing it would "
                                       "overwrite the input, choose another output path")
+        check_output_path(out)
 
 
 def _same_file(a: Path, b: Path) -> bool:
