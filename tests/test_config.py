@@ -47,12 +47,17 @@ def test_demo_and_paper_configs_are_valid(repo, demo):
      "sites.mct.acquisition_by_split.test.standard_count_percent: 150 is greater than the maximum"),
 ])
 def test_bad_config_gives_one_line_naming_the_key(demo, mutate, expected):
-    bad = copy.deepcopy(demo)
+    assert_one_line_config_error(demo, mutate, expected)
+
+
+def assert_one_line_config_error(config: dict, mutate, expected: str) -> None:
+    """``mutate`` applied to a copy of ``config`` fails validation with one line holding ``expected``."""
+    bad = copy.deepcopy(config)
     mutate(bad)
     with pytest.raises(InputError) as info:
         validate_config(bad, "my.yaml")
     message = str(info.value)
-    assert message.startswith("my.yaml: ") and expected in message
+    assert message.startswith("my.yaml: ") and expected in message, message
     assert "\n" not in message
 
 

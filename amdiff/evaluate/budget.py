@@ -23,6 +23,7 @@ from typing import Mapping
 import pandas as pd
 
 from amdiff.errors import InputError
+from amdiff.io.files import check_input_file
 # the training curves' log reading: the same epochs and the same best epoch as that figure
 from amdiff.evaluate.figures import _log_key, _read_log, best_epoch
 from amdiff.io.atomic import write_text
@@ -73,8 +74,7 @@ def write_budget(table: pd.DataFrame, path) -> None:
 def read_budget(path) -> pd.DataFrame:
     """A budget TSV written by `write_budget`, checked for its columns."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "training budget does not exist")
+    check_input_file(path, "training budget")
     try:
         table = pd.read_csv(path, sep="\t", dtype={"model": str, "train_site": str})
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
