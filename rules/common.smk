@@ -10,6 +10,7 @@ from amdiff.config import (check_workflow_config, count_levels, derived_seed, ph
 from amdiff.errors import InputError
 from amdiff.listmode.levels import level_name
 from amdiff.provenance import config_sha256
+from amdiff.resources import job_resources, network_resources
 
 try:
     # Snakemake's own YAML loader keeps the last of two equal keys silently; read_config (called
@@ -22,6 +23,24 @@ except InputError as _err:
     sys.exit(f"config error: {_err}")
 
 RESULTS = config["results_dir"]
+
+
+def amdiff_command():
+    """How every rule's shell command calls the package.
+
+    The interpreter that runs Snakemake, as ``<python> -m amdiff``: a job then finds the package
+    whether or not the virtual environment is activated (PATH plays no part). With
+    ``--sdm conda`` each job runs in its rule's environment, whose ``amdiff`` comes first on PATH.
+    """
+    from snakemake.settings.types import DeploymentMethod
+
+    methods = getattr(getattr(workflow, "deployment_settings", None), "deployment_method", ()) or ()
+    if DeploymentMethod.CONDA in methods:
+        return "amdiff"
+    return f"{shlex.quote(sys.executable)} -m amdiff"
+
+
+AMDIFF = amdiff_command()
 
 # The merged config (config files plus --config overrides) that the `amdiff` verbs read, written
 # by onstart below; its hash is a param of the provenance rule, so a changed config re-runs it.

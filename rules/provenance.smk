@@ -32,5 +32,5 @@ rule provenance:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff provenance --config {params.config:q} --benchmarks {params.benchmarks:q}"
+        "{AMDIFF} provenance --config {params.config:q} --benchmarks {params.benchmarks:q}"
         " --source-dir {params.source:q} --out {output:q} > {log:q} 2>&1"

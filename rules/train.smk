@@ -58,13 +58,11 @@ rule train_amdiff:
         f"{RESULTS}/benchmarks/train/{{model}}/{{train_site}}.tsv"
     threads: TRAINING.get("threads", 1)
     resources:
-        mem_mb=8000 if training_device() == "cpu" else 32000,
-        runtime=120 if training_device() == "cpu" else 2880,
-        gpu=1 if training_device() == "cuda" else 0,
+        **network_resources("train", training_device()),
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
+        "{AMDIFF} train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
         " --variant {wildcards.model} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -102,13 +100,11 @@ rule train_baseline:
         f"{RESULTS}/benchmarks/train/{{model}}/{{train_site}}.tsv"
     threads: TRAINING.get("threads", 1)
     resources:
-        mem_mb=8000 if training_device() == "cpu" else 32000,
-        runtime=120 if training_device() == "cpu" else 2880,
-        gpu=1 if training_device() == "cuda" else 0,
+        **network_resources("train", training_device()),
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
+        "{AMDIFF} train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
         " --variant {wildcards.model} {params.denoiser} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -137,5 +133,5 @@ rule fit_gaussian_filter:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff fit-gaussian --manifest {input.manifest:q} --site {wildcards.train_site} {params.grid}"
+        "{AMDIFF} fit-gaussian --manifest {input.manifest:q} --site {wildcards.train_site} {params.grid}"
         " --nrmse-whole {params.nrmse_whole} --out {output:q} > {log:q} 2>&1"

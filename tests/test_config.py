@@ -119,3 +119,13 @@ def test_derived_seeds_are_stable_and_distinct():
     assert derived_seed(1, "a") != derived_seed(2, "a")
     # documented constant: the seed derivation must not drift between releases
     assert derived_seed(0, "x") == 2363233923
+
+
+def test_a_site_may_have_any_identifier_as_its_name(demo):
+    """Users add a site per scanner: any lower-case identifier is a site name."""
+    own = copy.deepcopy(demo)
+    own["sites"]["lab_scanner2"] = own["sites"].pop("mct")
+    own["training"]["train_sites"] = {"lab_scanner2": ["lab_scanner2", "vision"]}
+    validate_config(own, "my.yaml")
+    assert_one_line_config_error(demo, lambda c: c["sites"].update({"PET-CT 2": c["sites"]["mct"]}),
+                                 "'PET-CT 2' does not match")

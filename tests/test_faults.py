@@ -48,6 +48,7 @@ def rule_argv(rule: str, **values) -> list[str]:
     command = "".join(re.findall(r'"([^"]*)"', shell))
     command, redirect = re.split(r" > \{log(?::q)?\}", command, maxsplit=1)
     assert redirect.strip() == "2>&1", command
+    values.setdefault("AMDIFF", "amdiff")   # the rules call `<python> -m amdiff`; the tests, the script
     return shlex.split(re.sub(r"\{([^}:]+)(?::q)?\}", lambda m: shlex.quote(str(values[m.group(1)])), command))
 
 
