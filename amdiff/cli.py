@@ -89,7 +89,7 @@ def _fwhm_grid(text: str) -> list[float]:
 def _run_args(p: argparse.ArgumentParser) -> None:
     """--budget and --run-kind: a demo run's outputs say they come from an untrained smoke test."""
     p.add_argument("--budget", default=None, help="training budget TSV (amdiff training-budget)")
-    # the config's run_kind values (config/schema.yaml; not imported: keeps --help fast)
+    # the config's run_kind values (amdiff/schemas/config.schema.yaml; not imported: keeps --help fast)
     p.add_argument("--run-kind", choices=("demo", "study", "paper"), default="study",
                    help="demo: mark every output as an untrained smoke test (needs --budget)")
 
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amdiff", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True)
 
-    p = sub.add_parser("check-config", help="validate a config file against config/schema.yaml")
+    p = sub.add_parser("check-config", help="validate a config file against the config schema")
     p.add_argument("config")
 
     p = sub.add_parser("phantom", help="generate one synthetic PET/CT subject with its truth labels")

@@ -19,7 +19,8 @@ import yaml
 from amdiff.errors import InputError
 from amdiff.io.files import check_input_file
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+# Package data (pyproject.toml), so an installed package validates configs from any folder.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 SPLITS = ("train", "val", "test")
 # One float32 image of this many voxels is 8 GB; the workflow holds several per job.
 MAX_VOXELS = 2_000_000_000
@@ -42,7 +43,7 @@ def _one_line(error: jsonschema.ValidationError) -> str:
 
 
 def validate_config(config: dict, source: str = "config") -> dict:
-    """Validate against config/schema.yaml plus the cross-key rules; return the config."""
+    """Validate against amdiff/schemas/config.schema.yaml plus the cross-key rules; return the config."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))

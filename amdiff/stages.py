@@ -447,15 +447,24 @@ def _require_sections(config: dict, source, sections) -> None:
         raise InputError(source, f"config lacks the section(s) {', '.join(missing)} needed here")
 
 
+def _workflow_paper_config() -> Path:
+    """config/paper.yaml of the workflow checkout this package runs from; an installed package
+    has none, so the user names the config."""
+    path = Path(__file__).resolve().parent.parent / "config" / "paper.yaml"
+    if not path.is_file():
+        raise InputError("--config", "no config/paper.yaml next to this installation of amdiff: "
+                                     "name the config to count (--config config/paper.yaml)")
+    return path
+
+
 def params(args) -> None:
     """Print parameter counts at paper size: AMDiff's networks and variants, then the baselines."""
     import importlib
 
-    from amdiff.config import SCHEMA_PATH
     from amdiff.models.amdiff import VARIANTS, build_model
     from amdiff.models.params import count_parameters
 
-    config = load_config(args.config or SCHEMA_PATH.parent / "paper.yaml")
+    config = load_config(args.config or _workflow_paper_config())
     _require_sections(config, args.config or "config/paper.yaml", ("models", "diffusion"))
     rows = []
     for variant in VARIANTS:

@@ -38,7 +38,7 @@ BUDGET_COLUMNS = ("model", "train_site", "epochs", "epochs_planned", "patches_pe
                   "batch_size", "steps_per_epoch", "steps", "best_epoch", "steps_at_best",
                   "late_gain_pct", "still_improving")
 LATE_GAIN_PCT = 1.0   # still_improving: the last quarter's best validation score >= 1 % lower
-# The run kind whose outputs are marked as untrained (config run_kind; schema.yaml).
+# The run kind whose outputs are marked as untrained (config run_kind; amdiff/schemas/config.schema.yaml).
 SMOKE_TEST_KIND = "demo"
 STUDY_SNAPSHOT = "reports/study/"
 

@@ -1,0 +1,1 @@
+"""Whole-volume inference: sliding-window diffusion sampling, revision and segmentation."""

@@ -1,0 +1,1 @@
+"""File input/output with geometry checks and atomic writes."""

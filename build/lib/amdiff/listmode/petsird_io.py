@@ -1,0 +1,711 @@
+"""PETSIRD list-mode files: header for our cylindrical scanners, fast streaming event I/O.
+
+Header layout written by ``make_header`` (read back by ``scanner_from_header``):
+  * one module type; one module per angular crystal position c (``n_crystals`` modules),
+    module c = rotation about z by 2*pi*c/n_crystals, no translation;
+  * each module holds ``n_rings`` detecting elements: boxes of ``crystal_size_mm``
+    (depth along x from the inner face, width along y, axial along z) whose inner-face
+    centre sits at (radius_mm, 0, ring_z_mm[r]) in module coordinates;
+  * so detection bin = element + module * n_rings = ring + crystal * n_rings (one energy
+    bin), exactly as amdiff/scanner.py numbers detectors;
+  * energy window 435-650 keV as one bin, non-TOF (one TOF bin spanning the window);
+  * the acceptance the geometry cannot express is stored twice: as detection
+    efficiencies (module-pair SGID LUT = -1 for crystal pairs whose chord misses the
+    transaxial FOV, module-pair efficiency 0 for ring pairs beyond max_ring_difference,
+    everything else 1, so PETSIRD tools see the same LORs), and exactly, as JSON after
+    the marker ``amdiff-acceptance:`` in DetectionEfficiencies.method_description.
+Lengths read back from the float32 geometry are rounded to 0.1 um.
+
+Event I/O bypasses petsird's per-event Python objects (~0.3 M events/s): the binary
+format stores every CoincidenceEvent as three LEB128 varints (bin, bin, tof_idx), so
+lists are decoded and encoded with vectorised numpy on petsird's own buffered stream
+(header and rare time-block types still go through petsird's serializers). Tests check
+the result against petsird's reader and writer byte for byte and event for event.
+Detector ids beyond the header's scanner are corrupt data, refused by every reader
+(``RawReader``); ``check_scanner`` refuses a list whose geometry is not the configured one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import petsird
+from petsird import _binary
+from petsird import binary as _pb
+from petsird.helpers import get_num_detection_bins
+from petsird.helpers.create import initialize_scanner_information_dimensions
+
+from amdiff.errors import InputError
+from amdiff.io.atomic import atomic_path
+from amdiff.io.files import check_input_file
+from amdiff.scanner import CylindricalScanner
+
+ENERGY_WINDOW_KEV = (435.0, 650.0)
+ENERGY_RESOLUTION_AT_511 = 0.12   # typical LSO/LYSO FWHM fraction; informational only
+_ACCEPTANCE_MARK = "amdiff-acceptance:"
+_ROT_ATOL = 1e-5                  # float32 rotation entries
+_MM_ATOL = 1e-3                   # float32 positions, mm
+_MAX_VARINT_BYTES = 5             # uint32
+
+
+@dataclass
+class EventBlock:
+    """Prompt coincidences of one time block: bins (n, 2) uint32, bins[:, 0] >= bins[:, 1]."""
+
+    start_ms: int
+    stop_ms: int
+    bins: np.ndarray
+
+
+# ---------------------------------------------------------------------------------------
+# header
+# ---------------------------------------------------------------------------------------
+def _rigid(rotation: np.ndarray, translation) -> petsird.RigidTransformation:
+    m = np.zeros((3, 4), dtype=np.float32)
+    m[:, :3] = rotation
+    m[:, 3] = translation
+    return petsird.RigidTransformation(matrix=m)
+
+
+def _crystal_box(size_mm) -> petsird.BoxSolidVolume:
+    depth, width, axial = (float(s) for s in size_mm)
+    corners = [(x, y, z) for x in (0.0, depth) for y in (-width / 2, width / 2)
+               for z in (-axial / 2, axial / 2)]
+    shape = petsird.BoxShape(corners=[petsird.Coordinate(c=np.array(c, dtype=np.float32))
+                                      for c in corners])
+    return petsird.BoxSolidVolume(shape=shape, material_id=1)
+
+
+def _geometry(scanner: CylindricalScanner) -> petsird.ScannerGeometry:
+    elements = petsird.ReplicatedBoxSolidVolume(object=_crystal_box(scanner.crystal_size_mm))
+    for z in scanner.ring_z_mm():
+        elements.transforms.append(_rigid(np.eye(3), (scanner.radius_mm, 0.0, z)))
+    modules = petsird.ReplicatedDetectorModule(
+        object=petsird.DetectorModule(detecting_elements=elements))
+    for phi in scanner.crystal_angles():
+        c, s = math.cos(phi), math.sin(phi)
+        modules.transforms.append(_rigid(np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]), (0, 0, 0)))
+    return petsird.ScannerGeometry(replicated_modules=[modules])
+
+
+def _coded(scheme: str, value: str, meaning: str) -> petsird.DICOMBasicCodeSequence:
+    return petsird.DICOMBasicCodeSequence(coding_scheme_designator=scheme, code_value=value,
+                                          code_meaning=meaning)
+
+
+def _as_f32(x) -> float:
+    # header scalars are float32 on disk; storing them rounded makes read(write(h)) == h
+    return float(np.float32(x))
+
+
+def make_header(scanner: CylindricalScanner, *, subject_id: str, weight_kg: float,
+                height_m: float, injected_mbq: float, calibration_factor: float,
+                model_name: str | None = None) -> petsird.Header:
+    """A PETSIRD header for ``scanner`` and one 18F-FDG exam (layout: module docstring)."""
+    info = petsird.ScannerInformation(model_name=model_name or scanner.name,
+                                      scanner_geometry=_geometry(scanner),
+                                      collimator_type="NONE")
+    info.bulk_materials = [petsird.BulkMaterial(id=1, name="LYSO", density=_as_f32(7.1))]  # g/cm3
+    initialize_scanner_information_dimensions(info, 1, allocate_detection_bin_efficiencies=True,
+                                              allocate_module_pair_efficiencies=True)
+    # non-TOF: one bin covering every path difference a coincidence can have
+    window = 2.0 * (scanner.radius_mm + scanner.crystal_size_mm[0])
+    info.tof_bin_edges[0][0] = petsird.BinEdges(edges=np.array([-window, window], np.float32))
+    info.tof_resolution[0][0] = _as_f32(2.0 * window)
+    info.event_energy_bin_edges[0] = petsird.BinEdges(
+        edges=np.array(ENERGY_WINDOW_KEV, dtype=np.float32))
+    info.energy_resolution_at_511[0] = _as_f32(ENERGY_RESOLUTION_AT_511)
+    info.single_event_policy = petsird.SingleEventPolicy.NONE
+    info.prompt_event_policy = petsird.CoincidencePolicy.REJECT_HIGHER_MULTIPLES
+    info.delayed_event_policy = petsird.CoincidencePolicy.NONE
+    info.triple_event_policy = petsird.TripleEventPolicy.NONE
+    info.quadruple_event_policy = petsird.QuadrupleEventPolicy.NONE
+
+    eff = info.detection_efficiencies
+    eff.calibration_factor = _as_f32(calibration_factor)
+    acceptance = {"max_ring_difference": int(scanner.max_ring_difference),
+                  "fov_radius_mm": float(scanner.fov_radius_mm)}
+    eff.method_description = ("Unit efficiencies inside the acceptance, 0 outside. "
+                              f"{_ACCEPTANCE_MARK} {json.dumps(acceptance)}")
+    eff.detection_bin_efficiencies[0] = [1.0] * scanner.n_detectors
+    # crystal pair (a > b) is a LOR when its chord passes within the FOV (scanner.py);
+    # all such pairs share one ring-pair matrix, hence one SGID
+    n = scanner.n_crystals
+    step = np.subtract.outer(np.arange(n), np.arange(n))
+    chord = scanner.radius_mm * np.abs(np.cos(np.pi * step / n))
+    accepted = np.tril(chord < scanner.fov_radius_mm, k=-1)
+    eff.module_pair_sgidlut[0][0] = [[0 if accepted[a, b] else -1 for b in range(a + 1)]
+                                     for a in range(n)]
+    rings = np.arange(scanner.n_rings)
+    ring_ok = np.abs(rings[:, None] - rings[None, :]) <= scanner.max_ring_difference
+    eff.module_pair_efficiencies_vectors[0][0] = (
+        [petsird.ModulePairEfficiencies(values=ring_ok.astype(float).tolist(), sgid=0)]
+        if accepted.any() else [])
+
+    patient = petsird.DICOMPatientInformation(patient_id=str(subject_id),
+                                              patients_weight=_as_f32(weight_kg),
+                                              patients_size=_as_f32(height_m))
+    tracer = petsird.DICOMRadiopharmaceuticalInformation(
+        radionuclide_total_dose=_as_f32(injected_mbq),
+        radiopharmaceutical_code_sequence=_coded("SCT", "35321007", "Fluorodeoxyglucose F^18^"),
+        radionuclide_code_sequence=_coded("SCT", "77004003", "^18^Fluorine"))
+    exam = petsird.ExamInformation(modality="PT", patient=patient, radiopharmaceuticals=[tracer])
+    return petsird.Header(scanner=info, exam=exam)
+
+
+def _mm(x) -> float:
+    return round(float(x), 4)
+
+
+def _acceptance_from_efficiencies(info, n_crystals, n_rings, radius) -> dict:
+    """max ring difference and FOV radius implied by the efficiencies (foreign headers)."""
+    eff = info.detection_efficiencies
+    mrd = n_rings - 1
+    try:
+        vectors = eff.module_pair_efficiencies_vectors[0][0]
+        lut = eff.module_pair_sgidlut[0][0]
+    except (IndexError, TypeError):
+        vectors, lut = [], []
+    if vectors:
+        ok = np.zeros((n_rings, n_rings), dtype=bool)
+        for v in vectors:
+            ok |= np.asarray(v.values, dtype=float) > 0
+        ra, rb = np.nonzero(ok)
+        mrd = int(np.abs(ra - rb).max()) if len(ra) else 0
+    dist = radius * np.abs(np.cos(np.pi * np.arange(n_crystals) / n_crystals))  # by |ca - cb|
+    if not lut:
+        return {"max_ring_difference": mrd, "fov_radius_mm": _mm(dist[1:].max() + 1e-3)}
+    acc = np.zeros(n_crystals, dtype=bool)
+    rej = np.zeros(n_crystals, dtype=bool)
+    for a, row in enumerate(lut):
+        for b, sgid in enumerate(row):
+            (acc if sgid >= 0 else rej)[a - b] = True
+    if not acc.any() or (acc & rej).any() or dist[acc].max() >= dist[rej].min():
+        raise ValueError("its coincidence LUT is not a transaxial field-of-view cut")
+    return {"max_ring_difference": mrd,
+            "fov_radius_mm": _mm((dist[acc].max() + dist[rej].min()) / 2)}
+
+
+def scanner_from_header(header: petsird.Header, source=None) -> CylindricalScanner:
+    """The CylindricalScanner a header describes; InputError if it is not our layout."""
+    info = header.scanner
+    where = str(source) if source is not None else "PETSIRD header"
+
+    def fail(problem):
+        raise InputError(where, f"scanner model {info.model_name!r} cannot be used: {problem}")
+
+    geom = info.scanner_geometry
+    if geom.number_of_module_types() != 1:
+        fail(f"{geom.number_of_module_types()} module types; one cylindrical ring of "
+             "modules (one per angular crystal position) is expected")
+    energy = info.event_energy_bin_edges
+    if len(energy) != 1 or energy[0].number_of_bins() != 1:
+        fail("not exactly one energy bin")
+    rep = geom.replicated_modules[0]
+    elements = rep.object.detecting_elements
+    n_crystals, n_rings = len(rep.transforms), len(elements.transforms)
+    if n_crystals < 3 or n_rings < 1:
+        fail(f"{n_crystals} modules of {n_rings} elements")
+    mods = np.stack([np.asarray(t.matrix, dtype=np.float64) for t in rep.transforms])
+    phi = 2 * np.pi * np.arange(n_crystals) / n_crystals
+    c, s = np.cos(phi), np.sin(phi)
+    want = np.zeros((n_crystals, 3, 3))
+    want[:, 0, 0], want[:, 0, 1], want[:, 1, 0], want[:, 1, 1], want[:, 2, 2] = c, -s, s, c, 1
+    if not (np.allclose(mods[:, :, :3], want, atol=_ROT_ATOL)
+            and np.allclose(mods[:, :, 3], 0, atol=_MM_ATOL)):
+        fail("modules are not one ring of equal rotations about the z axis")
+    els = np.stack([np.asarray(t.matrix, dtype=np.float64) for t in elements.transforms])
+    corners = np.stack([np.asarray(k.c, dtype=np.float64) for k in elements.object.shape.corners])
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    face = els[:, :, 3] + np.array([lo[0], (lo[1] + hi[1]) / 2, (lo[2] + hi[2]) / 2])
+    z = face[:, 2]
+    pitch = (z[-1] - z[0]) / (n_rings - 1) if n_rings > 1 else hi[2] - lo[2]
+    ideal_z = (np.arange(n_rings) - (n_rings - 1) / 2) * pitch
+    if not (np.allclose(els[:, :, :3], np.eye(3), atol=_ROT_ATOL)
+            and np.allclose(face[:, 0], face[0, 0], atol=_MM_ATOL)
+            and np.allclose(face[:, 1], 0, atol=_MM_ATOL)
+            and pitch > 0 and np.allclose(z, ideal_z, atol=_MM_ATOL)):
+        fail("detecting elements are not one axial column of equally spaced, centred rings")
+    radius = _mm(face[0, 0])
+    match = re.search(re.escape(_ACCEPTANCE_MARK) + r"\s*(\{.*\})",
+                      info.detection_efficiencies.method_description or "")
+    try:
+        acceptance = (json.loads(match.group(1)) if match else
+                      _acceptance_from_efficiencies(info, n_crystals, n_rings, radius))
+        return CylindricalScanner(
+            name=info.model_name, n_crystals=n_crystals, n_rings=n_rings, radius_mm=radius,
+            ring_pitch_mm=_mm(pitch), max_ring_difference=int(acceptance["max_ring_difference"]),
+            fov_radius_mm=float(acceptance["fov_radius_mm"]),
+            crystal_size_mm=tuple(_mm(v) for v in hi - lo))
+    except (ValueError, KeyError, TypeError) as err:
+        fail(str(err))
+
+
+def _geometry_value(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(_geometry_value(v) for v in value) + ")"
+    return str(value) if isinstance(value, (int, np.integer)) else repr(round(float(value), 4))
+
+
+def check_scanner(header: petsird.Header, expected: CylindricalScanner, source,
+                  expected_source: str) -> CylindricalScanner:
+    """The header's scanner, or InputError naming every geometry field that differs from
+    ``expected`` (the site's configured scanner, described by ``expected_source``)."""
+    listed = scanner_from_header(header, source)
+    diffs = listed.geometry_differences(expected)
+    if diffs:
+        what = "; ".join(f"{name} is {_geometry_value(mine)} in the list, "
+                         f"{_geometry_value(theirs)} in the config" for name, mine, theirs in diffs)
+        raise InputError(source, f"scanner geometry differs from {expected_source}: {what}")
+    return listed
+
+
+def _f32(x) -> float:
+    """A float32 header value as the shortest decimal that stores it (70.3, not 70.30000305)."""
+    return float(str(np.float32(x)))
+
+
+def acquisition_from_header(header: petsird.Header, source=None) -> dict:
+    """weight_kg, height_m, injected_mbq (MBq at injection), calibration_factor, subject_id."""
+    where = str(source) if source is not None else "PETSIRD header"
+    exam = header.exam
+    if exam is None or not exam.radiopharmaceuticals:
+        raise InputError(where, "header has no exam with a radiopharmaceutical "
+                                "(patient weight and injected activity are needed for SUV)")
+    out = {"subject_id": exam.patient.patient_id,
+           "weight_kg": _f32(exam.patient.patients_weight),
+           "height_m": _f32(exam.patient.patients_size),
+           "injected_mbq": _f32(exam.radiopharmaceuticals[0].radionuclide_total_dose),
+           "calibration_factor": _f32(header.scanner.detection_efficiencies.calibration_factor)}
+    for key in ("weight_kg", "injected_mbq", "calibration_factor"):
+        if not out[key] > 0:
+            raise InputError(where, f"header {key} is {out[key]}, must be > 0")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# varint codec (yardl binary: unsigned LEB128, little-endian 7-bit groups)
+# ---------------------------------------------------------------------------------------
+def encode_varints(values) -> np.ndarray:
+    """uint8 bytes of the unsigned varints of ``values`` (uint32), in order."""
+    v = np.ascontiguousarray(values, dtype=np.uint32).ravel()
+    if v.size == 0:
+        return np.zeros(0, dtype=np.uint8)
+    top = int(v.max())
+    width = 1 + sum(top >= (1 << s) for s in (7, 14, 21, 28))     # bytes of the largest
+    if width == 1:
+        return v.astype(np.uint8)
+    nbytes = np.ones(v.size, dtype=np.uint8)
+    for k in range(1, width):
+        nbytes += v >= (1 << (7 * k))
+    # byte k of every value in column k; keep[:, k] says whether the value has that byte
+    table = np.empty((v.size, width), dtype=np.uint8)
+    keep = np.empty((v.size, width), dtype=bool)
+    keep[:, 0] = True
+    rest = v
+    for k in range(width):
+        col = table[:, k]
+        np.bitwise_and(rest, 0x7F, out=col, casting="unsafe")
+        if k < width - 1:
+            more = nbytes > k + 1
+            col |= more.view(np.uint8) << 7                        # continuation bit
+            keep[:, k + 1] = more
+            rest = rest >> 7
+    return table[keep]
+
+
+def _decode_complete(buf: np.ndarray, ends: np.ndarray, out: np.ndarray) -> None:
+    """Decode the varints of ``buf`` ending at byte positions ``ends`` into ``out``."""
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    lengths = ends - starts + 1
+    width = int(lengths.max())
+    if width > _MAX_VARINT_BYTES or (width == _MAX_VARINT_BYTES
+                                     and (buf[ends[lengths == width]] > 0x0F).any()):
+        raise ValueError("corrupt event data (varint larger than uint32)")
+    np.bitwise_and(buf[starts], 0x7F, out=out, casting="unsafe")
+    for k in range(1, width):
+        # byte k of every value; values shorter than k+1 bytes read their last byte, masked
+        part = (buf[np.minimum(starts + k, ends)] & 0x7F).astype(np.uint32) << np.uint32(7 * k)
+        part *= lengths > k
+        out |= part
+
+
+def _read_varints(stream: _binary.CodedInputStream, count: int) -> np.ndarray:
+    """Read ``count`` uint32 varints from petsird's buffered input stream, vectorised."""
+    out = np.empty(count, dtype=np.uint32)
+    done = 0
+    while done < count:
+        avail = stream._last_read_count - stream._offset
+        if avail <= 0:
+            stream._fill_buffer(1)
+            continue
+        window = min(avail, (count - done) * _MAX_VARINT_BYTES)
+        buf = np.frombuffer(stream._buffer, dtype=np.uint8, count=window, offset=stream._offset)
+        ends = np.flatnonzero(buf < 0x80)[: count - done]
+        if ends.size:
+            _decode_complete(buf, ends, out[done:done + ends.size])
+            done += ends.size
+            stream._offset += int(ends[-1]) + 1
+        del buf                                   # release the export before refilling
+        if done < count and stream._last_read_count - stream._offset < _MAX_VARINT_BYTES:
+            partial = stream._last_read_count - stream._offset
+            stream._fill_buffer(partial + 1)      # EOFError when the file is cut here
+        elif ends.size == 0:
+            raise ValueError("corrupt event data (varint longer than 5 bytes)")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# raw time-block stream shared by the readers, the writer and downsample
+# ---------------------------------------------------------------------------------------
+_EVENT_TAG = 0
+_TIME_BLOCK_CASES = [
+    (petsird.TimeBlock.EventTimeBlock, _pb.EventTimeBlockSerializer()),
+    (petsird.TimeBlock.ExternalSignalTimeBlock, _pb.ExternalSignalTimeBlockSerializer()),
+    (petsird.TimeBlock.BedMovementTimeBlock, _pb.BedMovementTimeBlockSerializer()),
+    (petsird.TimeBlock.GantryMovementTimeBlock, _pb.GantryMovementTimeBlockSerializer()),
+    (petsird.TimeBlock.DeadTimeTimeBlock, _pb.DeadTimeTimeBlockSerializer()),
+    (petsird.TimeBlock.SinglesHistogramTimeBlock, _pb.SinglesHistogramTimeBlockSerializer()),
+]
+_TIME_BLOCK = _binary.UnionSerializer(petsird.TimeBlock, _TIME_BLOCK_CASES)
+_SINGLES = _binary.VectorSerializer(_binary.VectorSerializer(_pb.SingleEventSerializer()))
+_EVENT_FIELDS = dict(_pb.EventTimeBlockSerializer()._field_serializers)
+_TRIPLES = _EVENT_FIELDS["triple_events"]
+_QUADRUPLES = _EVENT_FIELDS["quadruple_events"]
+
+
+@dataclass
+class RawEventBlock:
+    """One EventTimeBlock with coincidence lists as (n, 3) uint32 [bin_1, bin_2, tof_idx].
+
+    ``prompts[i][j]`` / ``delayeds[i][j]`` keep the file's nesting (module-type pairs).
+    ``other_events`` says singles, triples or quadruples were present (not kept).
+    """
+
+    start_ms: int
+    stop_ms: int
+    prompts: list = field(default_factory=list)
+    delayeds: list = field(default_factory=list)
+    other_events: bool = False
+
+
+def _read_coincidence_matrix(stream, limit: int) -> list:
+    rows = []
+    for _ in range(stream.read_unsigned_varint()):
+        row = []
+        for _ in range(stream.read_unsigned_varint()):
+            n = stream.read_unsigned_varint()
+            if 3 * n > limit:
+                raise ValueError(f"corrupt event list length {n}")
+            row.append(_read_varints(stream, 3 * n).reshape(n, 3))
+        rows.append(row)
+    return rows
+
+
+def _read_event_block(stream, limit: int) -> RawEventBlock:
+    start = stream.read_unsigned_varint()
+    stop = stream.read_unsigned_varint()
+    singles = _SINGLES.read(stream)
+    prompts = _read_coincidence_matrix(stream, limit)
+    delayeds = _read_coincidence_matrix(stream, limit)
+    triples = _TRIPLES.read(stream)
+    quadruples = _QUADRUPLES.read(stream)
+
+    def nonempty(x):
+        return any(nonempty(y) for y in x) if isinstance(x, list) else True
+    return RawEventBlock(start, stop, prompts, delayeds,
+                         nonempty(singles) or nonempty(triples) or nonempty(quadruples))
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_dir():
+        raise InputError(path, "is a directory, expected a PETSIRD list-mode file")
+    check_input_file(path, "PETSIRD list-mode file")   # a FIFO or device: refused before it is opened
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file (0 bytes), expected a PETSIRD list-mode file")
+    with open(path, "rb") as f:
+        if f.read(len(_binary.MAGIC_BYTES)) != _binary.MAGIC_BYTES:
+            raise InputError(path, "not a PETSIRD binary file (no 'yardl' magic bytes)")
+
+
+def _corrupt(path: Path, err: BaseException) -> InputError:
+    # BufferError: petsird's stream cannot refill a varint cut by the end of the file
+    what = ("file ends early" if isinstance(err, (EOFError, BufferError))
+            else f"{type(err).__name__}: {err}")
+    return InputError(path, f"truncated or corrupt PETSIRD list-mode file ({what})")
+
+
+def _detection_bins_per_type(header: petsird.Header, path: Path) -> list[int]:
+    """Number of detection bins (elements x energy bins) of every module type of the header."""
+    info = header.scanner
+    try:
+        return [int(get_num_detection_bins(info, t))
+                for t in range(info.scanner_geometry.number_of_module_types())]
+    except (IndexError, AttributeError, TypeError):
+        raise InputError(path, "header does not give the detecting elements and energy bins of "
+                               "every module type") from None
+
+
+class _BinCheck:
+    """Counts coincidences whose detection bins lie beyond the header's scanner (corrupt data:
+    no detector has that id) and remembers the first one, for one error at the end."""
+
+    def __init__(self, n_bins: list[int]):
+        self.n_bins = n_bins
+        self.seen = {"prompt": 0, "delayed": 0}
+        self.bad = 0
+        self.first = None
+
+    def add(self, kind: str, matrix: list, block_index: int) -> None:
+        for i, row in enumerate(matrix):
+            for j, events in enumerate(row):
+                if len(events):
+                    self._add_list(kind, events, i, j, block_index)
+                self.seen[kind] += len(events)
+
+    def _add_list(self, kind, events, i, j, block_index) -> None:
+        # List [i][j] holds bins of module types i and j. Rows beyond the header's types are
+        # not checked but carried: petsird 0.12's example generator writes its last row twice.
+        if max(i, j) >= len(self.n_bins):
+            return
+        lim_i, lim_j = self.n_bins[i], self.n_bins[j]
+        if events[:, 0].max() < lim_i and events[:, 1].max() < lim_j:
+            return
+        bad = np.flatnonzero((events[:, 0] >= lim_i) | (events[:, 1] >= lim_j))
+        if self.first is None:
+            k = int(bad[0])
+            self.first = (f"{kind} event {self.seen[kind] + k} (time block {block_index}) "
+                          f"with detector ids {int(events[k, 0])}, {int(events[k, 1])}")
+        self.bad += len(bad)
+
+    def error(self, path: Path) -> InputError | None:
+        if not self.bad:
+            return None
+        total = self.seen["prompt"] + self.seen["delayed"]
+        scanner = (f"{self.n_bins[0]} detection bins" if len(self.n_bins) == 1 else
+                   f"detection bins per module type {', '.join(map(str, self.n_bins))}")
+        return InputError(path, f"{self.bad} of {total} events have detector ids out of range "
+                                f"(the header's scanner has {scanner}); first: {self.first}")
+
+
+class RawReader:
+    """Open a PETSIRD file: ``.header`` then ``time_blocks()`` yields RawEventBlock for
+    event blocks and petsird.TimeBlock objects for every other time-block type.
+
+    Detector ids (detection bins) beyond the header's scanner are corrupt data: when the
+    stream ends, ``time_blocks()`` raises one InputError with their count and the first one.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        _check_file(self.path)
+        self._size = self.path.stat().st_size
+        self._file = open(self.path, "rb")
+        try:
+            self._reader = petsird.BinaryPETSIRDReader(self._file)
+            self.header = self._reader.read_header()
+            stream = self._reader._stream
+            self._header_end = self._file.tell() - (stream._last_read_count - stream._offset)
+        except RuntimeError as err:
+            self._file.close()
+            if "schema" in str(err):
+                raise InputError(self.path, "PETSIRD schema differs from the installed petsird "
+                                 "(written by another PETSIRD version?)") from None
+            raise _corrupt(self.path, err) from None
+        except Exception as err:  # any decoding failure of a cut or garbled header
+            self._file.close()
+            raise _corrupt(self.path, err) from None
+        try:
+            self._n_bins = _detection_bins_per_type(self.header, self.path)
+        except InputError:
+            self._file.close()
+            raise
+
+    def header_bytes(self) -> bytes:
+        """The file's bytes up to the time blocks (magic, schema, header), for copying."""
+        with open(self.path, "rb") as f:
+            return f.read(self._header_end)
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def time_blocks(self) -> Iterator:
+        stream = self._reader._stream
+        check = _BinCheck(self._n_bins)
+        index = 0
+        try:
+            while (count := stream.read_unsigned_varint()) > 0:
+                for _ in range(count):
+                    tag = stream.read_byte()
+                    if tag == _EVENT_TAG:
+                        block = _read_event_block(stream, self._size)
+                        check.add("prompt", block.prompts, index)
+                        check.add("delayed", block.delayeds, index)
+                        yield block
+                    elif tag < len(_TIME_BLOCK_CASES):
+                        case_type, serializer = _TIME_BLOCK_CASES[tag]
+                        yield case_type(serializer.read(stream))
+                    else:
+                        raise ValueError(f"unknown time-block type {tag}")
+                    index += 1
+        except InputError:
+            raise
+        except Exception as err:
+            raise _corrupt(self.path, err) from None
+        # after the whole stream, so that the error counts every bad event
+        if (error := check.error(self.path)) is not None:
+            raise error
+
+
+class RawWriter:
+    """Write a PETSIRD file: header, then time blocks from numpy lists (see RawEventBlock).
+
+    The bytes are those petsird's BinaryPETSIRDWriter writes for the same content, one
+    time block per stream chunk (tested). ``header_bytes`` (RawReader.header_bytes())
+    copies a header verbatim instead of serialising ``header``.
+    """
+
+    def __init__(self, path, header: petsird.Header | None = None, *,
+                 header_bytes: bytes | None = None):
+        self._file = open(path, "wb")
+        self._stream = _binary.CodedOutputStream(self._file, buffer_size=1 << 20)
+        if header_bytes is not None:
+            self._stream.write_bytes(header_bytes)
+        else:
+            self._stream.write_bytes(_binary.MAGIC_BYTES)
+            _binary.write_fixed_int32(self._stream, _binary.CURRENT_BINARY_FORMAT_VERSION)
+            _binary.string_serializer.write(self._stream, petsird.BinaryPETSIRDWriter.schema)
+            _pb.HeaderSerializer().write(self._stream, header)
+
+    def write_event_block(self, start_ms: int, stop_ms: int, prompts: list,
+                          delayeds: list = ()) -> None:
+        if not 0 <= start_ms <= stop_ms < 2 ** 32:
+            raise ValueError(f"bad time interval [{start_ms}, {stop_ms}] ms")
+        # chunk of 1 item, union tag, interval, no singles; all of these are varints
+        head = [1, _EVENT_TAG, start_ms, stop_ms, 0]
+        for matrix in (prompts, delayeds):
+            head.append(len(matrix))
+            for row in matrix:
+                head.append(len(row))
+                for events in row:
+                    head.append(len(events))
+                    if len(events):
+                        self._write_values(head)
+                        head = []
+                        self._write_values(events)
+        head += [0, 0]                                              # no triples, quadruples
+        self._write_values(head)
+
+    def _write_values(self, values) -> None:
+        self._stream.write_bytes(memoryview(encode_varints(values)))
+
+    def write_time_block(self, block: petsird.TimeBlock) -> None:
+        self._stream.write_unsigned_varint(1)
+        _TIME_BLOCK.write(self._stream, block)
+
+    def close(self) -> None:
+        try:
+            self._stream.write_unsigned_varint(0)                   # end of the stream
+            self._stream.flush()
+        finally:
+            self._file.close()
+
+
+# ---------------------------------------------------------------------------------------
+# public API
+# ---------------------------------------------------------------------------------------
+def read_header(path) -> petsird.Header:
+    with RawReader(path) as reader:
+        return reader.header
+
+
+def _single_type_layout(header: petsird.Header, path) -> int:
+    """Number of energy bins folded into EventBlock bins; InputError if several module types."""
+    n_types = header.scanner.scanner_geometry.number_of_module_types()
+    if n_types != 1:
+        raise InputError(path, f"{n_types} detector module types; the event reader handles "
+                               "one (use downsample, which carries any layout)")
+    edges = header.scanner.event_energy_bin_edges
+    return max(1, int(edges[0].number_of_bins())) if edges else 1
+
+
+def iter_event_blocks(path) -> Iterator[EventBlock]:
+    """Stream the prompts of every event time block, in file order.
+
+    Delayeds, singles and non-event time blocks are skipped. TOF bins are summed over
+    (tof_idx dropped) and several energy bins are merged (bin // n_energy_bins), which
+    leaves valid non-TOF data. Memory holds one time block at a time.
+    """
+    with RawReader(path) as reader:
+        n_energy = _single_type_layout(reader.header, reader.path)
+        for block in reader.time_blocks():
+            if not isinstance(block, RawEventBlock):
+                continue
+            lists = [ev for row in block.prompts for ev in row]
+            events = lists[0] if len(lists) == 1 else (
+                np.concatenate(lists) if lists else np.zeros((0, 3), np.uint32))
+            bins = np.ascontiguousarray(events[:, :2])
+            if n_energy > 1:
+                bins //= np.uint32(n_energy)
+            yield EventBlock(int(block.start_ms), int(block.stop_ms), bins)
+
+
+def count_events(path) -> tuple[int, int]:
+    """(number of prompts, duration in ms from the first event block start to the last stop)."""
+    n = 0
+    first = last = None
+    with RawReader(path) as reader:
+        for block in reader.time_blocks():
+            if isinstance(block, RawEventBlock):
+                n += sum(len(ev) for row in block.prompts for ev in row)
+                first = block.start_ms if first is None else first
+                last = block.stop_ms
+    return n, (0 if first is None else int(last - first))
+
+
+def _checked_bins(bins, n_bins: int) -> np.ndarray:
+    bins = np.asarray(bins)
+    if bins.ndim != 2 or bins.shape[1] != 2 or (bins.size and bins.dtype.kind not in "iu"):
+        raise ValueError(f"EventBlock.bins must be an (n, 2) integer array, got {bins.shape} "
+                         f"{bins.dtype}")
+    if bins.size and (bins.min() < 0 or bins.max() >= n_bins):
+        raise ValueError(f"detection bins outside [0, {n_bins})")
+    if (bins[:, 0] < bins[:, 1]).any():
+        raise ValueError("PETSIRD order requires bins[:, 0] >= bins[:, 1]")
+    out = np.zeros((len(bins), 3), dtype=np.uint32)   # tof_idx 0
+    out[:, :2] = bins
+    return out
+
+
+def write_listmode(path, header: petsird.Header, blocks: Iterable[EventBlock]) -> int:
+    """Write ``header`` and the prompts of ``blocks`` (streamed, atomic); returns the count."""
+    n_types = header.scanner.scanner_geometry.number_of_module_types()
+    if n_types != 1:
+        raise ValueError(f"write_listmode writes one module type, header has {n_types}")
+    n_bins = get_num_detection_bins(header.scanner, 0)
+    n = 0
+    with atomic_path(path) as tmp:
+        writer = RawWriter(tmp, header)
+        with contextlib.closing(writer):
+            for block in blocks:
+                events = _checked_bins(block.bins, n_bins)
+                writer.write_event_block(int(block.start_ms), int(block.stop_ms), [[events]])
+                n += len(events)
+    return n

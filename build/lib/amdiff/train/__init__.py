@@ -1,0 +1,1 @@
+"""Training: one trainer for every model, checkpoints with resume, per-epoch CSV logs."""
