@@ -46,6 +46,9 @@ rule train_amdiff:
         log=report(f"{RESULTS}/models/{{model}}/{{train_site}}/log.csv", category="Training",
                    caption="../reports/captions/training_log.rst",
                    labels={"model": "{model}", "site": "{train_site}"}),
+        progress=report(f"{RESULTS}/models/{{model}}/{{train_site}}/progress.png", category="Training progress",
+                        caption="../reports/captions/training_progress.rst",
+                        labels={"model": "{model}", "site": "{train_site}"}),
     params:
         training=amdiff_params,
         outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
@@ -85,6 +88,9 @@ rule train_baseline:
         log=report(f"{RESULTS}/models/{{model}}/{{train_site}}/log.csv", category="Training",
                    caption="../reports/captions/training_log.rst",
                    labels={"model": "{model}", "site": "{train_site}"}),
+        progress=report(f"{RESULTS}/models/{{model}}/{{train_site}}/progress.png", category="Training progress",
+                        caption="../reports/captions/training_progress.rst",
+                        labels={"model": "{model}", "site": "{train_site}"}),
     params:
         training=json.dumps({k: config.get(k) for k in ("training", "baselines", "inference")}),
         outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",

@@ -186,7 +186,7 @@ CAPTIONS = Path(__file__).resolve().parent.parent / "reports" / "captions"
 MODEL_CAPTIONS = ("table2_denoising", "table3_segmentation", "table4_ablation",
                   "table5_quantification", "headline", "paper_vs_reproduction", "claims", "metrics",
                   "fig4_denoising", "fig5_lesions", "fig6_organs", "fig7_regression",
-                  "training_curves", "training_log", "training_budget")
+                  "training_curves", "training_log", "training_progress", "training_budget")
 
 
 def _render(path: Path, config: dict) -> str:

@@ -29,7 +29,7 @@ from amdiff.train.trainer import Trainer
 from tests.test_train import manifest  # noqa: F401  (module fixture: a 3-subject cohort)
 
 REPO = Path(__file__).resolve().parent.parent
-DECLARED = ("best.pt", "log.csv")                     # outputs of rule train_amdiff
+DECLARED = ("best.pt", "log.csv", "progress.png")                     # outputs of rule train_amdiff
 RESUME_STATE = ("last.pt", "resume_best.pt")          # undeclared: survive a Snakemake re-run
 EPOCHS = tt.CONFIG["training"]["epochs"]
 # more patches per epoch than test_train (4) so that an epoch lasts seconds and a kill lands in one

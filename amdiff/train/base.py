@@ -47,6 +47,7 @@ from amdiff.io.atomic import atomic_path, write_text
 from amdiff.io.files import make_output_dir
 from amdiff.train.checkpoint import (canonical_sha256, file_sha256, load_checkpoint, load_weights,
                                      save_checkpoint)
+from amdiff.train.progress import write_progress
 
 
 def device_of(name: str, source: str = "training.device") -> torch.device:
@@ -72,6 +73,7 @@ def device_of(name: str, source: str = "training.device") -> torch.device:
 
 
 BEST_KEPT = "resume_best.pt"   # undeclared copy of best.pt that survives a Snakemake re-run
+PROGRESS = "progress.png"      # the curves so far, redrawn every epoch (amdiff.train.progress)
 
 # training keys that do not change the weights, so changing them resumes rather than retrains:
 # which sites a model predicts (its own site is in the fingerprint), where the job runs and on
@@ -250,7 +252,7 @@ class EpochTrainer(ABC):
         """Say in one line why the kept training state goes, then delete it and the outputs made
         from it. last.pt goes last: a kill mid-way leaves a last.pt that is discarded again."""
         print(f"{reason}: training from scratch", file=sys.stderr)
-        for name in ("best.pt", "log.csv", BEST_KEPT, "last.pt"):
+        for name in ("best.pt", "log.csv", PROGRESS, BEST_KEPT, "last.pt"):
             (self.out_dir / name).unlink(missing_ok=True)
 
     def restore_outputs(self) -> None:
@@ -265,7 +267,7 @@ class EpochTrainer(ABC):
     def remove_temporaries(self) -> None:
         """Drop what ``atomic_path`` left of this folder's files when a SIGKILL (or a lost node)
         hit a write; SIGTERM and SIGINT remove them at once (``remove_temporaries_on_signals``)."""
-        for name in ("last.pt", "best.pt", BEST_KEPT, "log.csv"):
+        for name in ("last.pt", "best.pt", BEST_KEPT, "log.csv", PROGRESS):
             for tmp in self.out_dir.glob(f".{name}.*.tmp*"):
                 tmp.unlink(missing_ok=True)
 
@@ -276,6 +278,7 @@ class EpochTrainer(ABC):
         writer.writeheader()
         writer.writerows(self.history)
         write_text(self.out_dir / "log.csv", buf.getvalue())
+        write_progress(self.history, self.out_dir / PROGRESS, f"{self.name} trained on {self.site}")
 
     # ---- the loop --------------------------------------------------------------------------
     def fit(self, max_epochs_this_run: int | None = None, progress: bool = True) -> Path:
