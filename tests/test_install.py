@@ -1,6 +1,7 @@
 """The package works when installed as a wheel, not only from this checkout (editable)."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,9 +13,15 @@ def test_a_non_editable_install_validates_configs_from_another_folder(repo, tmp_
     """`pip install .` (a built wheel, here into a target folder) carries the config schema as
     package data: `amdiff check-config` run from another folder finds it, and the package it
     imports is the installed copy, not this checkout."""
+    # build from a copy: setuptools writes build/ into the source folder it builds
+    source = tmp_path / "source"
+    shutil.copytree(repo / "amdiff", source / "amdiff", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (repo / name).exists():
+            shutil.copy(repo / name, source / name)
     target = tmp_path / "site"
     build = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                            "--target", str(target), str(repo)], capture_output=True, text=True, timeout=900)
+                            "--target", str(target), str(source)], capture_output=True, text=True, timeout=900)
     assert build.returncode == 0, build.stderr[-3000:]
     assert (target / "amdiff" / "schemas" / "config.schema.yaml").is_file()
     elsewhere = tmp_path / "elsewhere"

@@ -1,1 +1,0 @@
-"""Whole-volume inference: sliding-window diffusion sampling, revision and segmentation."""

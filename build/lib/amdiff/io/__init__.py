@@ -1,1 +1,0 @@
-"""File input/output with geometry checks and atomic writes."""

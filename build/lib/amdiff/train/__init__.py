@@ -1,1 +1,0 @@
-"""Training: one trainer for every model, checkpoints with resume, per-epoch CSV logs."""
