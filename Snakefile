@@ -4,7 +4,12 @@
 #   snakemake --workflow-profile profiles/slurm ...     # run on a SLURM cluster
 # Stages live in rules/*.smk; every rule calls the `amdiff` command line.
 
+import sys
+
 from snakemake.utils import min_version
+
+from amdiff.config import read_config
+from amdiff.errors import InputError
 
 min_version("9.0")
 
@@ -12,6 +17,11 @@ min_version("9.0")
 # The demo config is the default; a --configfile given on the command line replaces it
 # entirely (Snakemake would otherwise merge the two, keeping sites the user removed).
 if not workflow.overwrite_configfiles:
+    try:
+        # Read before Snakemake does: its loader names no line for a YAML syntax error.
+        read_config(f"{workflow.basedir}/config/config.yaml")
+    except InputError as _err:
+        sys.exit(f"config error: {_err}")
 
     configfile: f"{workflow.basedir}/config/config.yaml"
 

@@ -13,11 +13,57 @@ import sys
 from amdiff.errors import InputError
 
 
+def _percent(text: str) -> float:
+    """A percent of the full list in (0, 100] (the rule of a count level's name)."""
+    from amdiff.listmode.levels import percent_decimal
+
+    try:
+        value = float(text)
+        percent_decimal(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a percent in (0, 100], got {text!r}") from None
+    return value
+
+
 def _levels(text: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        levels = [_percent(v) for v in text.split(",") if v.strip()]
+    except argparse.ArgumentTypeError:
+        levels = []
+    if not levels:
+        raise argparse.ArgumentTypeError("count levels must be comma-separated percents in "
+                                         f"(0, 100], got {text!r}")
+    return levels
+
+
+def _natural(text: str) -> int:
+    """A non-negative integer (a seed)."""
+    try:
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"count levels must be comma-separated percents, got {text!r}")
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """A positive integer (a number of realizations)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _one_line_errors(p: argparse.ArgumentParser) -> None:
+    """Usage errors of ``p`` end with the CLI's one line (``amdiff: error: argument --x: ...``)
+    and exit status 2, without argparse's usage block."""
+    def error(message: str):
+        p.exit(2, f"amdiff: error: {' '.join(message.split())}\n")
+    p.error = error
 
 
 def _pairs(items: list[str]) -> dict[str, str]:
@@ -43,7 +89,7 @@ def _fwhm_grid(text: str) -> list[float]:
 def _run_args(p: argparse.ArgumentParser) -> None:
     """--budget and --run-kind: a demo run's outputs say they come from an untrained smoke test."""
     p.add_argument("--budget", default=None, help="training budget TSV (amdiff training-budget)")
-    # the config's run_kind values (config/schema.yaml; not imported: keeps --help fast)
+    # the config's run_kind values (amdiff/schemas/config.schema.yaml; not imported: keeps --help fast)
     p.add_argument("--run-kind", choices=("demo", "study", "paper"), default="study",
                    help="demo: mark every output as an untrained smoke test (needs --budget)")
 
@@ -52,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amdiff", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True)
 
-    p = sub.add_parser("check-config", help="validate a config file against config/schema.yaml")
+    p = sub.add_parser("check-config", help="validate a config file against the config schema")
     p.add_argument("config")
 
     p = sub.add_parser("phantom", help="generate one synthetic PET/CT subject with its truth labels")
@@ -78,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("downsample", help="non-overlapping list-mode down-sampling (any PETSIRD file)")
     p.add_argument("--input", required=True)
     p.add_argument("--levels", type=_levels, required=True, help="percents, e.g. 5,10,20")
-    p.add_argument("--realizations", type=int, default=1)
-    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--realizations", type=_positive, default=1)
+    p.add_argument("--seed", type=_natural, required=True)
     p.add_argument("--outdir", required=True)
     p.add_argument("--counts", help="write the events per output as JSON here")
 
@@ -88,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", required=True)
     p.add_argument("--listmode", required=True)
     p.add_argument("--mumap", required=True)
-    p.add_argument("--count-percent", type=float, default=100.0,
+    p.add_argument("--count-percent", type=_percent, default=100.0,
                    help="percent of the full list this file holds (a down-sampled list scales the model)")
     p.add_argument("--out", required=True)
     p.add_argument("--device", default=None)
@@ -279,20 +325,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--site", default="autopet")
     p.add_argument("--seed", type=int, default=0)
+    # every verb's usage errors too: one line, exit status 2 (the bad-input convention)
+    for command in (parser, *sub.choices.values()):
+        _one_line_errors(command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb; 0 on success, 2 on bad input or a failed read or write, 130 on Ctrl-C (SIGINT).
+
+    SIGTERM, SIGINT and SIGHUP delete the temporaries of the outputs being written
+    (``amdiff.io.atomic.remove_temporaries_on_signals``); SIGTERM and SIGHUP then end the
+    process with status 128 + the signal number.
+    """
     args = build_parser().parse_args(argv)
     from amdiff import stages
+    from amdiff.io.atomic import remove_temporaries_on_signals
 
-    try:
-        getattr(stages, args.verb.replace("-", "_"))(args)
-    except InputError as exc:
-        # one line, even if a wrapped library message (or a file name) holds a line break
-        message = " ".join(part.strip() for part in str(exc).splitlines())
-        print(f"amdiff: error: {message}", file=sys.stderr)
-        return 2
+    with remove_temporaries_on_signals("amdiff"):
+        try:
+            getattr(stages, args.verb.replace("-", "_"))(args)
+        except InputError as exc:
+            # one line, even if a wrapped library message (or a file name) holds a line break
+            message = " ".join(part.strip() for part in str(exc).splitlines())
+            print(f"amdiff: error: {message}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            # a fault the readers and writers did not turn into InputError (they name the file
+            # and the reason; so does this line): still one line, not a traceback
+            where = exc.filename if exc.filename is not None else f"amdiff {args.verb}"
+            reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+            print(f"amdiff: error: {where}: {reason}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            # an interruption, not a fault: one line instead of a traceback
+            print("amdiff: stopped by SIGINT", file=sys.stderr)
+            return 130
     return 0
 
 

@@ -6,18 +6,24 @@ Validation gives one line naming the offending key, e.g.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import jsonschema
 import yaml
 
 from amdiff.errors import InputError
+from amdiff.io.files import check_input_file
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema.yaml"
+# Package data (pyproject.toml), so an installed package validates configs from any folder.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 SPLITS = ("train", "val", "test")
+# One float32 image of this many voxels is 8 GB; the workflow holds several per job.
+MAX_VOXELS = 2_000_000_000
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
@@ -37,7 +43,7 @@ def _one_line(error: jsonschema.ValidationError) -> str:
 
 
 def validate_config(config: dict, source: str = "config") -> dict:
-    """Validate against config/schema.yaml plus the cross-key rules; return the config."""
+    """Validate against amdiff/schemas/config.schema.yaml plus the cross-key rules; return the config."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
@@ -46,7 +52,9 @@ def validate_config(config: dict, source: str = "config") -> dict:
     for site, cfg in config["sites"].items():
         _check_site(site, cfg, source)
     _check_train_sites(config, source)
+    # windows first: a window other than the training patch is the more basic mistake
     _check_windows(config, source)
+    _check_patch_divisors(config, source)
     if config["cohort"]["source"] == "manifest" and not config["cohort"].get("manifest"):
         raise InputError(source, "cohort.manifest: required when cohort.source is 'manifest'")
     _check_seed_replicates(config, source)
@@ -68,6 +76,11 @@ def _check_site(site: str, cfg: dict, source: str) -> None:
         raise InputError(source, f"sites.{site}.scanner: fov_radius_mm must be below radius_mm")
     if sc["max_ring_difference"] >= sc["n_rings"]:
         raise InputError(source, f"sites.{site}.scanner: max_ring_difference must be below n_rings")
+    voxels = math.prod(im["shape"])
+    if voxels > MAX_VOXELS:
+        raise InputError(source, f"sites.{site}.image.shape: {list(im['shape'])} is {voxels:.3g} voxels, "
+                                 f"above the limit of {MAX_VOXELS:.0e} ({MAX_VOXELS * 4 / 1e9:.0f} GB "
+                                 "per float32 image)")
     axial = im["shape"][2] * im["voxel_size_mm"][2]
     if axial > sc["n_rings"] * sc["ring_pitch_mm"] + 1e-6:
         raise InputError(source, f"sites.{site}: image axial length {axial:.0f} mm exceeds the scanner's "
@@ -105,18 +118,179 @@ def _check_windows(config: dict, source: str) -> None:
                                  "normalisation layers see different statistics on other window sizes)")
 
 
+# Sides of a training patch (= inference window) must be multiples of what each network halves
+# them by. The numbers are the model modules' own (tests/test_config_yaml.py compares them); they
+# are repeated here so that validating a config never imports torch.
+_BASELINE_DIVISORS = {
+    "med_ddpm": 8,             # AMDiff's DenoiserUNet at both sizes: 4 levels, 3 halvings
+    "spach_transformer": 8,    # spach_transformer.SIDE_MULTIPLE: three halvings
+    "swin_unetr": 32,          # swin_unetr.DIVISOR: patch embedding (2) and four patch merges
+    "nnmamba": 16,             # nnmamba.DIVISOR: stem stride 2 and three stride-2 stages
+}
+_LEQMOD_GAN_LEVELS = 4         # leqmod_gan DEMO/PAPER enc_channels: 2^4 = 16
+_MEDSAM3D_PATCH = {"demo": 8, "paper": 16}   # medsam3d DEMO/PAPER ViT patch_size
+_SEGMENTER_DIVISOR = 8         # amdiff.models.segmenter: 2**N_LEVELS
+
+
+def patch_divisors(config: dict) -> dict[str, int]:
+    """{model: the number every patch side must be a multiple of} for the models the config trains
+    (models.variants and baselines.names; overrides of leqmod_gan.enc_channels and
+    medsam3d.patch_size included)."""
+    divisors = {}
+    models = config.get("models") or {}
+    for variant in models.get("variants") or []:
+        levels = len((models.get("denoiser") or {}).get("channels") or [0] * 4)
+        divisors[variant] = math.lcm(2 ** (levels - 1), _SEGMENTER_DIVISOR)
+    baselines = config.get("baselines") or {}
+    overrides = baselines.get("overrides") or {}
+    for name in baselines.get("names") or []:
+        own = overrides.get(name) if isinstance(overrides.get(name), dict) else {}
+        if name == "leqmod_gan":
+            enc = own.get("enc_channels")
+            divisors[name] = 2 ** (len(enc) if isinstance(enc, (list, tuple)) and enc else _LEQMOD_GAN_LEVELS)
+        elif name == "medsam3d":
+            patch = own.get("patch_size", _MEDSAM3D_PATCH.get(baselines.get("size"), 16))
+            if isinstance(patch, int) and not isinstance(patch, bool) and patch > 0:
+                divisors[name] = patch
+        elif name in _BASELINE_DIVISORS:
+            divisors[name] = _BASELINE_DIVISORS[name]
+    return divisors
+
+
+def _check_patch_divisors(config: dict, source: str) -> None:
+    """training.patch_size and inference.patch_size: every side a multiple of each configured
+    model's divisor (patch_divisors); the message names the models a side fails."""
+    divisors = patch_divisors(config)
+    for key in ("training", "inference"):
+        sides = (config.get(key) or {}).get("patch_size")
+        if sides is None:
+            continue
+        failing = {m: d for m, d in divisors.items() if any(s % d for s in sides)}
+        if failing:
+            by_divisor: dict[int, list[str]] = {}
+            for model, d in failing.items():
+                by_divisor.setdefault(d, []).append(model)
+            needs = "; ".join(f"{', '.join(names)}: {d}" for d, names in sorted(by_divisor.items()))
+            raise InputError(source, f"{key}.patch_size: sides {list(sides)} must be multiples of "
+                                     f"{math.lcm(*divisors.values())} for the configured models ({needs})")
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _duplicate_keys(loader: yaml.SafeLoader, node: yaml.Node, where: tuple = (),
+                    seen: set | None = None) -> Iterator[tuple[str, int, int]]:
+    """(dotted key, line, line of its first occurrence) of every key repeated within one mapping
+    of the composed document ``node``; lines count from 1."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:   # an alias repeats a node already walked (or one that contains itself)
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                # "<<: *anchor" merges keys that the mapping may override: no duplicate
+                yield from _duplicate_keys(loader, value_node, where, seen)
+                continue
+            name = "?"
+            if isinstance(key_node, yaml.ScalarNode):   # other keys: the constructor refuses them
+                key = loader.construct_object(key_node)
+                name = str(key)
+                if key in first:
+                    yield ".".join((*where, name)), key_node.start_mark.line + 1, first[key]
+                first.setdefault(key, key_node.start_mark.line + 1)
+            yield from _duplicate_keys(loader, value_node, (*where, name), seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _duplicate_keys(loader, item, (*where, str(index)), seen)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: the line and column where the parser stopped, and why."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is None:
+        return f"not valid YAML ({problem})"
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if context and context_mark is not None:
+        problem += f" ({context} at line {context_mark.line + 1})"
+    elif context:
+        problem += f" ({context})"
+    return f"line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {problem}"
+
+
 def read_config(path: str | os.PathLike) -> dict:
-    """A YAML config file as a dict, not validated (e.g. a snapshot's config to compare)."""
+    """A YAML config file as a dict, not validated (e.g. a snapshot's config to compare).
+
+    Refuses, naming the line: YAML syntax errors, and a key given twice in one mapping (YAML
+    loaders otherwise keep the last value silently).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "config file does not exist")
+    check_input_file(path, "config file")
     try:
-        config = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot read the config file ({exc.strerror})") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            for key, line, first in _duplicate_keys(loader, node):
+                raise InputError(path, f"line {line}: duplicate key {key!r} (first given at line {first}; "
+                                       "YAML would keep the last value silently)")
+        config = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
-        raise InputError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise InputError(path, _yaml_problem(exc)) from None
+    finally:
+        loader.dispose()
     if not isinstance(config, dict):
         raise InputError(path, "config must be a YAML mapping")
     return config
+
+
+def offending_key(problem: str) -> str:
+    """The dotted config key a validation message of ``validate_config`` is about ("" for the top
+    level): its messages start with the key, an unknown key is named after it."""
+    where, _, rest = problem.partition(": ")
+    where = "" if where == "<top level>" else where
+    unknown = re.match(r"unknown key '([^']+)'", rest)
+    if unknown:
+        return f"{where}.{unknown.group(1)}" if where else unknown.group(1)
+    return where
+
+
+def check_workflow_config(config: dict, configfiles, overrides=None) -> dict:
+    """Validate the config Snakemake merged from ``configfiles`` and ``--config`` ``overrides``.
+
+    Each config file is read first (``read_config``: syntax errors and duplicate keys with their
+    line). A validation error is blamed on where its key came from: ``--config KEY`` when the
+    command line set that key (or a key above or below it), else the config files, so that a
+    typo on the command line is not reported as a fault of config/config.yaml.
+    """
+    for path in configfiles:
+        read_config(path)
+    files = " ".join(map(str, configfiles)) or "config"
+    try:
+        return validate_config(config, files)
+    except InputError as err:
+        key = offending_key(err.problem)
+        given = sorted(_dotted_keys(overrides or {}))
+        blamed = [g for g in given if key and (g == key or key.startswith(g + ".") or g.startswith(key + "."))]
+        if not blamed:
+            raise
+        raise InputError(f"--config {max(blamed, key=len)}", err.problem) from None
+
+
+def _dotted_keys(tree, prefix: str = ""):
+    for key, value in dict(tree).items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        yield name
+        if isinstance(value, Mapping):
+            yield from _dotted_keys(value, name)
 
 
 def load_config(path: str | os.PathLike) -> dict:

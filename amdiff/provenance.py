@@ -34,6 +34,7 @@ from typing import Mapping
 
 from amdiff.config import run_kind
 from amdiff.errors import InputError
+from amdiff.io.files import check_input_file
 from amdiff.io.atomic import write_text
 from amdiff.train.checkpoint import canonical_sha256
 
@@ -155,8 +156,7 @@ def write_provenance(record: Mapping, path) -> None:
 def read_provenance(path) -> dict:
     """A provenance.json as a dict; a missing or broken file is one clear error."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "provenance file does not exist")
+    check_input_file(path, "provenance file")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:

@@ -18,6 +18,12 @@ from functools import cached_property
 
 import numpy as np
 
+# Fields that fix which detector a detection bin is and which LORs exist (all but the name).
+GEOMETRY_FIELDS = ("n_crystals", "n_rings", "radius_mm", "ring_pitch_mm", "crystal_size_mm",
+                   "max_ring_difference", "fov_radius_mm")
+# PETSIRD stores lengths as float32 (about 3e-5 mm at 1 m), so equal lengths may differ by that.
+GEOMETRY_ATOL_MM = 1e-3
+
 
 @dataclass(frozen=True)
 class CylindricalScanner:
@@ -44,6 +50,25 @@ class CylindricalScanner:
         if "crystal_size_mm" in cfg:
             kwargs["crystal_size_mm"] = tuple(cfg["crystal_size_mm"])
         return cls(**kwargs)
+
+    def geometry_differences(self, other: "CylindricalScanner") -> list[tuple[str, object, object]]:
+        """(field, own value, other's value) of every GEOMETRY_FIELDS entry that differs.
+
+        Counts must be equal; lengths (mm) may differ by GEOMETRY_ATOL_MM.
+        """
+        out = []
+        for name in GEOMETRY_FIELDS:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if name.endswith("_mm"):
+                a = np.atleast_1d(np.asarray(mine, dtype=np.float64))
+                b = np.atleast_1d(np.asarray(theirs, dtype=np.float64))
+                same = a.shape == b.shape and bool(np.allclose(a, b, rtol=0.0,
+                                                               atol=GEOMETRY_ATOL_MM))
+            else:
+                same = int(mine) == int(theirs)
+            if not same:
+                out.append((name, mine, theirs))
+        return out
 
     def to_dict(self) -> dict:
         d = asdict(self)

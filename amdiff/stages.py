@@ -1,8 +1,8 @@
 """Stage functions behind the CLI verbs: they wire the packages to files.
 
-Each function takes the parsed CLI arguments, reads its inputs with the checking
-readers, and writes its outputs atomically. Science lives in the packages; this
-module only decides file names and passes config values.
+Each function takes the parsed CLI arguments, first refuses an output that is one of
+its inputs, reads its inputs with the checking readers, and writes its outputs atomically.
+Science lives in the packages; this module only decides file names and passes config values.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import numpy as np
 
 from amdiff.config import derived_seed, load_config, phantom_subjects, replicate_base, site_acquisition
 from amdiff.errors import InputError
-from amdiff.io.atomic import atomic_path, write_text
-from amdiff.io.nifti import check_same_grid, read_volume, write_volume
+from amdiff.io.atomic import atomic_path, refuse_overwriting_inputs, write_text
+from amdiff.io.files import check_input_file
+from amdiff.io.nifti import check_same_grid, check_units, read_volume, write_volume
 
 
 def _write_json(path, obj) -> None:
@@ -33,8 +34,7 @@ def _json_default(value):
 
 def _read_json(path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file does not exist")
+    check_input_file(path)
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -52,15 +52,20 @@ def check_config(args) -> None:
     print(f"{args.config}: valid ({len(config['sites'])} sites)")
 
 
+PHANTOM_FILES = ("truth_suv.nii.gz", "ct.nii.gz", "mumap.nii.gz", "organs_truth.nii.gz",
+                 "lesion.nii.gz", "phantom.json")
+
+
 def phantom(args) -> None:
     from amdiff.phantom import generate_subject
 
+    out = Path(args.outdir)
+    refuse_overwriting_inputs([args.config], [out / name for name in PHANTOM_FILES])
     config = load_config(args.config)
     site = _site(config, args.site, args.config)
     seed = derived_seed(config["seed"], "phantom", args.site, args.subject)
     subj = generate_subject(site["image"]["shape"], site["image"]["voxel_size_mm"], seed,
                             config.get("phantom", {}))
-    out = Path(args.outdir)
     write_volume(out / "truth_suv.nii.gz", subj.suv, subj.affine)
     write_volume(out / "ct.nii.gz", subj.ct, subj.affine)
     write_volume(out / "mumap.nii.gz", subj.mu, subj.affine)
@@ -76,6 +81,7 @@ def phantom(args) -> None:
 def simulate(args) -> None:
     from amdiff.listmode.simulate import simulate_listmode
 
+    refuse_overwriting_inputs([args.config, args.suv, args.mumap], [args.out, args.summary])
     config = load_config(args.config)
     site = _site(config, args.site, args.config)
     suv = read_volume(args.suv, "suv")
@@ -125,6 +131,8 @@ def downsample(args) -> None:
     outdir = Path(args.outdir)
     outputs = {p: [outdir / f"{level_name(p)}_r{r}.petsird" for r in range(args.realizations)]
                for p in args.levels}
+    refuse_overwriting_inputs([args.input], [*(path for paths in outputs.values() for path in paths),
+                                             args.counts])
     written = {str(path): n for path, n in run(args.input, outputs, seed=args.seed).items()}
     if args.counts:
         events = {level_name(p): [written[str(path)] for path in paths] for p, paths in outputs.items()}
@@ -134,6 +142,7 @@ def downsample(args) -> None:
 def recon(args) -> None:
     from amdiff.recon.osem import reconstruct_listmode
 
+    refuse_overwriting_inputs([args.config, args.listmode, args.mumap], [args.out])
     config = load_config(args.config)
     site = _site(config, args.site, args.config)
     mu = read_volume(args.mumap, "mumap")
@@ -144,17 +153,22 @@ def recon(args) -> None:
     # header has no field for it), exactly as the simulation used it.
     reconstruct_listmode(args.listmode, mu.data, mu.affine, recon_cfg, args.out,
                          count_fraction=args.count_percent / 100.0, device=device,
-                         background_fraction=site["acquisition"]["background_fraction"])
+                         background_fraction=site["acquisition"]["background_fraction"],
+                         scanner=_scanner(site),
+                         scanner_source=f"sites.{args.site}.scanner of {args.config}")
 
 
 def mumap(args) -> None:
     from amdiff.phantom import hu_to_mu_511
 
+    refuse_overwriting_inputs([args.ct], [args.out])
     ct = read_volume(args.ct, "ct")
+    check_units(ct, "ct")   # HU + 1024 without its rescale would give air the mu of water
     write_volume(args.out, hu_to_mu_511(ct.data), ct.affine)
 
 
 def labels(args) -> None:
+    refuse_overwriting_inputs([args.ct, args.source], [args.out])
     ct = read_volume(args.ct, "ct")
     if args.method == "totalsegmentator":
         from amdiff.labels.totalseg import label_ct
@@ -162,7 +176,8 @@ def labels(args) -> None:
         label_ct(args.ct, args.out, fast=args.fast, device=args.device)
         return
     if not args.source:
-        raise InputError(args.out, f"labels --method {args.method} needs --source")
+        raise InputError("--source", f"labels --method {args.method} needs it (the "
+                                     f"{'truth' if args.method == 'phantom' else 'provided'} label map)")
     if args.method == "provided":
         from amdiff.labels.totalseg import load_provided_labels
 
@@ -177,7 +192,9 @@ def labels(args) -> None:
 def qc(args) -> None:
     from amdiff.qc.figures import qc_figure
 
-    qc_figure(args.hc, _pairs_or_fail(args.lc), args.lesion, args.organs, args.out, args.title)
+    lc = _pairs_or_fail(args.lc)
+    refuse_overwriting_inputs([args.hc, *lc.values(), args.lesion, args.organs], [args.out])
+    qc_figure(args.hc, lc, args.lesion, args.organs, args.out, args.title)
 
 
 def _pairs_or_fail(items) -> dict:
@@ -195,6 +212,7 @@ def _pairs_or_fail(items) -> dict:
 def subject_stats(args) -> None:
     from amdiff.qc.summary import lesion_stats_from_masks
 
+    refuse_overwriting_inputs([args.hc, args.lesion, args.acquisition, args.counts], [args.out])
     stats = {"site": args.site, "subject": args.subject, "split": args.split,
              "lesions": lesion_stats_from_masks(args.hc, args.lesion)}
     if args.acquisition:
@@ -208,6 +226,7 @@ def subject_stats(args) -> None:
 def summary(args) -> None:
     from amdiff.qc.summary import cohort_summary, write_cohort_summary
 
+    refuse_overwriting_inputs(args.stats, [args.out_tsv, args.out_md])
     rows = [_read_json(p) for p in args.stats]
     write_cohort_summary(cohort_summary(rows), args.out_tsv, args.out_md)
 
@@ -224,11 +243,14 @@ def manifest(args) -> None:
     from amdiff.io.manifest import format_lc_pet, lc_pet_images, validate_subject_images, write_manifest
     from amdiff.listmode.levels import level_name
 
+    refuse_overwriting_inputs([args.config], [args.out])
     config = load_config(args.config)
+    own = config["cohort"]["source"] == "manifest"
+    if own:   # the user's own manifest is an input too
+        refuse_overwriting_inputs([config["cohort"]["manifest"]], [args.out])
     root = Path(config["results_dir"]).resolve()
     out_dir = Path(args.out).resolve().parent
     rel = lambda p: os.path.relpath(p, out_dir)
-    own = config["cohort"]["source"] == "manifest"
     subjects = _manifest_subjects(config) if own else phantom_subjects(config)
     splits = set(args.splits.split(",")) if args.splits else None
     subjects = [s for s in subjects if (args.site is None or s["site"] == args.site)
@@ -270,14 +292,17 @@ def _manifest_subjects(config: dict) -> list[dict]:
 def import_autopet(args) -> None:
     from amdiff.io.autopet import autopet_to_manifest
 
+    refuse_overwriting_inputs([args.root], [args.out])
     autopet_to_manifest(args.root, args.out, site=args.site, seed=args.seed)
 
 
 def import_image(args) -> None:
     """Import a user image after checking it (the input is never modified)."""
+    refuse_overwriting_inputs([args.input, args.reference], [args.out])
     vol = read_volume(args.input, args.kind)
     if args.reference:
         check_same_grid(read_volume(args.reference, "image"), vol)
+    check_units(vol, args.kind)   # e.g. Bq/mL given as SUV, a CT that lost its rescale
     if args.kind == "labels" and vol.data.max() > 1:
         raise InputError(args.input, f"lesion mask must be binary, found values up to {vol.data.max()}")
     with atomic_path(args.out) as tmp:
@@ -293,11 +318,26 @@ def _threads(n) -> None:
 
 def train(args) -> None:
     from amdiff.models.amdiff import VARIANTS
+    from amdiff.train.base import BEST_KEPT
     from amdiff.train.baselines import BaselineTrainer
     from amdiff.train.trainer import Trainer
 
+    # the trainer writes (and on a changed config deletes) these files of --out-dir
+    refuse_overwriting_inputs([args.config, args.manifest, args.denoiser_checkpoint],
+                              [Path(args.out_dir) / name
+                               for name in ("last.pt", "best.pt", BEST_KEPT, "log.csv")])
     config = load_config(args.config)
     _require_sections(config, args.config, ("models", "training", "diffusion"))
+    from amdiff.models.baselines import NAMES as BASELINES
+    from amdiff.train.base import device_of
+
+    known = [*VARIANTS, *(b for b in BASELINES if b not in VARIANTS)]
+    if replicate_base(args.variant) not in known:
+        raise InputError("--variant", f"unknown model {args.variant!r} (known: {', '.join(known)}, "
+                                      "or <model>_seedN)")
+    # before the manifest's images are read: a missing GPU is known at once
+    device_of(args.device or config["training"].get("device", "cpu"),
+              "--device" if args.device else "training.device")
     _threads(args.threads or config["training"].get("threads"))
     if replicate_base(args.variant) in VARIANTS:   # AMDiff, its ablations, Med-DDPM, their seed replicates
         trainer = Trainer(config, args.variant, args.site, args.manifest, args.out_dir, device=args.device)
@@ -310,35 +350,38 @@ def train(args) -> None:
 def predict(args) -> None:
     """Write denoised.nii.gz (SUV), lesion.nii.gz, organs.nii.gz (and uncertainty.nii.gz)."""
     from amdiff.infer.predict import predict_volume
-    from amdiff.models.amdiff import build_model
+    from amdiff.train.base import device_of
     from amdiff.train.checkpoint import load_checkpoint, load_weights
 
+    out = Path(args.out_dir)
+    refuse_overwriting_inputs([args.config, args.checkpoint, args.lc, args.denoised],
+                              [out / f"{name}.nii.gz"
+                               for name in ("denoised", "lesion", "organs", "uncertainty")])
     config = load_config(args.config)
     _require_sections(config, args.config, ("inference",))
+    device = device_of(args.device or config["inference"].get("device", "cpu"),
+                       "--device" if args.device else "inference.device")
     _threads(args.threads)
     state = load_checkpoint(args.checkpoint)
     _check_window(state, config, args.checkpoint)
-    device = args.device or config["inference"].get("device", "cpu")
     lc = read_volume(args.lc, "suv")
-    out = Path(args.out_dir)
     # the network is rebuilt exactly as it was trained, from what the checkpoint records
+    model, variant = _model_of_checkpoint(state, args.checkpoint)
+    load_weights(model, state["model"], args.checkpoint,   # a mismatch: one line naming the file
+                 network=f"the {variant} network rebuilt from the settings it records")
     if state.get("kind") == "baseline":
         from amdiff.infer.predict import predict_baseline
-        from amdiff.models.baselines import SEGMENTERS, get
+        from amdiff.models.baselines import SEGMENTERS
 
-        model = get(state["variant"]).build(**state["baseline_kwargs"])
-        load_weights(model, state["model"], args.checkpoint)   # a mismatch: one line naming the file
         denoised = None
-        if state["variant"] in SEGMENTERS:
+        if variant in SEGMENTERS:
             if not args.denoised:
-                raise InputError(args.checkpoint, f"{state['variant']} needs --denoised (the Med-DDPM output)")
+                raise InputError(args.checkpoint, f"{variant} needs --denoised (the Med-DDPM output)")
             den = read_volume(args.denoised, "suv")
             check_same_grid(lc, den)
             denoised = den.data
         pred = predict_baseline(model.to(device), lc.data, config["inference"], denoised, device=device)
     else:
-        model = build_model(state["variant"], state["config"])
-        load_weights(model, state["model"], args.checkpoint)   # a mismatch: one line naming the file
         seed = derived_seed(config["seed"], "predict", args.subject, args.level)
         pred = predict_volume(model.to(device), lc.data, config["inference"], seed, device=device)
     if not (state.get("kind") == "baseline" and pred.lesion is not None):
@@ -348,6 +391,45 @@ def predict(args) -> None:
         write_volume(out / "organs.nii.gz", pred.organs, lc.affine, dtype=np.uint8)
     if pred.uncertainty is not None:
         write_volume(out / "uncertainty.nii.gz", pred.uncertainty, lc.affine)
+
+
+def _model_of_checkpoint(state: dict, path):
+    """(network, variant name) that a checkpoint's weights belong to, built from what it records:
+    its ``kind``, ``variant`` and the ``config`` (AMDiff variants, Med-DDPM) or ``baseline_kwargs``
+    (comparison models) it was trained with. A record that is missing or names no known model
+    raises one-line InputError naming the checkpoint."""
+    from amdiff.models.amdiff import VARIANTS, build_model
+    from amdiff.models.baselines import NAMES, get
+    from amdiff.train.checkpoint import few
+
+    kind, variant = state.get("kind", "amdiff"), state.get("variant")
+    if kind not in ("amdiff", "baseline"):
+        raise InputError(path, f"records the unknown kind {kind!r} (amdiff or baseline); not a checkpoint "
+                               "of amdiff train")
+    if not isinstance(variant, str) or not variant:
+        raise InputError(path, "does not record its model ('variant'); not a checkpoint of amdiff train")
+    known = NAMES if kind == "baseline" else tuple(VARIANTS)
+    if variant not in known:
+        raise InputError(path, f"records the unknown model {variant!r} (known {kind} models: {few(known, 8)})")
+    if kind == "baseline":
+        kwargs = state.get("baseline_kwargs")
+        if not isinstance(kwargs, dict):
+            raise InputError(path, f"does not record the settings of its {variant} network "
+                                   "('baseline_kwargs')")
+        build = lambda: get(variant).build(**kwargs)   # noqa: E731
+    else:
+        cfg = state.get("config")
+        lacking = [k for k in ("models", "diffusion") if not isinstance((cfg or {}).get(k), dict)]
+        if not isinstance(cfg, dict) or lacking:
+            raise InputError(path, f"does not record the config its {variant} network was trained with "
+                                   f"(lacks {', '.join(lacking) if isinstance(cfg, dict) else 'config'})")
+        build = lambda: build_model(variant, cfg)   # noqa: E731
+    try:
+        return build(), variant
+    except (KeyError, TypeError, ValueError) as exc:
+        detail = few([" ".join(str(exc).split())], width=160)
+        raise InputError(path, f"its recorded settings do not build a {variant} network "
+                               f"({type(exc).__name__}: {detail})") from None
 
 
 def _check_window(state: dict, config: dict, checkpoint) -> None:
@@ -365,15 +447,24 @@ def _require_sections(config: dict, source, sections) -> None:
         raise InputError(source, f"config lacks the section(s) {', '.join(missing)} needed here")
 
 
+def _workflow_paper_config() -> Path:
+    """config/paper.yaml of the workflow checkout this package runs from; an installed package
+    has none, so the user names the config."""
+    path = Path(__file__).resolve().parent.parent / "config" / "paper.yaml"
+    if not path.is_file():
+        raise InputError("--config", "no config/paper.yaml next to this installation of amdiff: "
+                                     "name the config to count (--config config/paper.yaml)")
+    return path
+
+
 def params(args) -> None:
     """Print parameter counts at paper size: AMDiff's networks and variants, then the baselines."""
     import importlib
 
-    from amdiff.config import SCHEMA_PATH
     from amdiff.models.amdiff import VARIANTS, build_model
     from amdiff.models.params import count_parameters
 
-    config = load_config(args.config or SCHEMA_PATH.parent / "paper.yaml")
+    config = load_config(args.config or _workflow_paper_config())
     _require_sections(config, args.config or "config/paper.yaml", ("models", "diffusion"))
     rows = []
     for variant in VARIANTS:
@@ -402,6 +493,7 @@ def fit_gaussian(args) -> None:
     """Choose the Gaussian filter's FWHM on the site's validation images; write the fit JSON."""
     from amdiff.evaluate.gaussian import DEFAULT_FWHM_GRID_MM, fit
 
+    refuse_overwriting_inputs([args.manifest], [args.out])
     record = fit(args.manifest, args.site, args.fwhm_grid or DEFAULT_FWHM_GRID_MM, args.nrmse_whole)
     for point in record["curve"]:
         print(f"FWHM {point['fwhm_mm']:g} mm: mean whole-image NRMSE {point['nrmse_whole']:.4f}")
@@ -417,11 +509,13 @@ def gaussian_filter(args) -> None:
     from amdiff.evaluate.gaussian import gaussian_filter as smooth
     from amdiff.evaluate.gaussian import read_fit
 
+    out = Path(args.out_dir) / "denoised.nii.gz"
+    refuse_overwriting_inputs([args.lc, args.fit], [out])
     fwhm = read_fit(args.fit) if args.fit else args.fwhm_mm
     if fwhm < 0:
         raise InputError("--fwhm-mm", f"must not be negative, got {fwhm}")
     lc = read_volume(args.lc, "suv")
-    write_volume(Path(args.out_dir) / "denoised.nii.gz", smooth(lc.data, fwhm, lc.voxel_size_mm), lc.affine)
+    write_volume(out, smooth(lc.data, fwhm, lc.voxel_size_mm), lc.affine)
 
 
 def evaluate(args) -> None:
@@ -429,9 +523,14 @@ def evaluate(args) -> None:
     from amdiff.evaluate.subject import evaluate_subject, read_references
 
     outputs = tuple(filter(None, args.outputs.split(",")))
+    predictions, quant_images = _pairs_or_fail(args.prediction), _pairs_or_fail(args.quant_image)
+    # a prediction folder's images are inputs too
+    read = [Path(d) / f"{name}.nii.gz" for d in predictions.values() for name in outputs]
+    refuse_overwriting_inputs([args.hc, args.lesion, args.organs, args.ct, *predictions.values(), *read,
+                               *quant_images.values()], [args.out])
     refs = read_references(args.hc, args.lesion, args.organs, args.ct)
-    df = evaluate_subject(args.model, args.site, args.subject, refs, _pairs_or_fail(args.prediction),
-                          outputs, _pairs_or_fail(args.quant_image), args.standard_count_percent,
+    df = evaluate_subject(args.model, args.site, args.subject, refs, predictions,
+                          outputs, quant_images, args.standard_count_percent,
                           {"metric": args.lesion_match_metric, "threshold": args.lesion_match_threshold},
                           args.nrmse_whole)
     write_text(args.out, df.to_csv(sep="\t", index=False, float_format="%.6g"))
@@ -443,6 +542,8 @@ def collect_metrics(args) -> None:
 
     from amdiff.evaluate.subject import read_metrics, validate_metrics
 
+    # e.g. a glob of metrics tables that also matches the pooled table of an earlier run
+    refuse_overwriting_inputs(args.inputs, [args.out])
     df = pd.concat([read_metrics(path) for path in args.inputs], ignore_index=True)
     df = validate_metrics(df, args.out)
     df = df.sort_values(["model", "site", "subject", "count_percent", "realization"], kind="stable")
@@ -453,9 +554,11 @@ def training_budget(args) -> None:
     """Gradient steps and epochs of every trained model, from its log and the config."""
     from amdiff.evaluate.budget import training_budget as budget, write_budget
 
+    logs = _pairs_or_fail(args.log)
+    refuse_overwriting_inputs([args.config, *logs.values()], [args.out])
     config = load_config(args.config)
     _require_sections(config, args.config, ("training",))
-    write_budget(budget(_pairs_or_fail(args.log), config["training"]), args.out)
+    write_budget(budget(logs, config["training"]), args.out)
 
 
 def study_checks(args) -> None:
@@ -475,6 +578,7 @@ def seed_variance(args) -> None:
     from amdiff.evaluate.seeds import seed_variance as table, write_seed_variance
     from amdiff.evaluate.subject import read_metrics
 
+    refuse_overwriting_inputs([args.config, *args.metrics], [args.out_tsv, args.out_md])
     config = load_config(args.config)
     replicates = seed_replicates(config)
     if len(replicates) < 2 or not all(replicates.values()):
@@ -497,6 +601,7 @@ def figure_regression(args) -> None:
     from amdiff.evaluate.figures import regression_figure, regression_stats
     from amdiff.evaluate.subject import read_metrics
 
+    refuse_overwriting_inputs([args.metrics, args.budget], [args.png, args.pdf, args.stats])
     metrics = read_metrics(args.metrics)
     regression_figure(metrics, args.models, png=args.png, pdf=args.pdf, banner=_budget_and_banner(args)[1])
     stats = regression_stats(metrics, args.models)
@@ -505,9 +610,11 @@ def figure_regression(args) -> None:
 
 def figure_slices(args) -> None:
     """Figs. 4-6 analogs for one site."""
-    from amdiff.evaluate.figures import write_slice_figures
+    from amdiff.evaluate.figures import slice_figure_paths, write_slice_figures
     from amdiff.evaluate.subject import read_metrics
 
+    figures = [path for pair in slice_figure_paths(args.out_dir, args.site).values() for path in pair]
+    refuse_overwriting_inputs([args.metrics, args.budget, args.results], figures)
     write_slice_figures(args.results, read_metrics(args.metrics), args.site, args.models, args.out_dir,
                         banner=_budget_and_banner(args)[1])
 
@@ -515,7 +622,9 @@ def figure_slices(args) -> None:
 def figure_training(args) -> None:
     from amdiff.evaluate.figures import training_curves
 
-    training_curves(_pairs_or_fail(args.log), png=args.png, pdf=args.pdf, banner=_budget_and_banner(args)[1])
+    logs = _pairs_or_fail(args.log)
+    refuse_overwriting_inputs([*logs.values(), args.budget], [args.png, args.pdf])
+    training_curves(logs, png=args.png, pdf=args.pdf, banner=_budget_and_banner(args)[1])
 
 
 def provenance(args) -> None:
@@ -524,19 +633,23 @@ def provenance(args) -> None:
     from amdiff.config import read_config
     from amdiff.provenance import write_provenance
 
+    refuse_overwriting_inputs([args.config, args.benchmarks, args.source_dir], [args.out])
     write_provenance(record(read_config(args.config), args.benchmarks, args.source_dir), args.out)
 
 
 def tables(args) -> None:
     """Tables 2-5, the headline numbers and the paper-versus-reproduction comparison."""
     from amdiff.evaluate.gaussian import read_fit, row_labels
-    from amdiff.evaluate.paper import DEMO_NOTE, write_paper_comparison
+    from amdiff.evaluate.paper import DEMO_NOTE, OUTPUT_FILES, write_paper_comparison
     from amdiff.evaluate.subject import read_metrics
-    from amdiff.evaluate.tables import write_tables
+    from amdiff.evaluate.tables import table_files, write_tables
 
+    fits = _pairs_or_fail(args.gaussian_fit)
+    refuse_overwriting_inputs([args.metrics, *fits.values(), args.budget],
+                              [Path(args.out_dir) / name for name in (*table_files(), *OUTPUT_FILES)])
     metrics = read_metrics(args.metrics)
     # the Gaussian row's label names the FWHM that filtered each site's images
-    fwhm = {site: read_fit(path) for site, path in _pairs_or_fail(args.gaussian_fit).items()}
+    fwhm = {site: read_fit(path) for site, path in fits.items()}
     budget, banner = _budget_and_banner(args)
     write_tables(metrics, args.out_dir, seed=args.seed, row_labels=row_labels(fwhm) if fwhm else None,
                  banner=banner, budget=budget)

@@ -5,13 +5,19 @@ import re
 import shlex
 import sys
 
-from amdiff.config import (count_levels, derived_seed, phantom_subjects, replicate_base, seed_replicates,
-                           validate_config)
+from amdiff.config import (check_workflow_config, count_levels, derived_seed, phantom_subjects,
+                           replicate_base, seed_replicates)
 from amdiff.errors import InputError
 from amdiff.listmode.levels import level_name
+from amdiff.provenance import config_sha256
+from amdiff.resources import job_resources, network_resources
 
 try:
-    validate_config(config, " ".join(map(str, workflow.configfiles)) or "config")
+    # Snakemake's own YAML loader keeps the last of two equal keys silently; read_config (called
+    # by check_workflow_config) refuses them and names the line of a syntax error. An invalid key
+    # set by --config is blamed on --config, not on the config files.
+    check_workflow_config(config, workflow.configfiles,
+                          getattr(getattr(workflow, "config_settings", None), "config", None))
 except InputError as _err:
     # One clear line instead of a traceback.
     sys.exit(f"config error: {_err}")
@@ -19,8 +25,31 @@ except InputError as _err:
 RESULTS = config["results_dir"]
 
 
-def _effective_config_file():
-    """The merged config (config files plus --config overrides) that the `amdiff` verbs read.
+def amdiff_command():
+    """How every rule's shell command calls the package.
+
+    The interpreter that runs Snakemake, as ``<python> -m amdiff``: a job then finds the package
+    whether or not the virtual environment is activated (PATH plays no part). With
+    ``--sdm conda`` each job runs in its rule's environment, whose ``amdiff`` comes first on PATH.
+    """
+    from snakemake.settings.types import DeploymentMethod
+
+    methods = getattr(getattr(workflow, "deployment_settings", None), "deployment_method", ()) or ()
+    if DeploymentMethod.CONDA in methods:
+        return "amdiff"
+    return f"{shlex.quote(sys.executable)} -m amdiff"
+
+
+AMDIFF = amdiff_command()
+
+# The merged config (config files plus --config overrides) that the `amdiff` verbs read, written
+# by onstart below; its hash is a param of the provenance rule, so a changed config re-runs it.
+CONFIG_FILE = f"{RESULTS}/.effective_config.yaml"
+CONFIG_SHA256 = config_sha256(config)
+
+
+def write_effective_config():
+    """Write CONFIG_FILE (atomically) unless it already holds this config.
 
     Rewritten only when its content changes, so file times stay stable between runs; rules
     also carry their site's settings as params, so a changed setting re-runs its jobs.
@@ -29,18 +58,20 @@ def _effective_config_file():
 
     import yaml
 
-    path = f"{RESULTS}/.effective_config.yaml"
     text = yaml.safe_dump(dict(config), sort_keys=True)
-    if not os.path.exists(path) or open(path).read() != text:
+    if not os.path.exists(CONFIG_FILE) or open(CONFIG_FILE).read() != text:
         os.makedirs(RESULTS, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
+        tmp = f"{CONFIG_FILE}.tmp{os.getpid()}"
         with open(tmp, "w") as fh:
             fh.write(text)
-        os.replace(tmp, path)
-    return path
+        os.replace(tmp, CONFIG_FILE)
 
 
-CONFIG_FILE = _effective_config_file()
+# Written when jobs are about to run, not while the Snakefile is parsed: a dry run (-n),
+# --list-rules or --lint must write nothing, and Snakemake runs onstart in none of them.
+# Jobs only name CONFIG_FILE in their shell commands, so the DAG never needs the file.
+onstart:
+    write_effective_config()
 
 
 def _load_subjects():

@@ -92,7 +92,7 @@ rule evaluate_subject:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff evaluate --model {wildcards.model} --site {wildcards.site} --subject {wildcards.subject}"
+        "{AMDIFF} evaluate --model {wildcards.model} --site {wildcards.site} --subject {wildcards.subject}"
         " --hc {input.hc:q} --lesion {input.lesion:q} --organs {input.organs:q} --ct {input.ct:q}"
         " --nrmse-whole {params.nrmse_whole} --outputs {params.outputs}"
         " {params.images} --standard-count-percent {params.standard} {params.lesion_match}"
@@ -114,7 +114,7 @@ rule collect_metrics:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff collect-metrics --out {output:q} {input:q} > {log:q} 2>&1"
+        "{AMDIFF} collect-metrics --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule study_checks:
@@ -139,7 +139,7 @@ rule study_checks:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff study-checks --metrics {input.metrics:q} --budget {input.budget:q} --run-kind {params.run_kind}"
+        "{AMDIFF} study-checks --metrics {input.metrics:q} --budget {input.budget:q} --run-kind {params.run_kind}"
         " --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
@@ -164,7 +164,7 @@ rule seed_variance:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff seed-variance --config {CONFIG_FILE:q} --metrics {input:q}"
+        "{AMDIFF} seed-variance --config {CONFIG_FILE:q} --metrics {input:q}"
         " --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
@@ -206,7 +206,7 @@ rule tables:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff tables --metrics {input.metrics:q} --gaussian-fit {params.fits} --out-dir {params.out_dir:q}"
+        "{AMDIFF} tables --metrics {input.metrics:q} --gaussian-fit {params.fits} --out-dir {params.out_dir:q}"
         " --seed {params.seed} --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
 
 
@@ -232,7 +232,7 @@ rule figure_regression:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff figure-regression --metrics {input.metrics:q} --models {params.models}"
+        "{AMDIFF} figure-regression --metrics {input.metrics:q} --models {params.models}"
         " --png {output.png:q} --pdf {output.pdf:q} --stats {output.stats:q}"
         " --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
 
@@ -274,7 +274,7 @@ rule figure_slices:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff figure-slices --metrics {input.metrics:q} --results {RESULTS:q} --site {wildcards.site}"
+        "{AMDIFF} figure-slices --metrics {input.metrics:q} --results {RESULTS:q} --site {wildcards.site}"
         " --models {params.models} --out-dir {params.prefix:q}"
         " --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
 
@@ -304,7 +304,7 @@ rule figure_training:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff figure-training --log {params.logs} --png {output.png:q} --pdf {output.pdf:q}"
+        "{AMDIFF} figure-training --log {params.logs} --png {output.png:q} --pdf {output.pdf:q}"
         " --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
 
 
@@ -326,4 +326,4 @@ rule training_budget:
         "../envs/amdiff.yaml"
     shell:
         # patches per epoch and batch size: the config the models trained with (a change re-trains them)
-        "amdiff training-budget --config {CONFIG_FILE:q} --log {params.logs} --out {output:q} > {log:q} 2>&1"
+        "{AMDIFF} training-budget --config {CONFIG_FILE:q} --log {params.logs} --out {output:q} > {log:q} 2>&1"

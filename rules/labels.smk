@@ -32,9 +32,8 @@ rule organ_labels:
         f"{RESULTS}/benchmarks/labels/{{site}}/{{subject}}.tsv"
     threads: 2 if LABELS["method"] == "totalsegmentator" else 1
     resources:
-        mem_mb=8000 if LABELS["method"] == "totalsegmentator" else 1000,
-        runtime=30,
+        **job_resources(8000 if LABELS["method"] == "totalsegmentator" else 1000, 30),
         gpu=1 if LABELS.get("totalsegmentator", {}).get("device") == "gpu" and LABELS["method"] == "totalsegmentator" else 0,
     shell:
-        "amdiff labels --method {params.method} --ct {input.ct:q} {params.source} {params.ts}"
+        "{AMDIFF} labels --method {params.method} --ct {input.ct:q} {params.source} {params.ts}"
         " --out {output:q} > {log:q} 2>&1"

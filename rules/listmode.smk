@@ -39,10 +39,9 @@ rule simulate_listmode:
         f"{RESULTS}/benchmarks/simulate/{{site}}/{{subject}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **job_resources(4000, 60),
     shell:
-        "amdiff simulate --config {CONFIG_FILE:q} --site {wildcards.site} --subject {wildcards.subject}"
+        "{AMDIFF} simulate --config {CONFIG_FILE:q} --site {wildcards.site} --subject {wildcards.subject}"
         " --split {params.split} --suv {input.suv:q} --mumap {input.mumap:q} {params.body}"
         " --out {output.listmode:q} --summary {output.summary:q} > {log:q} 2>&1"
 
@@ -70,6 +69,6 @@ rule downsample:
         mem_mb=2000,
         runtime=60,
     shell:
-        "amdiff downsample --input {input:q} --levels {params.levels} --realizations {params.realizations}"
+        "{AMDIFF} downsample --input {input:q} --levels {params.levels} --realizations {params.realizations}"
         " --seed {params.seed} --outdir {params.outdir:q} --counts {output.counts:q} > {log:q} 2>&1"
 

@@ -26,5 +26,5 @@ rule phantom:
         mem_mb=2000,
         runtime=10,
     shell:
-        "amdiff phantom --config {CONFIG_FILE:q} --site {wildcards.site} --subject {wildcards.subject}"
+        "{AMDIFF} phantom --config {CONFIG_FILE:q} --site {wildcards.site} --subject {wildcards.subject}"
         " --outdir {RESULTS:q}/{wildcards.site}/{wildcards.subject} > {log:q} 2>&1"

@@ -52,13 +52,11 @@ rule predict_amdiff:
         f"{RESULTS}/benchmarks/predict/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000 if INFERENCE.get("device", "cpu") == "cpu" else 32000,
-        runtime=60 if INFERENCE.get("device", "cpu") == "cpu" else 240,
-        gpu=1 if INFERENCE.get("device", "cpu") == "cuda" else 0,
+        **network_resources("predict", INFERENCE.get("device", "cpu")),
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
+        "{AMDIFF} predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
         " --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
         " --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
@@ -80,13 +78,11 @@ rule predict_denoiser_baseline:
         f"{RESULTS}/benchmarks/predict/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000 if INFERENCE.get("device", "cpu") == "cpu" else 32000,
-        runtime=60 if INFERENCE.get("device", "cpu") == "cpu" else 240,
-        gpu=1 if INFERENCE.get("device", "cpu") == "cuda" else 0,
+        **network_resources("predict", INFERENCE.get("device", "cpu")),
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
+        "{AMDIFF} predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
         " --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
         " --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
@@ -111,13 +107,11 @@ rule predict_segmenter_baseline:
         f"{RESULTS}/benchmarks/predict/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000 if INFERENCE.get("device", "cpu") == "cpu" else 32000,
-        runtime=60 if INFERENCE.get("device", "cpu") == "cpu" else 240,
-        gpu=1 if INFERENCE.get("device", "cpu") == "cuda" else 0,
+        **network_resources("predict", INFERENCE.get("device", "cpu")),
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
+        "{AMDIFF} predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
         " --denoised {input.denoised:q} --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
         " --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
@@ -141,7 +135,7 @@ rule predict_lowcount_input:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff gaussian-filter --lc {input.lc:q} --fwhm-mm 0 --out-dir {params.outdir:q} > {log:q} 2>&1"
+        "{AMDIFF} gaussian-filter --lc {input.lc:q} --fwhm-mm 0 --out-dir {params.outdir:q} > {log:q} 2>&1"
 
 
 rule predict_gaussian_filter:
@@ -163,4 +157,4 @@ rule predict_gaussian_filter:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff gaussian-filter --lc {input.lc:q} --fit {input.fit:q} --out-dir {params.outdir:q} > {log:q} 2>&1"
+        "{AMDIFF} gaussian-filter --lc {input.lc:q} --fit {input.fit:q} --out-dir {params.outdir:q} > {log:q} 2>&1"

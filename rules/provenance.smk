@@ -13,10 +13,13 @@ def run_targets():
 rule provenance:
     input:
         targets=run_targets(),
-        config=CONFIG_FILE,
     output:
         report(PROVENANCE, caption="../reports/captions/provenance.rst", category="Provenance"),
     params:
+        # the config as a param, not an input: a changed config re-runs this job, while the
+        # file (written by onstart, rules/common.smk) need not exist when a dry run plans it
+        config=CONFIG_FILE,
+        config_sha256=CONFIG_SHA256,
         benchmarks=f"{RESULTS}/benchmarks",
         source=workflow.basedir,
     log:
@@ -29,5 +32,5 @@ rule provenance:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff provenance --config {input.config:q} --benchmarks {params.benchmarks:q}"
+        "{AMDIFF} provenance --config {params.config:q} --benchmarks {params.benchmarks:q}"
         " --source-dir {params.source:q} --out {output:q} > {log:q} 2>&1"

@@ -28,7 +28,7 @@ rule qc_subject:
         mem_mb=2000,
         runtime=10,
     shell:
-        "amdiff qc --hc {input.hc:q} --lc {params.lc} --lesion {input.lesion:q} --organs {input.organs:q}"
+        "{AMDIFF} qc --hc {input.hc:q} --lc {params.lc} --lesion {input.lesion:q} --organs {input.organs:q}"
         " --title '{wildcards.site} {wildcards.subject}' --out {output:q} > {log:q} 2>&1"
 
 
@@ -60,7 +60,7 @@ rule subject_stats:
         mem_mb=1000,
         runtime=5,
     shell:
-        "amdiff subject-stats --site {wildcards.site} --subject {wildcards.subject} --split {params.split}"
+        "{AMDIFF} subject-stats --site {wildcards.site} --subject {wildcards.subject} --split {params.split}"
         " --hc {input.hc:q} --lesion {input.lesion:q} {params.extra} --out {output:q} > {log:q} 2>&1"
 
 
@@ -80,7 +80,7 @@ rule cohort_summary:
         mem_mb=1000,
         runtime=5,
     shell:
-        "amdiff summary {input:q} --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
+        "{AMDIFF} summary {input:q} --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
 def manifest_images(subjects):
@@ -102,7 +102,7 @@ rule manifest:
         mem_mb=2000,
         runtime=10,
     shell:
-        "amdiff manifest --config {CONFIG_FILE:q} --out {output:q} --validate > {log:q} 2>&1"
+        "{AMDIFF} manifest --config {CONFIG_FILE:q} --out {output:q} --validate > {log:q} 2>&1"
 
 
 # What one site's models train on: its train and validation subjects only, so a broken test
@@ -123,5 +123,5 @@ rule training_manifest:
         mem_mb=2000,
         runtime=10,
     shell:
-        "amdiff manifest --config {CONFIG_FILE:q} --site {wildcards.train_site} --splits train,val"
+        "{AMDIFF} manifest --config {CONFIG_FILE:q} --site {wildcards.train_site} --splits train,val"
         " --out {output:q} --validate > {log:q} 2>&1"

@@ -24,11 +24,10 @@ rule recon_highcount:
         f"{RESULTS}/benchmarks/recon/{{site}}/{{subject}}/hc.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **job_resources(4000, 60),
         gpu=recon_resources,
     shell:
-        "amdiff recon --config {CONFIG_FILE:q} --site {wildcards.site} --listmode {input.listmode:q}"
+        "{AMDIFF} recon --config {CONFIG_FILE:q} --site {wildcards.site} --listmode {input.listmode:q}"
         " --mumap {input.mumap:q} --count-percent 100 --out {output:q} > {log:q} 2>&1"
 
 
@@ -52,9 +51,8 @@ rule recon_lowcount:
         f"{RESULTS}/benchmarks/recon/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **job_resources(4000, 60),
         gpu=recon_resources,
     shell:
-        "amdiff recon --config {CONFIG_FILE:q} --site {wildcards.site} --listmode {params.listmode:q}"
+        "{AMDIFF} recon --config {CONFIG_FILE:q} --site {wildcards.site} --listmode {params.listmode:q}"
         " --mumap {input.mumap:q} --count-percent {params.percent} --out {output:q} > {log:q} 2>&1"

@@ -46,6 +46,9 @@ rule train_amdiff:
         log=report(f"{RESULTS}/models/{{model}}/{{train_site}}/log.csv", category="Training",
                    caption="../reports/captions/training_log.rst",
                    labels={"model": "{model}", "site": "{train_site}"}),
+        progress=report(f"{RESULTS}/models/{{model}}/{{train_site}}/progress.png", category="Training progress",
+                        caption="../reports/captions/training_progress.rst",
+                        labels={"model": "{model}", "site": "{train_site}"}),
     params:
         training=amdiff_params,
         outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
@@ -58,13 +61,11 @@ rule train_amdiff:
         f"{RESULTS}/benchmarks/train/{{model}}/{{train_site}}.tsv"
     threads: TRAINING.get("threads", 1)
     resources:
-        mem_mb=8000 if training_device() == "cpu" else 32000,
-        runtime=120 if training_device() == "cpu" else 2880,
-        gpu=1 if training_device() == "cuda" else 0,
+        **network_resources("train", training_device()),
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
+        "{AMDIFF} train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
         " --variant {wildcards.model} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -87,6 +88,9 @@ rule train_baseline:
         log=report(f"{RESULTS}/models/{{model}}/{{train_site}}/log.csv", category="Training",
                    caption="../reports/captions/training_log.rst",
                    labels={"model": "{model}", "site": "{train_site}"}),
+        progress=report(f"{RESULTS}/models/{{model}}/{{train_site}}/progress.png", category="Training progress",
+                        caption="../reports/captions/training_progress.rst",
+                        labels={"model": "{model}", "site": "{train_site}"}),
     params:
         training=json.dumps({k: config.get(k) for k in ("training", "baselines", "inference")}),
         outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
@@ -102,13 +106,11 @@ rule train_baseline:
         f"{RESULTS}/benchmarks/train/{{model}}/{{train_site}}.tsv"
     threads: TRAINING.get("threads", 1)
     resources:
-        mem_mb=8000 if training_device() == "cpu" else 32000,
-        runtime=120 if training_device() == "cpu" else 2880,
-        gpu=1 if training_device() == "cuda" else 0,
+        **network_resources("train", training_device()),
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
+        "{AMDIFF} train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
         " --variant {wildcards.model} {params.denoiser} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -137,5 +139,5 @@ rule fit_gaussian_filter:
     conda:
         "../envs/amdiff.yaml"
     shell:
-        "amdiff fit-gaussian --manifest {input.manifest:q} --site {wildcards.train_site} {params.grid}"
+        "{AMDIFF} fit-gaussian --manifest {input.manifest:q} --site {wildcards.train_site} {params.grid}"
         " --nrmse-whole {params.nrmse_whole} --out {output:q} > {log:q} 2>&1"

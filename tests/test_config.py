@@ -47,12 +47,17 @@ def test_demo_and_paper_configs_are_valid(repo, demo):
      "sites.mct.acquisition_by_split.test.standard_count_percent: 150 is greater than the maximum"),
 ])
 def test_bad_config_gives_one_line_naming_the_key(demo, mutate, expected):
-    bad = copy.deepcopy(demo)
+    assert_one_line_config_error(demo, mutate, expected)
+
+
+def assert_one_line_config_error(config: dict, mutate, expected: str) -> None:
+    """``mutate`` applied to a copy of ``config`` fails validation with one line holding ``expected``."""
+    bad = copy.deepcopy(config)
     mutate(bad)
     with pytest.raises(InputError) as info:
         validate_config(bad, "my.yaml")
     message = str(info.value)
-    assert message.startswith("my.yaml: ") and expected in message
+    assert message.startswith("my.yaml: ") and expected in message, message
     assert "\n" not in message
 
 
@@ -114,3 +119,13 @@ def test_derived_seeds_are_stable_and_distinct():
     assert derived_seed(1, "a") != derived_seed(2, "a")
     # documented constant: the seed derivation must not drift between releases
     assert derived_seed(0, "x") == 2363233923
+
+
+def test_a_site_may_have_any_identifier_as_its_name(demo):
+    """Users add a site per scanner: any lower-case identifier is a site name."""
+    own = copy.deepcopy(demo)
+    own["sites"]["lab_scanner2"] = own["sites"].pop("mct")
+    own["training"]["train_sites"] = {"lab_scanner2": ["lab_scanner2", "vision"]}
+    validate_config(own, "my.yaml")
+    assert_one_line_config_error(demo, lambda c: c["sites"].update({"PET-CT 2": c["sites"]["mct"]}),
+                                 "'PET-CT 2' does not match")

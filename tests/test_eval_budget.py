@@ -186,7 +186,7 @@ CAPTIONS = Path(__file__).resolve().parent.parent / "reports" / "captions"
 MODEL_CAPTIONS = ("table2_denoising", "table3_segmentation", "table4_ablation",
                   "table5_quantification", "headline", "paper_vs_reproduction", "claims", "metrics",
                   "fig4_denoising", "fig5_lesions", "fig6_organs", "fig7_regression",
-                  "training_curves", "training_log", "training_budget")
+                  "training_curves", "training_log", "training_progress", "training_budget")
 
 
 def _render(path: Path, config: dict) -> str:
@@ -208,3 +208,28 @@ def test_report_pages_say_a_demo_is_an_untrained_smoke_test(name, logs):
     for config in ({"run_kind": "study", "training": training}, {"run_kind": "paper", "training": training},
                    {"training": training}):   # unset: a study
         assert SMOKE not in _render(path, config)
+
+
+def test_budget_says_which_models_were_still_improving_at_the_end(tmp_path):
+    """A curve still falling in its last quarter is flagged; a flat or rising one is not."""
+    epochs = 8
+    falling = np.linspace(1.0, 0.5, epochs)                      # last quarter 0.57, 0.5 vs 0.64
+    flat = np.r_[np.linspace(1.0, 0.5, 6), [0.5, 0.502]]          # converged after 6 epochs
+    rising = np.r_[np.linspace(1.0, 0.4, 6), [0.45, 0.6]]         # overfits at the end
+    logs = {}
+    for name, curve in (("falling", falling), ("flat", flat), ("rising", rising)):
+        path = tmp_path / name / "mct" / "log.csv"
+        path.parent.mkdir(parents=True)
+        pd.DataFrame({"epoch": range(epochs), "val_score": curve}).to_csv(path, index=False)
+        logs[f"{name}/mct"] = path
+    rows = training_budget(logs, {"epochs": epochs, "patches_per_epoch": 4, "batch_size": 2}).set_index("model")
+    before = float(falling[:6].min())
+    assert rows.loc["falling", "late_gain_pct"] == pytest.approx(100 * (before - 0.5) / before, abs=0.01)
+    assert rows["still_improving"].to_dict() == {"falling": True, "flat": False, "rising": False}
+    assert rows.loc["rising", "late_gain_pct"] < 0
+    # a log without validation scores says nothing about convergence
+    bare = tmp_path / "bare" / "mct" / "log.csv"
+    bare.parent.mkdir(parents=True)
+    pd.DataFrame({"epoch": range(3), "train_total": [3.0, 2.0, 1.0]}).to_csv(bare, index=False)
+    row = training_budget({"bare/mct": bare}, {"epochs": 3, "patches_per_epoch": 4, "batch_size": 2}).iloc[0]
+    assert pd.isna(row["still_improving"]) and pd.isna(row["late_gain_pct"])

@@ -159,3 +159,22 @@ def test_validation_organ_dice_is_the_mean_over_classes_not_pooled_voxels():
     perfect = DiceTally()
     perfect.add("organs", truth, truth, range(1, 8))
     assert perfect.result()["organs"] == pytest.approx(1.0)
+
+
+def test_progress_figure_redrawn_next_to_the_log(full_run):
+    """progress.png (nnU-Net style) holds the run's losses, learning rates and validation metrics."""
+    from matplotlib.image import imread
+
+    from amdiff.train.progress import progress_figure
+    assert imread(full_run / "progress.png").shape[2] in (3, 4)
+    history = pd.read_csv(full_run / "log.csv").to_dict("records")
+    fig = progress_figure(history, "amdiff trained on mct")
+    panels = {ax.get_ylabel(): {line.get_label() for line in ax.get_lines()} for ax in fig.axes}
+    assert set(panels) == {"training loss", "learning rate", "validation"}
+    assert {"train_diff", "train_seg", "train_rev"} <= panels["training loss"]
+    assert panels["learning rate"] == {"lr_denoiser", "lr_segmenter"}
+    assert {"val_nrmse", "val_dice_organs", "best epoch (best.pt)"} <= panels["validation"]
+    assert fig.axes[1].get_yscale() == "log"
+    # a log without learning rates or validation draws only what it has
+    bare = progress_figure([{"epoch": 0, "train_g": 1.0}, {"epoch": 1, "train_g": 0.5}], "gan")
+    assert [ax.get_ylabel() for ax in bare.axes] == ["training loss"]

@@ -1,8 +1,10 @@
 """Workflow tests: the tiny config runs end to end; the paper config plans; bad configs stop."""
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -251,6 +253,21 @@ def test_paper_config_plans_the_full_study(repo, venv_env, tmp_path):
     for rule, models in (("predict_amdiff", 6), ("predict_denoiser_baseline", 3), ("predict_segmenter_baseline", 3),
                          ("predict_lowcount_input", 1), ("predict_gaussian_filter", 1)):
         assert any(line.split()[:2] == [rule, str(models * images)] for line in out.splitlines()), rule
+
+
+def test_jobs_find_the_package_when_the_environment_is_not_activated(repo, tmp_path):
+    """`.venv/bin/snakemake` without activating the venv: no `amdiff` on PATH, yet the jobs run,
+    because the rules call the package through the interpreter that runs Snakemake."""
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env.update(PATH="/usr/bin:/bin", OMP_NUM_THREADS="1")
+    assert shutil.which("amdiff", path=env["PATH"]) is None
+    target = "results/mct/mct001/phantom.json"
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"),
+                             "--directory", str(tmp_path), "--configfile", str(repo / ".test/config/config.yaml"),
+                             "--cores", "1", target], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / target).read_text())
+    assert f"{sys.executable} -m amdiff phantom" in result.stdout + result.stderr
 
 
 def test_bad_config_key_stops_with_one_line(repo, venv_env, tmp_path):

@@ -22,12 +22,11 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from amdiff.errors import InputError
 from amdiff.io.manifest import SPLITS, lc_pet_images, read_manifest
-from amdiff.io.nifti import Volume, check_same_grid, read_volume
+from amdiff.io.nifti import Volume, check_same_grid, open_image, read_volume
 from amdiff.listmode.levels import parse_image_name
 
 N_ORGAN_LABELS = 7  # organ labels 1..7 (liver, lung, bone, muscle, kidney, spleen, aorta)
@@ -85,13 +84,7 @@ class LazyVolume:
     ndim = 3
 
     def _image(self):
-        path = Path(self.path)
-        if not path.is_file():
-            raise InputError(path, "file does not exist")
-        try:
-            img = nib.load(str(path))
-        except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
-            raise InputError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+        img = open_image(self.path)   # header checks: file type, empty axes, declared size
         self._proxy = img.dataobj
         self._four_d = len(img.shape) == 4
         return img

@@ -10,6 +10,12 @@ patches and batch size from the config it was trained with (every model of a run
 ``training`` section, and a change of it re-trains them). ``steps_at_best`` is the budget of
 the checkpoint that is evaluated (best.pt, the best-validation epoch's).
 
+Whether the budget limits a model is read from the same log's ``val_score`` (lower is better):
+``late_gain_pct`` is how much the best score of the last quarter of the epochs improved on the
+best score before it, in percent, and ``still_improving`` is true when that gain is at least
+`LATE_GAIN_PCT` (our choice: a model whose validation score still fell by 1 % or more in the
+last quarter of its budget has not converged, and more steps would change its results).
+
 A run of kind ``demo`` (config ``run_kind``) trains far too little for any network to converge;
 every table, figure and report page of such a run carries `smoke_test_line`.
 """
@@ -23,13 +29,16 @@ from typing import Mapping
 import pandas as pd
 
 from amdiff.errors import InputError
+from amdiff.io.files import check_input_file
 # the training curves' log reading: the same epochs and the same best epoch as that figure
 from amdiff.evaluate.figures import _log_key, _read_log, best_epoch
 from amdiff.io.atomic import write_text
 
 BUDGET_COLUMNS = ("model", "train_site", "epochs", "epochs_planned", "patches_per_epoch",
-                  "batch_size", "steps_per_epoch", "steps", "best_epoch", "steps_at_best")
-# The run kind whose outputs are marked as untrained (config run_kind; schema.yaml).
+                  "batch_size", "steps_per_epoch", "steps", "best_epoch", "steps_at_best",
+                  "late_gain_pct", "still_improving")
+LATE_GAIN_PCT = 1.0   # still_improving: the last quarter's best validation score >= 1 % lower
+# The run kind whose outputs are marked as untrained (config run_kind; amdiff/schemas/config.schema.yaml).
 SMOKE_TEST_KIND = "demo"
 STUDY_SNAPSHOT = "reports/study/"
 
@@ -37,6 +46,19 @@ STUDY_SNAPSHOT = "reports/study/"
 def steps_per_epoch(patches_per_epoch: int, batch_size: int) -> int:
     """Batches (gradient steps) in one epoch: the last batch may be short."""
     return math.ceil(int(patches_per_epoch) / int(batch_size))
+
+
+def late_gain_pct(log: pd.DataFrame) -> float | None:
+    """Percent by which the best ``val_score`` of the last quarter of the epochs (at least one)
+    lies below the best before it; None without a score or with fewer than 2 epochs."""
+    if "val_score" not in log.columns:
+        return None
+    scores = log.sort_values("epoch")["val_score"].dropna().to_numpy(dtype=float)
+    if len(scores) < 2:
+        return None
+    split = len(scores) - max(1, len(scores) // 4)
+    before, late = scores[:split].min(), scores[split:].min()
+    return float(100.0 * (before - late) / max(abs(before), 1e-12))
 
 
 def training_budget(logs: Mapping, training: Mapping) -> pd.DataFrame:
@@ -53,15 +75,20 @@ def training_budget(logs: Mapping, training: Mapping) -> pd.DataFrame:
         log = _read_log(path)
         best = best_epoch(log)
         epochs = int(log["epoch"].nunique())
+        gain = late_gain_pct(log)
         rows.append({"model": model, "train_site": site, "epochs": epochs,
                      "epochs_planned": int(training["epochs"]),
                      "patches_per_epoch": int(training["patches_per_epoch"]),
                      "batch_size": int(training["batch_size"]), "steps_per_epoch": per_epoch,
                      "steps": epochs * per_epoch, "best_epoch": best,
-                     "steps_at_best": None if best is None else (best + 1) * per_epoch})
+                     "steps_at_best": None if best is None else (best + 1) * per_epoch,
+                     "late_gain_pct": gain,
+                     "still_improving": None if gain is None else bool(gain >= LATE_GAIN_PCT)})
     table = pd.DataFrame.from_records(rows, columns=list(BUDGET_COLUMNS))
     for column in ("best_epoch", "steps_at_best"):
         table[column] = table[column].astype("Int64")
+    table["still_improving"] = table["still_improving"].astype("boolean")
+    table["late_gain_pct"] = table["late_gain_pct"].astype(float).round(2)
     return table.sort_values(["model", "train_site"], kind="stable", ignore_index=True)
 
 
@@ -73,8 +100,7 @@ def write_budget(table: pd.DataFrame, path) -> None:
 def read_budget(path) -> pd.DataFrame:
     """A budget TSV written by `write_budget`, checked for its columns."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "training budget does not exist")
+    check_input_file(path, "training budget")
     try:
         table = pd.read_csv(path, sep="\t", dtype={"model": str, "train_site": str})
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:

@@ -48,6 +48,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 from scipy import ndimage, stats  # noqa: E402
 
 from amdiff.errors import InputError  # noqa: E402
+from amdiff.io.files import check_input_file  # noqa: E402
 from amdiff.evaluate import columns  # noqa: E402
 from amdiff.evaluate.columns import ORGANS as ORGAN_NAMES  # noqa: E402
 from amdiff.io.atomic import atomic_path  # noqa: E402
@@ -625,6 +626,16 @@ def _value(rows: pd.DataFrame, model: str, column: str) -> float:
     return float(pd.to_numeric(rows.at[model, column], errors="coerce"))
 
 
+SLICE_FIGURES = ((4, "denoising"), (5, "lesions"), (6, "organs"))
+
+
+def slice_figure_paths(out_dir, site: str) -> dict[str, tuple[Path, Path]]:
+    """Figure kind -> (png, pdf) that `write_slice_figures` writes for ``site``."""
+    out_dir = Path(out_dir)
+    return {kind: (out_dir / f"fig{n}_{kind}_{site}.png", out_dir / f"fig{n}_{kind}_{site}.pdf")
+            for n, kind in SLICE_FIGURES}
+
+
 def write_slice_figures(results_dir, metrics_df: pd.DataFrame, site: str, models: Sequence[str],
                         out_dir, background: str = "lc", dpi: int = DPI,
                         banner: str | None = None) -> dict[str, tuple[Path, Path]]:
@@ -640,9 +651,7 @@ def write_slice_figures(results_dir, metrics_df: pd.DataFrame, site: str, models
              f"coronal slice {y} (through the largest lesion)")
     missing = [model_label(m) for m in data.missing]
     common = {"slice_index": y, "voxel_mm": data.voxel_mm, "missing": missing, "dpi": dpi}
-    out_dir = Path(out_dir)
-    paths = {kind: (out_dir / f"fig{n}_{kind}_{site}.png", out_dir / f"fig{n}_{kind}_{site}.pdf")
-             for n, kind in ((4, "denoising"), (5, "lesions"), (6, "organs"))}
+    paths = slice_figure_paths(out_dir, site)
     suv_max = _suv_window(coronal_slice(data.hc, y))
     bg = data.hc if background == "hc" else data.lc
     underlay = ("high-count reference" if background == "hc"
@@ -684,8 +693,7 @@ def _log_key(key) -> tuple[str, str]:
 
 def _read_log(path) -> pd.DataFrame:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "training log does not exist")
+    check_input_file(path, "training log")
     try:
         log = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from amdiff.errors import InputError
+from amdiff.io.files import check_input_file
 from amdiff.evaluate.columns import ALL_SITES
 from amdiff.evaluate.metrics import NRMSE_WHOLE_DEFAULT, body_mask, whole_image_nrmse
 from amdiff.evaluate.subject import axial_axis
@@ -125,8 +126,7 @@ def fit(manifest: str | Path, site: str, fwhm_grid_mm=DEFAULT_FWHM_GRID_MM,
 def read_fit(path: str | Path) -> float:
     """The chosen FWHM (mm) of a fit record written by `fit`."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "Gaussian-filter fit does not exist")
+    check_input_file(path, "Gaussian-filter fit")
     try:
         fwhm = float(json.loads(path.read_text())["fwhm_mm"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):

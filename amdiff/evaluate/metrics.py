@@ -62,7 +62,7 @@ ORGAN_IDS = {name: label for label, name in ORGAN_CLASSES.items()}
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 # Face and edge neighbours, not corners: the autoPET script's cc3d connectivity=18.
 CONNECTIVITY_18 = ndimage.generate_binary_structure(3, 2)
-# Defaults of config evaluation.lesion_match (schema.yaml says why).
+# Defaults of config evaluation.lesion_match (the config schema says why).
 LESION_MATCH = {"metric": "iou", "threshold": 0.1}
 MATCH_METRICS = ("iou", "dice")
 # Readings of the whole-image NRMSE (config evaluation.nrmse_whole; see whole_image_nrmse).

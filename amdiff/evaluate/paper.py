@@ -593,6 +593,11 @@ def read_output_tsv(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["NaN"])
 
 
+# what write_paper_comparison writes, in order
+OUTPUT_FILES = ("headline.tsv", "headline.md", "paper_vs_reproduction.tsv", "paper_vs_reproduction.md",
+                "claims.tsv")
+
+
 def write_paper_comparison(metrics_df: pd.DataFrame, out_dir: str | Path,
                            note: str = DEMO_NOTE) -> list[Path]:
     """Write headline.{tsv,md}, paper_vs_reproduction.{tsv,md} and claims.tsv into ``out_dir``.
@@ -632,7 +637,7 @@ def write_paper_comparison(metrics_df: pd.DataFrame, out_dir: str | Path,
         "claims.tsv": _tsv(claims),
     }
     paths = []
-    for name, text in files.items():
-        write_text(out_dir / name, text)
+    for name in OUTPUT_FILES:
+        write_text(out_dir / name, files[name])
         paths.append(out_dir / name)
     return paths

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from amdiff.errors import InputError
+from amdiff.io.files import check_input_file
 from amdiff.evaluate.columns import COLUMNS, PAIR_KEYS
 from amdiff.evaluate.metrics import NRMSE_WHOLE_DEFAULT, body_mask, evaluate_case
 from amdiff.io.nifti import Volume, check_same_grid, read_volume
@@ -110,8 +111,7 @@ def evaluate_subject(model: str, site: str, subject: str, references: dict[str, 
 def read_metrics(path: str | Path) -> pd.DataFrame:
     """A metrics TSV written by `amdiff evaluate`/`collect`, with its columns checked."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "metrics table does not exist")
+    check_input_file(path, "metrics table")
     try:
         df = pd.read_csv(path, sep="\t")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:

@@ -634,6 +634,14 @@ def _tsv(table: pd.DataFrame) -> str:
     return table.to_csv(sep="\t", index=False, float_format="%.6g", na_rep="")
 
 
+FILE_SUFFIXES = (".tsv", ".md", ".tex")
+
+
+def table_files(specs: tuple[TableSpec, ...] = TABLES) -> list[str]:
+    """Names of the files `write_tables` writes for ``specs``."""
+    return [f"{spec.name}{suffix}" for spec in specs for suffix in FILE_SUFFIXES]
+
+
 def write_tables(metrics_df: pd.DataFrame, out_dir: str | os.PathLike,
                  specs: tuple[TableSpec, ...] = TABLES, *,
                  n_resamples: int = N_RESAMPLES, seed: int = SEED,
@@ -647,10 +655,10 @@ def write_tables(metrics_df: pd.DataFrame, out_dir: str | os.PathLike,
     for spec in specs:
         spec = replace(spec, row_labels=row_labels) if row_labels else spec
         table = build_table(metrics_df, spec, n_resamples=n_resamples, seed=seed)
-        for suffix, text in ((".tsv", _tsv(table)),
-                             (".md", to_markdown(table, spec, banner=banner, budget=budget)),
-                             (".tex", to_latex(table, spec, banner=banner, budget=budget))):
-            path = out_dir / f"{spec.name}{suffix}"
+        texts = {".tsv": _tsv(table), ".md": to_markdown(table, spec, banner=banner, budget=budget),
+                 ".tex": to_latex(table, spec, banner=banner, budget=budget)}
+        for suffix in FILE_SUFFIXES:
+            path, text = out_dir / f"{spec.name}{suffix}", texts[suffix]
             write_text(path, text)
             written.append(path)
     return written

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from amdiff.errors import InputError
+from amdiff.io.files import file_kind
 from amdiff.io.manifest import COLUMNS, SPLITS, read_manifest, write_manifest
 
 STUDY_FILES = {"hc_pet": "SUV.nii.gz", "ct": "CTres.nii.gz", "lesion": "SEG.nii.gz"}
@@ -66,8 +67,11 @@ def autopet_to_manifest(root, out_tsv, site: str = "autopet", split_fractions=(0
                         seed: int = 0) -> pd.DataFrame:
     """Write a manifest for every complete study under ``root``; returns it as read back."""
     root = Path(root)
-    if not root.is_dir():
+    if not root.exists():
         raise InputError(root, "autoPET root folder does not exist")
+    if not root.is_dir():
+        what = "a file" if root.is_file() else file_kind(root.stat().st_mode)
+        raise InputError(root, f"is not a folder ({what}); expected the autoPET root folder")
     fr = np.asarray(split_fractions, dtype=float)
     if fr.shape != (3,) or np.any(fr < 0) or not np.isclose(fr.sum(), 1.0):
         raise InputError("split_fractions",

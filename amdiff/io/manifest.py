@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from amdiff.errors import InputError
+from amdiff.io.files import check_input_file
 from amdiff.listmode.levels import parse_image_name
 from amdiff.io.atomic import write_text
 from amdiff.io.nifti import check_same_grid, read_volume
@@ -79,10 +80,9 @@ class _Row:
 
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header and (line number, fields) of every data line; comments and blanks skipped."""
+    check_input_file(path, "manifest")   # a FIFO would block read_text forever
     try:
         text = path.read_text(encoding="utf-8-sig")  # tolerate a spreadsheet BOM
-    except FileNotFoundError:
-        raise InputError(path, "manifest does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(path, f"cannot read manifest ({type(exc).__name__}: {exc})") from None
     header, rows = None, []
@@ -124,8 +124,17 @@ def _resolve(row: _Row, column: str, value: str, base: Path, roots: list[Path] |
     p = Path(value).expanduser()
     p = p if p.is_absolute() else base / p
     _check_no_control(row, column, str(p))  # the manifest's folder or the home folder
-    if not p.is_file():
-        raise row.error(column, f"file {p} does not exist")
+    try:
+        check_input_file(p)
+    except InputError as err:   # the problem with the path in it: "file X does not exist" ...
+        problem = err.problem
+        if problem.startswith("file "):
+            problem = f"file {p} {problem.removeprefix('file ')}"
+        elif problem.startswith("cannot read it"):
+            problem = f"cannot read {p}{problem.removeprefix('cannot read it')}"
+        else:
+            problem = f"{p} {problem}"
+        raise row.error(column, problem) from None
     real = p.resolve()
     if roots is not None and not any(real.is_relative_to(r) for r in roots):
         raise row.error(column, f"{p} lies outside the data roots ({', '.join(map(str, roots))})")

@@ -1,8 +1,11 @@
 """Histogram list-mode events into counts per LOR, streaming over time blocks.
 
 Events whose detector pair is no LOR of the scanner (same angular crystal, outside the
-transaxial FOV or beyond the maximum ring difference) are counted and reported, not silently
-dropped: a list written for another geometry shows up as a warning with the number lost.
+transaxial FOV or beyond the maximum ring difference) are counted and reported as a warning
+with the number lost, not silently dropped. A file with detector ids beyond its header's
+scanner gives no histogram: its reader raises InputError at the end of the stream
+(``petsird_io.RawReader``); recon refuses a list whose header describes another geometry
+than the configured one before reading events (``petsird_io.check_scanner``).
 """
 
 from __future__ import annotations

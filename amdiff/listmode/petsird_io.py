@@ -21,6 +21,8 @@ format stores every CoincidenceEvent as three LEB128 varints (bin, bin, tof_idx)
 lists are decoded and encoded with vectorised numpy on petsird's own buffered stream
 (header and rare time-block types still go through petsird's serializers). Tests check
 the result against petsird's reader and writer byte for byte and event for event.
+Detector ids beyond the header's scanner are corrupt data, refused by every reader
+(``RawReader``); ``check_scanner`` refuses a list whose geometry is not the configured one.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from petsird.helpers.create import initialize_scanner_information_dimensions
 
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path
+from amdiff.io.files import check_input_file
 from amdiff.scanner import CylindricalScanner
 
 ENERGY_WINDOW_KEV = (435.0, 650.0)
@@ -245,6 +248,25 @@ def scanner_from_header(header: petsird.Header, source=None) -> CylindricalScann
         fail(str(err))
 
 
+def _geometry_value(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(_geometry_value(v) for v in value) + ")"
+    return str(value) if isinstance(value, (int, np.integer)) else repr(round(float(value), 4))
+
+
+def check_scanner(header: petsird.Header, expected: CylindricalScanner, source,
+                  expected_source: str) -> CylindricalScanner:
+    """The header's scanner, or InputError naming every geometry field that differs from
+    ``expected`` (the site's configured scanner, described by ``expected_source``)."""
+    listed = scanner_from_header(header, source)
+    diffs = listed.geometry_differences(expected)
+    if diffs:
+        what = "; ".join(f"{name} is {_geometry_value(mine)} in the list, "
+                         f"{_geometry_value(theirs)} in the config" for name, mine, theirs in diffs)
+        raise InputError(source, f"scanner geometry differs from {expected_source}: {what}")
+    return listed
+
+
 def _f32(x) -> float:
     """A float32 header value as the shortest decimal that stores it (70.3, not 70.30000305)."""
     return float(str(np.float32(x)))
@@ -409,6 +431,7 @@ def _check_file(path: Path) -> None:
         raise InputError(path, "file not found")
     if path.is_dir():
         raise InputError(path, "is a directory, expected a PETSIRD list-mode file")
+    check_input_file(path, "PETSIRD list-mode file")   # a FIFO or device: refused before it is opened
     if path.stat().st_size == 0:
         raise InputError(path, "empty file (0 bytes), expected a PETSIRD list-mode file")
     with open(path, "rb") as f:
@@ -423,9 +446,66 @@ def _corrupt(path: Path, err: BaseException) -> InputError:
     return InputError(path, f"truncated or corrupt PETSIRD list-mode file ({what})")
 
 
+def _detection_bins_per_type(header: petsird.Header, path: Path) -> list[int]:
+    """Number of detection bins (elements x energy bins) of every module type of the header."""
+    info = header.scanner
+    try:
+        return [int(get_num_detection_bins(info, t))
+                for t in range(info.scanner_geometry.number_of_module_types())]
+    except (IndexError, AttributeError, TypeError):
+        raise InputError(path, "header does not give the detecting elements and energy bins of "
+                               "every module type") from None
+
+
+class _BinCheck:
+    """Counts coincidences whose detection bins lie beyond the header's scanner (corrupt data:
+    no detector has that id) and remembers the first one, for one error at the end."""
+
+    def __init__(self, n_bins: list[int]):
+        self.n_bins = n_bins
+        self.seen = {"prompt": 0, "delayed": 0}
+        self.bad = 0
+        self.first = None
+
+    def add(self, kind: str, matrix: list, block_index: int) -> None:
+        for i, row in enumerate(matrix):
+            for j, events in enumerate(row):
+                if len(events):
+                    self._add_list(kind, events, i, j, block_index)
+                self.seen[kind] += len(events)
+
+    def _add_list(self, kind, events, i, j, block_index) -> None:
+        # List [i][j] holds bins of module types i and j. Rows beyond the header's types are
+        # not checked but carried: petsird 0.12's example generator writes its last row twice.
+        if max(i, j) >= len(self.n_bins):
+            return
+        lim_i, lim_j = self.n_bins[i], self.n_bins[j]
+        if events[:, 0].max() < lim_i and events[:, 1].max() < lim_j:
+            return
+        bad = np.flatnonzero((events[:, 0] >= lim_i) | (events[:, 1] >= lim_j))
+        if self.first is None:
+            k = int(bad[0])
+            self.first = (f"{kind} event {self.seen[kind] + k} (time block {block_index}) "
+                          f"with detector ids {int(events[k, 0])}, {int(events[k, 1])}")
+        self.bad += len(bad)
+
+    def error(self, path: Path) -> InputError | None:
+        if not self.bad:
+            return None
+        total = self.seen["prompt"] + self.seen["delayed"]
+        scanner = (f"{self.n_bins[0]} detection bins" if len(self.n_bins) == 1 else
+                   f"detection bins per module type {', '.join(map(str, self.n_bins))}")
+        return InputError(path, f"{self.bad} of {total} events have detector ids out of range "
+                                f"(the header's scanner has {scanner}); first: {self.first}")
+
+
 class RawReader:
     """Open a PETSIRD file: ``.header`` then ``time_blocks()`` yields RawEventBlock for
-    event blocks and petsird.TimeBlock objects for every other time-block type."""
+    event blocks and petsird.TimeBlock objects for every other time-block type.
+
+    Detector ids (detection bins) beyond the header's scanner are corrupt data: when the
+    stream ends, ``time_blocks()`` raises one InputError with their count and the first one.
+    """
 
     def __init__(self, path):
         self.path = Path(path)
@@ -446,6 +526,11 @@ class RawReader:
         except Exception as err:  # any decoding failure of a cut or garbled header
             self._file.close()
             raise _corrupt(self.path, err) from None
+        try:
+            self._n_bins = _detection_bins_per_type(self.header, self.path)
+        except InputError:
+            self._file.close()
+            raise
 
     def header_bytes(self) -> bytes:
         """The file's bytes up to the time blocks (magic, schema, header), for copying."""
@@ -463,21 +548,30 @@ class RawReader:
 
     def time_blocks(self) -> Iterator:
         stream = self._reader._stream
+        check = _BinCheck(self._n_bins)
+        index = 0
         try:
             while (count := stream.read_unsigned_varint()) > 0:
                 for _ in range(count):
                     tag = stream.read_byte()
                     if tag == _EVENT_TAG:
-                        yield _read_event_block(stream, self._size)
+                        block = _read_event_block(stream, self._size)
+                        check.add("prompt", block.prompts, index)
+                        check.add("delayed", block.delayeds, index)
+                        yield block
                     elif tag < len(_TIME_BLOCK_CASES):
                         case_type, serializer = _TIME_BLOCK_CASES[tag]
                         yield case_type(serializer.read(stream))
                     else:
                         raise ValueError(f"unknown time-block type {tag}")
+                    index += 1
         except InputError:
             raise
         except Exception as err:
             raise _corrupt(self.path, err) from None
+        # after the whole stream, so that the error counts every bad event
+        if (error := check.error(self.path)) is not None:
+            raise error
 
 
 class RawWriter:

@@ -126,16 +126,20 @@ def _load_mu(mu_path_or_array, affine):
 def reconstruct_listmode(listmode_path, mu_path_or_array, affine, recon_cfg: dict, out_path,
                          device: str = "cpu", *, count_fraction: float = 1.0,
                          background_fraction: float | None = None, background=None,
+                         scanner: CylindricalScanner | None = None,
+                         scanner_source: str = "the configured scanner",
                          progress: bool = True) -> Path:
     """Histogram a PETSIRD list, run OSEM, post-filter, convert to SUV, write NIfTI atomically.
 
     ``recon_cfg``: iterations, subsets, postfilter_fwhm_mm (and optionally
     background_fraction). ``count_fraction``: share of the full list's events this list holds
-    (1.0 for the full list, 0.05 for p005). The image grid is the mu-map's; its affine is
-    written unchanged.
+    (1.0 for the full list, 0.05 for p005). ``scanner``: the expected scanner (the site's
+    config, named by ``scanner_source`` in errors); a list whose header describes another
+    geometry is refused before any event is read. Without it the header's scanner is used.
+    The image grid is the mu-map's; its affine is written unchanged.
     """
     from amdiff.listmode.histogram import histogram_listmode_info
-    from amdiff.listmode.petsird_io import (acquisition_from_header, read_header,
+    from amdiff.listmode.petsird_io import (acquisition_from_header, check_scanner, read_header,
                                             scanner_from_header)
 
     listmode_path = Path(listmode_path)
@@ -155,7 +159,10 @@ def reconstruct_listmode(listmode_path, mu_path_or_array, affine, recon_cfg: dic
         raise InputError(mu_name, "mu-map must be finite and non-negative (1/cm)")
 
     header = read_header(listmode_path)
-    scanner = scanner_from_header(header, source=listmode_path)
+    if scanner is None:
+        scanner = scanner_from_header(header, source=listmode_path)
+    else:
+        check_scanner(header, scanner, listmode_path, scanner_source)
     acq = acquisition_from_header(header, source=listmode_path)
     hist = histogram_listmode_info(listmode_path, scanner)
     if hist.n_events == 0 or hist.duration_s <= 0:

@@ -44,17 +44,36 @@ from amdiff.data.cases import content_sha256, load_cases
 from amdiff.data.patches import PatchSampler, collate
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path, write_text
+from amdiff.io.files import make_output_dir
 from amdiff.train.checkpoint import (canonical_sha256, file_sha256, load_checkpoint, load_weights,
                                      save_checkpoint)
+from amdiff.train.progress import write_progress
 
 
-def device_of(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("training.device", "cuda requested but no CUDA device is available")
-    return torch.device(name)
+def device_of(name: str, source: str = "training.device") -> torch.device:
+    """The torch device ``name`` names, or one-line InputError naming ``source`` (the option or
+    config key it came from) when it is no device name or this machine does not have it."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise InputError(source, f"{name!r} is not a device name (cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(source, f"{name!r} requested, but no CUDA device is available "
+                                     "(no GPU, no driver, or a CPU-only torch build); use cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise InputError(source, f"{name!r} requested, but this machine has {count} CUDA "
+                                     f"device(s): cuda:0..cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(source, f"{name!r} requested, but no Apple MPS device is available; use cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(source, f"{name!r}: device type {device.type!r} is not supported (cpu, cuda, mps)")
+    return device
 
 
 BEST_KEPT = "resume_best.pt"   # undeclared copy of best.pt that survives a Snakemake re-run
+PROGRESS = "progress.png"      # the curves so far, redrawn every epoch (amdiff.train.progress)
 
 # training keys that do not change the weights, so changing them resumes rather than retrains:
 # which sites a model predicts (its own site is in the fingerprint), where the job runs and on
@@ -108,7 +127,8 @@ class EpochTrainer(ABC):
         self.variant_name = replicate_base(name)   # what is built; name (a seed replicate's own) seeds it
         self.tcfg = config["training"]
         self.out_dir = Path(out_dir)
-        self.device = device_of(device or self.tcfg.get("device", "cpu"))
+        self.device = device_of(device or self.tcfg.get("device", "cpu"),
+                                "--device" if device else "training.device")
         self.seed = derived_seed(config["seed"], "train", name, site)
         self.e_max = int(self.tcfg["epochs"])
         patch = tuple(self.tcfg["patch_size"])
@@ -232,7 +252,7 @@ class EpochTrainer(ABC):
         """Say in one line why the kept training state goes, then delete it and the outputs made
         from it. last.pt goes last: a kill mid-way leaves a last.pt that is discarded again."""
         print(f"{reason}: training from scratch", file=sys.stderr)
-        for name in ("best.pt", "log.csv", BEST_KEPT, "last.pt"):
+        for name in ("best.pt", "log.csv", PROGRESS, BEST_KEPT, "last.pt"):
             (self.out_dir / name).unlink(missing_ok=True)
 
     def restore_outputs(self) -> None:
@@ -245,8 +265,9 @@ class EpochTrainer(ABC):
             self.write_log()
 
     def remove_temporaries(self) -> None:
-        """Drop what ``atomic_path`` left of this folder's files when a kill hit a write."""
-        for name in ("last.pt", "best.pt", BEST_KEPT, "log.csv"):
+        """Drop what ``atomic_path`` left of this folder's files when a SIGKILL (or a lost node)
+        hit a write; SIGTERM and SIGINT remove them at once (``remove_temporaries_on_signals``)."""
+        for name in ("last.pt", "best.pt", BEST_KEPT, "log.csv", PROGRESS):
             for tmp in self.out_dir.glob(f".{name}.*.tmp*"):
                 tmp.unlink(missing_ok=True)
 
@@ -257,6 +278,7 @@ class EpochTrainer(ABC):
         writer.writeheader()
         writer.writerows(self.history)
         write_text(self.out_dir / "log.csv", buf.getvalue())
+        write_progress(self.history, self.out_dir / PROGRESS, f"{self.name} trained on {self.site}")
 
     # ---- the loop --------------------------------------------------------------------------
     def fit(self, max_epochs_this_run: int | None = None, progress: bool = True) -> Path:
@@ -265,7 +287,7 @@ class EpochTrainer(ABC):
         ``max_epochs_this_run`` stops early (as a time-limited cluster job would); a later call
         resumes where it stopped.
         """
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        make_output_dir(self.out_dir)   # a file in its place, or no write access: one line
         self.remove_temporaries()
         if self.resume():
             self.restore_outputs()

@@ -18,20 +18,24 @@ from pathlib import Path
 import torch
 
 from amdiff.errors import InputError
+from amdiff.io.files import check_input_file
 from amdiff.io.atomic import atomic_path
 
 
 def save_checkpoint(path, payload: dict) -> Path:
+    """Write ``payload`` atomically; a failing write (disk full...) raises one-line InputError."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        # through a Python file object: a full disk then raises OSError (which atomic_path
+        # reports), where torch's own file writer raises a RuntimeError without the reason
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
     return path
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "checkpoint does not exist")
+    check_input_file(path, "checkpoint")
     if not zipfile.is_zipfile(path):
         raise InputError(path, "not a readable checkpoint (not a torch zip archive)")
     try:
@@ -62,20 +66,31 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
+def few(items, n: int = 3, width: int = 80) -> str:
+    """At most ``n`` items (each cut to ``width`` characters) and a count of the rest, for a
+    one-line message: ``"a, b, c and 297 more"``."""
+    items = [str(i) if len(str(i)) <= width else str(i)[:width - 3] + "..." for i in items]
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
 def load_weights(model: torch.nn.Module, state_dict: dict, source,
                  network: str = "the network rebuilt from its stored config") -> None:
     """Load ``state_dict`` into ``model`` (strict), or raise one-line InputError naming ``source``.
 
     Keys and shapes are compared before anything is copied, so on a mismatch ``model`` is
     unchanged (``load_state_dict`` would have copied the fitting tensors, then raised a
-    multi-line error).
+    multi-line error). The message counts the missing, unexpected and resized entries and
+    names at most three of each, so a checkpoint of another network gives a short line.
     """
+    if not isinstance(state_dict, dict):
+        raise InputError(source, f"its 'model' entry is a {type(state_dict).__name__}, not a state dict")
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     resized = [f"{k} {list(state_dict[k].shape)} vs {list(own[k].shape)}" for k in own
                if k in state_dict and getattr(state_dict[k], "shape", None) != getattr(own[k], "shape", None)]
-    problems = [f"{len(keys)} {what} (first: {keys[0]})"
+    problems = [f"{len(keys)} {what} ({few(keys)})"
                 for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", resized))
                 if keys]
     if problems:
@@ -84,4 +99,4 @@ def load_weights(model: torch.nn.Module, state_dict: dict, source,
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
-        raise InputError(source, f"its weights do not fit {network}: {first}") from None
+        raise InputError(source, f"its weights do not fit {network}: {few([first], width=200)}") from None

@@ -1,0 +1,53 @@
+"""Memory and time that the workflow's heavy rules ask of a scheduler, growing with each retry.
+
+With ``retries: 1`` (the SLURM profile) a job killed for running out of memory or time is
+submitted again; asking for the same ``mem_mb`` and ``runtime`` again would fail the same way.
+Each attempt therefore asks for ``factor`` times the previous one (our choice: 2, the usual
+doubling), up to a cap so that a job never asks for more than one node holds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+ResourceFunction = Callable[..., int]
+
+GROWTH = 2.0
+MAX_MEM_MB = 512_000      # one large node
+MAX_RUNTIME_MIN = 10_080  # one week, a common partition limit
+
+
+def by_attempt(base: int, cap: int, factor: float = GROWTH) -> ResourceFunction:
+    """A Snakemake resource callable: ``base`` on the first attempt, ``base * factor**(n-1)`` on
+    attempt n, never above ``cap``."""
+    if base <= 0 or cap < base or factor < 1.0:
+        raise ValueError(f"need 0 < base <= cap and factor >= 1, got base={base}, cap={cap}, factor={factor}")
+
+    def resource(wildcards=None, attempt: int = 1) -> int:
+        return int(min(cap, math.ceil(base * factor ** (max(1, int(attempt)) - 1))))
+
+    resource.__name__ = f"by_attempt_{base}"
+    return resource
+
+
+def job_resources(mem_mb: int, runtime_min: int, gpu: int | None = None) -> dict:
+    """``resources:`` of one rule: memory (MB) and runtime (minutes) growing with the attempt,
+    and the number of GPUs when given (a rule may set ``gpu`` itself)."""
+    resources = {"mem_mb": by_attempt(mem_mb, MAX_MEM_MB), "runtime": by_attempt(runtime_min, MAX_RUNTIME_MIN)}
+    if gpu is not None:
+        resources["gpu"] = int(gpu)
+    return resources
+
+
+# (mem_mb, runtime in minutes) of a network job on each device: a CPU job of the demo or study
+# sizes; a CUDA job at paper size (800 epochs of 128^3 patches, whole-body inference).
+NETWORK_JOB = {"train": {"cpu": (8000, 120), "cuda": (32000, 2880)},
+               "predict": {"cpu": (4000, 60), "cuda": (32000, 240)}}
+
+
+def network_resources(stage: str, device: str) -> dict:
+    """``resources:`` of a training (``stage="train"``) or inference job on ``device``."""
+    sizes = NETWORK_JOB[stage]
+    mem_mb, runtime = sizes["cpu" if device == "cpu" else "cuda"]
+    return job_resources(mem_mb, runtime, gpu=1 if device == "cuda" else 0)
