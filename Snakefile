@@ -1,7 +1,7 @@
 # AMDiff reproducibility workflow.
 #   snakemake --cores all                               # demo: synthetic cohort, CPU, minutes
 #   snakemake --configfile config/paper.yaml -n         # plan the paper-size study
-#   snakemake --workflow-profile profiles/slurm ...     # run on a SLURM cluster
+#   snakemake --profile profiles/slurm ...     # run on a SLURM cluster
 # Stages live in rules/*.smk; every rule calls the `amdiff` command line.
 
 import sys

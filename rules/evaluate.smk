@@ -66,6 +66,13 @@ def evaluation_targets():
             + ([f"{REPORTS}/tables/seed_variance.{ext}" for ext in ("tsv", "md")] if REPLICATES else []))
 
 
+# About a second each (66 evaluate_subject jobs in the demo): on a cluster they run in the
+# Snakemake process itself instead of queueing as batch jobs. A local run is unchanged.
+localrules:
+    evaluate_subject,
+    collect_metrics,
+
+
 rule evaluate_subject:
     input:
         unpack(evaluation_inputs),

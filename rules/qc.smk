@@ -2,6 +2,16 @@
 # of the prepared cohort, which is what the training stages read.
 
 
+# Seconds each, one per subject: on a cluster they run in the Snakemake process itself instead
+# of queueing as batch jobs. A local run is unchanged.
+localrules:
+    qc_subject,
+    subject_stats,
+    cohort_summary,
+    manifest,
+    training_manifest,
+
+
 rule qc_subject:
     conda:
         "../envs/amdiff.yaml"

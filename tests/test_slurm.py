@@ -8,10 +8,12 @@ cannot be done (not root, no apt-get). Accounting is off, as on a machine withou
 the run relies on the profile's `slurm-status-command: squeue`.
 """
 
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -110,7 +112,7 @@ def test_slurm_profile_runs_a_workflow_slice_with_each_rules_resources(slurm, re
     threads = min(2, slurm.cpus)    # threads above the rules' 1, to see them arrive
     common = ["snakemake", "-s", str(repo / "Snakefile"), "--directory", str(tmp_path),
               "--configfile", str(repo / ".test/config/config.yaml"),
-              "--workflow-profile", str(repo / "profiles/slurm"),
+              "--profile", str(repo / "profiles/slurm"),
               # the demo rules run on CPU: the phantom job stands in for a GPU rule
               "--set-resources", "phantom:gpu=1", f"phantom:gpu_model={GPU_TYPE}", "phantom:slurm_partition=gpu",
               "--set-threads", f"simulate_listmode={threads}"]
@@ -163,11 +165,11 @@ def test_slurm_profile_runs_a_workflow_slice_with_each_rules_resources(slurm, re
 def test_slurm_profile_sends_every_gpu_job_to_the_gpu_partition(repo, venv_env, tmp_path):
     """Paper config: a job that asks for a GPU lands in the profile's GPU partition, the others
     in the default one; every rule the profile names exists."""
-    profile = yaml.safe_load((repo / "profiles/slurm/config.yaml").read_text())
+    profile = yaml.safe_load((repo / "profiles/slurm/profile.yaml").read_text())
     cpu_partition = profile["default-resources"]["slurm_partition"]
     assert profile["slurm-status-command"] in ("sacct", "squeue")
     cmd = ["snakemake", "-s", str(repo / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(repo / "config/paper.yaml"), "--workflow-profile", str(repo / "profiles/slurm"),
+           "--configfile", str(repo / "config/paper.yaml"), "--profile", str(repo / "profiles/slurm"),
            "-n", "--cores", "64"]
     result = subprocess.run(cmd, env=venv_env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -184,3 +186,49 @@ def test_slurm_profile_sends_every_gpu_job_to_the_gpu_partition(repo, venv_env, 
             wrong[rule] = (res.get("gpu"), res.get("slurm_partition"))
     assert not wrong, f"rule: (gpu, partition) in the wrong partition: {wrong}"
     assert any(int(job["resources"].get("gpu", 0)) for job in jobs.values())
+
+
+LOCAL_RULES_SCRIPT = """
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+snakefile, configfile, workdir = map(Path, sys.argv[1:4])
+with SnakemakeApi(OutputSettings()) as api:
+    workflow = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=snakefile, workdir=workdir,
+                            config_settings=ConfigSettings(configfiles=[configfile]))._workflow
+    print(json.dumps(sorted(workflow._localrules)))
+"""
+
+
+def job_counts(output):
+    """{rule: jobs} from the first 'Job stats' table of a snakemake printout."""
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, re.M) if rule != "total"}
+
+
+def test_second_long_jobs_run_in_snakemake_instead_of_the_queue(repo, venv_env, tmp_path):
+    """Evaluation, QC and manifest jobs take about a second each: they are local rules, so on a
+    cluster they run in the Snakemake process instead of each waiting in the queue as a batch job.
+    Counts, for the tiny config under the SLURM profile, how many jobs reach SLURM."""
+    cmd = ["snakemake", "-s", str(repo / "Snakefile"), "--directory", str(tmp_path), "-n",
+           "--configfile", str(repo / ".test/config/config.yaml"), "--profile", str(repo / "profiles/slurm")]
+    result = subprocess.run(cmd, env=venv_env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = job_counts(result.stdout + result.stderr)
+    script = subprocess.run([sys.executable, "-c", LOCAL_RULES_SCRIPT, str(repo / "Snakefile"),
+                             str(repo / ".test/config/config.yaml"), str(tmp_path / "api")],
+                            env=venv_env, capture_output=True, text=True, timeout=600)
+    assert script.returncode == 0, script.stderr[-3000:]
+    local = set(json.loads(script.stdout.strip().splitlines()[-1]))
+    assert local <= set(counts), local - set(counts)
+    assert {"evaluate_subject", "qc_subject", "subject_stats"} <= local
+    heavy = {"phantom", "simulate_listmode", "downsample", "recon_highcount", "recon_lowcount", "organ_labels",
+             "train_amdiff", "train_baseline", "predict_amdiff", "predict_denoiser_baseline",
+             "predict_segmenter_baseline", "tables", "figure_slices"}
+    assert not heavy & local, heavy & local
+    before = sum(n for rule, n in counts.items() if rule != "all")    # `all` runs nothing
+    after = sum(n for rule, n in counts.items() if rule != "all" and rule not in local)
+    print(f"tiny config under profiles/slurm: {after} of {before} jobs reach SLURM "
+          f"({before - after} run in the Snakemake process)")
+    assert before - after >= counts["evaluate_subject"] + counts["qc_subject"] + counts["subject_stats"]
