@@ -1,9 +1,10 @@
 # AMDiff reproducibility workflow.
 #   snakemake --cores all                               # demo: synthetic cohort, CPU, minutes
 #   snakemake --configfile config/paper.yaml -n         # plan the paper-size study
-#   snakemake --profile profiles/slurm ...     # run on a SLURM cluster
+#   snakemake --profile profiles/slurm ...              # run on a SLURM cluster
 # Stages live in rules/*.smk; every rule calls the `amdiff` command line.
 
+import os
 import sys
 
 from snakemake.utils import min_version
@@ -12,6 +13,10 @@ from amdiff.config import read_config
 from amdiff.errors import InputError
 
 min_version("9.0")
+
+# With --sdm conda, envs/*.post-deploy.sh installs this checkout into each new environment; they
+# run from .snakemake/conda/, so they learn where the checkout is from here.
+os.environ["AMDIFF_SOURCE"] = workflow.basedir
 
 
 # The demo config is the default; a --configfile given on the command line replaces it

@@ -97,7 +97,7 @@ rule evaluate_subject:
         mem_mb=4000,
         runtime=30,
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/evaluate.yaml"
     shell:
         "{AMDIFF} evaluate --model {wildcards.model} --site {wildcards.site} --subject {wildcards.subject}"
         " --hc {input.hc:q} --lesion {input.lesion:q} --organs {input.organs:q} --ct {input.ct:q}"
@@ -119,7 +119,7 @@ rule collect_metrics:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/evaluate.yaml"
     shell:
         "{AMDIFF} collect-metrics --out {output:q} {input:q} > {log:q} 2>&1"
 
@@ -144,7 +144,7 @@ rule study_checks:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/evaluate.yaml"
     shell:
         "{AMDIFF} study-checks --metrics {input.metrics:q} --budget {input.budget:q} --run-kind {params.run_kind}"
         " --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
@@ -169,7 +169,7 @@ rule seed_variance:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/evaluate.yaml"
     shell:
         "{AMDIFF} seed-variance --config {CONFIG_FILE:q} --metrics {input:q}"
         " --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
@@ -211,7 +211,7 @@ rule tables:
         mem_mb=2000,
         runtime=30,
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/evaluate.yaml"
     shell:
         "{AMDIFF} tables --metrics {input.metrics:q} --gaussian-fit {params.fits} --out-dir {params.out_dir:q}"
         " --seed {params.seed} --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
@@ -237,7 +237,7 @@ rule figure_regression:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/evaluate.yaml"
     shell:
         "{AMDIFF} figure-regression --metrics {input.metrics:q} --models {params.models}"
         " --png {output.png:q} --pdf {output.pdf:q} --stats {output.stats:q}"
@@ -279,7 +279,7 @@ rule figure_slices:
         mem_mb=4000,
         runtime=10,
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/evaluate.yaml"
     shell:
         "{AMDIFF} figure-slices --metrics {input.metrics:q} --results {RESULTS:q} --site {wildcards.site}"
         " --models {params.models} --out-dir {params.prefix:q}"
@@ -309,7 +309,7 @@ rule figure_training:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/evaluate.yaml"
     shell:
         "{AMDIFF} figure-training --log {params.logs} --png {output.png:q} --pdf {output.pdf:q}"
         " --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
@@ -330,7 +330,7 @@ rule training_budget:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/evaluate.yaml"
     shell:
         # patches per epoch and batch size: the config the models trained with (a change re-trains them)
         "{AMDIFF} training-budget --config {CONFIG_FILE:q} --log {params.logs} --out {output:q} > {log:q} 2>&1"

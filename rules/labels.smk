@@ -14,7 +14,7 @@ def label_source(wildcards):
 
 rule organ_labels:
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/totalseg.yaml"
     input:
         unpack(label_source),
         ct=f"{RESULTS}/{{site}}/{{subject}}/ct.nii.gz",

@@ -20,7 +20,7 @@ def body_size(wildcards, input):
 
 rule simulate_listmode:
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/data.yaml"
     input:
         unpack(simulate_inputs),
     output:
@@ -50,7 +50,7 @@ rule simulate_listmode:
 # counts.json as its output; the lists beside it are written in the same atomic step.
 rule downsample:
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/data.yaml"
     input:
         full_listmode,
     output:

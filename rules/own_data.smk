@@ -4,7 +4,7 @@
 
 rule import_ct:
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/data.yaml"
     input:
         lambda w: subject_of(w)["ct"],
     output:
@@ -18,7 +18,7 @@ rule import_ct:
 
 rule import_lesion:
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/data.yaml"
     input:
         mask=lambda w: subject_of(w)["lesion"],
         reference=lambda w: subject_of(w)["hc_pet"],
@@ -34,7 +34,7 @@ rule import_lesion:
 
 rule mumap_from_ct:
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/data.yaml"
     input:
         f"{RESULTS}/{{site}}/{{subject}}/ct.nii.gz",
     output:
@@ -51,7 +51,7 @@ rule mumap_from_ct:
 
 rule import_highcount:
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/data.yaml"
     input:
         image=lambda w: subject_of(w)["hc_pet"],
         reference=lambda w: subject_of(w)["ct"],
@@ -69,7 +69,7 @@ rule import_highcount:
 
 rule import_lowcount:
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/data.yaml"
     input:
         image=lambda w: own_lowcount(w),
         reference=lambda w: subject_of(w)["hc_pet"],

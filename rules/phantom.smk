@@ -3,7 +3,7 @@
 
 rule phantom:
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/data.yaml"
     output:
         suv=f"{RESULTS}/{{site}}/{{subject}}/truth_suv.nii.gz",
         ct=f"{RESULTS}/{{site}}/{{subject}}/ct.nii.gz",

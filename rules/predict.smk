@@ -54,7 +54,7 @@ rule predict_amdiff:
     resources:
         **network_resources("predict", INFERENCE.get("device", "cpu")),
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/learning.yaml"
     shell:
         "{AMDIFF} predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
         " --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
@@ -80,7 +80,7 @@ rule predict_denoiser_baseline:
     resources:
         **network_resources("predict", INFERENCE.get("device", "cpu")),
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/learning.yaml"
     shell:
         "{AMDIFF} predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
         " --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
@@ -109,7 +109,7 @@ rule predict_segmenter_baseline:
     resources:
         **network_resources("predict", INFERENCE.get("device", "cpu")),
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/learning.yaml"
     shell:
         "{AMDIFF} predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
         " --denoised {input.denoised:q} --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
@@ -133,7 +133,7 @@ rule predict_lowcount_input:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/evaluate.yaml"
     shell:
         "{AMDIFF} gaussian-filter --lc {input.lc:q} --fwhm-mm 0 --out-dir {params.outdir:q} > {log:q} 2>&1"
 
@@ -155,6 +155,6 @@ rule predict_gaussian_filter:
         mem_mb=4000,
         runtime=10,
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/evaluate.yaml"
     shell:
         "{AMDIFF} gaussian-filter --lc {input.lc:q} --fit {input.fit:q} --out-dir {params.outdir:q} > {log:q} 2>&1"

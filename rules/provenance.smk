@@ -30,7 +30,7 @@ rule provenance:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/learning.yaml"
     shell:
         "{AMDIFF} provenance --config {params.config:q} --benchmarks {params.benchmarks:q}"
         " --source-dir {params.source:q} --out {output:q} > {log:q} 2>&1"

@@ -14,7 +14,7 @@ localrules:
 
 rule qc_subject:
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/data.yaml"
     input:
         unpack(lc_images),
         hc=f"{RESULTS}/{{site}}/{{subject}}/hc.nii.gz",
@@ -54,7 +54,7 @@ def stats_inputs(wildcards):
 
 rule subject_stats:
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/data.yaml"
     input:
         unpack(stats_inputs),
     output:
@@ -76,7 +76,7 @@ rule subject_stats:
 
 rule cohort_summary:
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/data.yaml"
     input:
         [f"{subject_dir(s['site'], s['subject'])}/stats.json" for s in SUBJECTS],
     output:
@@ -100,7 +100,7 @@ def manifest_images(subjects):
 
 rule manifest:
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/data.yaml"
     input:
         manifest_images(SUBJECTS),
     output:
@@ -119,7 +119,7 @@ rule manifest:
 # image (or another site's data) fails its own jobs and not every model's training.
 rule training_manifest:
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/data.yaml"
     input:
         lambda w: manifest_images([s for s in SUBJECTS if s["site"] == w.train_site and s["split"] in ("train", "val")]),
     output:

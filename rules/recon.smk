@@ -8,7 +8,7 @@ def recon_resources(wildcards):
 
 rule recon_highcount:
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/data.yaml"
     input:
         listmode=full_listmode,
         mumap=f"{RESULTS}/{{site}}/{{subject}}/mumap.nii.gz",
@@ -33,7 +33,7 @@ rule recon_highcount:
 
 rule recon_lowcount:
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/data.yaml"
     input:
         counts=f"{RESULTS}/{{site}}/{{subject}}/listmode/counts.json",
         mumap=f"{RESULTS}/{{site}}/{{subject}}/mumap.nii.gz",

@@ -63,7 +63,7 @@ rule train_amdiff:
     resources:
         **network_resources("train", training_device()),
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/learning.yaml"
     shell:
         "{AMDIFF} train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
         " --variant {wildcards.model} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
@@ -108,7 +108,7 @@ rule train_baseline:
     resources:
         **network_resources("train", training_device()),
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/learning.yaml"
     shell:
         "{AMDIFF} train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
         " --variant {wildcards.model} {params.denoiser} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
@@ -137,7 +137,7 @@ rule fit_gaussian_filter:
         mem_mb=8000,
         runtime=120,
     conda:
-        "../envs/amdiff.yaml"
+        "../envs/evaluate.yaml"
     shell:
         "{AMDIFF} fit-gaussian --manifest {input.manifest:q} --site {wildcards.train_site} {params.grid}"
         " --nrmse-whole {params.nrmse_whole} --out {output:q} > {log:q} 2>&1"

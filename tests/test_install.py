@@ -10,9 +10,10 @@ import pytest
 
 @pytest.mark.slow
 def test_a_non_editable_install_validates_configs_from_another_folder(repo, tmp_path):
-    """`pip install .` (a built wheel, here into a target folder) carries the config schema as
-    package data: `amdiff check-config` run from another folder finds it, and the package it
-    imports is the installed copy, not this checkout."""
+    """The conda environments' install script (envs/install-amdiff.sh, what `--sdm conda` runs
+    after building each env) installs a built wheel, here into a target folder: it carries the
+    config schema as package data, `amdiff check-config` run from another folder finds it, and
+    the package it imports is the installed copy, not this checkout."""
     # build from a copy: setuptools writes build/ into the source folder it builds
     source = tmp_path / "source"
     shutil.copytree(repo / "amdiff", source / "amdiff", ignore=shutil.ignore_patterns("__pycache__"))
@@ -20,8 +21,14 @@ def test_a_non_editable_install_validates_configs_from_another_folder(repo, tmp_
         if (repo / name).exists():
             shutil.copy(repo / name, source / name)
     target = tmp_path / "site"
-    build = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                            "--target", str(target), str(source)], capture_output=True, text=True, timeout=900)
+    interpreter = tmp_path / "bin"          # the script calls `python`: this one
+    interpreter.mkdir()
+    (interpreter / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (interpreter / "python").chmod(0o755)
+    script_env = {**os.environ, "AMDIFF_SOURCE": str(source),
+                  "PATH": f"{interpreter}{os.pathsep}{os.environ.get('PATH', '')}"}
+    build = subprocess.run(["bash", str(repo / "envs" / "install-amdiff.sh"), "--quiet", "--no-build-isolation",
+                            "--target", str(target)], env=script_env, capture_output=True, text=True, timeout=900)
     assert build.returncode == 0, build.stderr[-3000:]
     assert (target / "amdiff" / "schemas" / "config.schema.yaml").is_file()
     elsewhere = tmp_path / "elsewhere"
