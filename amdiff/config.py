@@ -70,7 +70,21 @@ def _check_seed_replicates(config: dict, source: str) -> None:
                                      f"(models.variants, or med_ddpm in baselines.names)")
 
 
+def _check_recon_engine(site: str, recon: dict, source: str) -> None:
+    """An external engine needs a command whose placeholders are known (checked before any job)."""
+    from amdiff.recon.external import template_fields
+
+    where = f"{source}: sites.{site}"
+    if recon.get("engine", "internal") == "external":
+        if not recon.get("command"):
+            raise InputError(where, "recon.engine is external, so recon.command (the engine's command line) is required")
+        template_fields(recon["command"], where)
+    elif recon.get("command"):
+        raise InputError(where, "recon.command is set but recon.engine is not external; set engine: external")
+
+
 def _check_site(site: str, cfg: dict, source: str) -> None:
+    _check_recon_engine(site, cfg["recon"], source)
     sc, im = cfg["scanner"], cfg["image"]
     if sc["fov_radius_mm"] >= sc["radius_mm"]:
         raise InputError(source, f"sites.{site}.scanner: fov_radius_mm must be below radius_mm")

@@ -147,6 +147,17 @@ def recon(args) -> None:
     site = _site(config, args.site, args.config)
     mu = read_volume(args.mumap, "mumap")
     recon_cfg = dict(site["recon"])
+    if recon_cfg.pop("engine", "internal") == "external":
+        from amdiff.listmode.petsird_io import acquisition_from_header, read_header
+        from amdiff.recon.external import reconstruct_external
+
+        check_input_file(args.listmode)
+        acquisition = acquisition_from_header(read_header(args.listmode), source=args.listmode)
+        reconstruct_external(recon_cfg["command"], args.listmode, args.mumap, args.out, recon_cfg,
+                             count_fraction=args.count_percent / 100.0, acquisition=acquisition,
+                             source=f"{args.config}: sites.{args.site}")
+        return
+    recon_cfg.pop("command", None)
     device = args.device or recon_cfg.pop("device", "cpu")
     recon_cfg.pop("device", None)
     # The flat randoms+scatter model is known from the acquisition settings (the PETSIRD
