@@ -377,7 +377,7 @@ def predict(args) -> None:
     _check_window(state, config, args.checkpoint)
     lc = read_volume(args.lc, "suv")
     # the network is rebuilt exactly as it was trained, from what the checkpoint records
-    model, variant = _model_of_checkpoint(state, args.checkpoint)
+    model, variant = model_of_checkpoint(state, args.checkpoint)
     load_weights(model, state["model"], args.checkpoint,   # a mismatch: one line naming the file
                  network=f"the {variant} network rebuilt from the settings it records")
     if state.get("kind") == "baseline":
@@ -404,7 +404,7 @@ def predict(args) -> None:
         write_volume(out / "uncertainty.nii.gz", pred.uncertainty, lc.affine)
 
 
-def _model_of_checkpoint(state: dict, path):
+def model_of_checkpoint(state: dict, path):
     """(network, variant name) that a checkpoint's weights belong to, built from what it records:
     its ``kind``, ``variant`` and the ``config`` (AMDiff variants, Med-DDPM) or ``baseline_kwargs``
     (comparison models) it was trained with. A record that is missing or names no known model

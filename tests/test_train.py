@@ -82,14 +82,21 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(manifest, full_run
     torch.set_num_threads(1)
     Trainer(CONFIG, "amdiff", "mct", manifest, tmp_path).fit(max_epochs_this_run=2, progress=False)
     assert len(pd.read_csv(tmp_path / "log.csv")) == 2
-    resumed = Trainer(CONFIG, "amdiff", "mct", manifest, tmp_path)
+    # keeping epoch checkpoints does not change the weights: the run resumes, and keeps epoch 3
+    keeping = copy.deepcopy(CONFIG)
+    keeping["training"]["checkpoint_every_epochs"] = 1
+    resumed = Trainer(keeping, "amdiff", "mct", manifest, tmp_path)
     resumed.fit(progress=False)
+    assert sorted(p.name for p in tmp_path.glob("epoch_*.pt")) == ["epoch_0003.pt"]
+    kept = load_checkpoint(tmp_path / "epoch_0003.pt")
+    assert kept["epoch"] == 2 and kept["variant"] == "amdiff"
     a = pd.read_csv(full_run / "log.csv").drop(columns=["seconds"])
     b = pd.read_csv(tmp_path / "log.csv").drop(columns=["seconds"])
     pd.testing.assert_frame_equal(a, b)
     sa = load_checkpoint(full_run / "last.pt")["model"]
     sb = load_checkpoint(tmp_path / "last.pt")["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert all(torch.equal(sa[k], kept["model"][k]) for k in sa)
 
 
 def test_ablation_variants_change_the_loss_or_network(manifest, tmp_path):

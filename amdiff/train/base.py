@@ -77,9 +77,10 @@ PROGRESS = "progress.png"      # the curves so far, redrawn every epoch (amdiff.
 
 # training keys that do not change the weights, so changing them resumes rather than retrains:
 # which sites a model predicts (its own site is in the fingerprint), where the job runs and on
-# how many threads. Device and threads change float rounding, not the model being trained; a
-# job moved from CPU to GPU (or given more cores) should continue, not start over.
-NOT_WEIGHTS = ("train_sites", "device", "threads")
+# how many threads, which epochs are also kept. Device and threads change float rounding, not the
+# model being trained; a job moved from CPU to GPU (or given more cores) should continue, not
+# start over.
+NOT_WEIGHTS = ("train_sites", "device", "threads", "checkpoint_every_epochs")
 
 
 def weight_settings(section: dict, drop=()) -> dict:
@@ -318,6 +319,9 @@ class EpochTrainer(ABC):
                 save_checkpoint(self.out_dir / BEST_KEPT, self.payload(epoch))
                 link_or_copy(self.out_dir / BEST_KEPT, self.out_dir / "best.pt")
             save_checkpoint(self.out_dir / "last.pt", self.payload(epoch))
+            every = int(self.tcfg.get("checkpoint_every_epochs", 0) or 0)
+            if every and (epoch + 1) % every == 0:   # kept for learning curves, never read back
+                link_or_copy(self.out_dir / "last.pt", self.out_dir / f"epoch_{epoch + 1:04d}.pt")
             self.write_log()
         return self.out_dir / "best.pt"
 
