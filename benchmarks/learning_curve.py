@@ -13,8 +13,10 @@ and lung Dice. The two reference rows that need no training are scored on the sa
 low-count input itself and the Gaussian filter whose FWHM (from ``evaluation.gaussian_filter``'s
 grid) is best on these images, i.e. the optimistic Gaussian.
 
-Prints one row per checkpoint and image level, and writes learning_curve.tsv and
-learning_curve.png (NRMSE and Dice against gradient steps, the references as lines) to --out-dir.
+Prints one row per checkpoint and image level, and writes learning_curve.tsv,
+learning_curve.png (NRMSE and Dice against gradient steps, the references as lines) and
+provenance.json (command, commit, machine, packages, and per checkpoint its model, epoch, steps
+and the hash and training section of the config it was trained with) to --out-dir.
 Gradient steps = epochs done x patches_per_epoch / batch_size, from the config each checkpoint
 records. Validation images are the ones model selection uses, not the test set.
 """
@@ -22,6 +24,7 @@ records. Validation images are the ones model selection uses, not the test set.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -34,7 +37,9 @@ from amdiff.config import derived_seed, load_config
 from amdiff.evaluate.gaussian import DEFAULT_FWHM_GRID_MM, gaussian_filter, validation_images
 from amdiff.evaluate.metrics import NRMSE_WHOLE_DEFAULT, dice, whole_image_nrmse
 from amdiff.infer.predict import predict_volume
+from amdiff.io.atomic import write_text
 from amdiff.labels.totalseg import ORGAN_CLASSES
+from amdiff.provenance import config_sha256, git_state, machine, package_versions
 from amdiff.stages import model_of_checkpoint
 from amdiff.train.checkpoint import load_checkpoint, load_weights
 
@@ -110,10 +115,13 @@ def main(argv=None) -> int:
     reading = evaluation.get("nrmse_whole", NRMSE_WHOLE_DEFAULT)
     grid = (evaluation.get("gaussian_filter") or {}).get("fwhm_mm_grid") or DEFAULT_FWHM_GRID_MM
     images = load_images(args.manifest, args.site, reading)
-    rows = []
+    rows, trained = [], []
     refs = references(images, reading, grid)
     for checkpoint in args.checkpoints:
         state = load_checkpoint(checkpoint)
+        trained.append({"checkpoint": str(checkpoint), "model": state.get("model_name", state.get("variant")),
+                        "epoch": int(state["epoch"]) + 1, "gradient_steps": steps_of(state),
+                        "config_sha256": config_sha256(state["config"]), "training": state["config"]["training"]})
         model, variant = model_of_checkpoint(state, checkpoint)
         load_weights(model, state["model"], checkpoint, network=variant)
         for subject, name, lc, hc, body, lesion, organs in images:
@@ -130,6 +138,11 @@ def main(argv=None) -> int:
     table = pd.concat([curve, refs.assign(gradient_steps=0, epoch=0, checkpoint="")], ignore_index=True)
     table.to_csv(args.out_dir / "learning_curve.tsv", sep="\t", index=False, float_format="%.5f")
     plot(curve, refs, args.out_dir / "learning_curve.png", reading)
+    record = {"command": ["python", "benchmarks/learning_curve.py", *(argv or sys.argv[1:])],
+              "git": git_state(Path(__file__).resolve().parents[1]), "evaluation_config": str(args.config),
+              "evaluation_config_sha256": config_sha256(config), "machine": machine(),
+              "packages": package_versions(), "checkpoints": trained}
+    write_text(args.out_dir / "provenance.json", json.dumps(record, indent=2, default=str) + "\n")
     print(refs.groupby(["model", "level"]).nrmse_whole.mean().round(4).to_string())
     return 0
 
