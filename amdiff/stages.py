@@ -472,6 +472,7 @@ def params(args) -> None:
     """Print parameter counts at paper size: AMDiff's networks and variants, then the baselines."""
     import importlib
 
+    from amdiff.contracts import COMPARISON_MODELS
     from amdiff.models.amdiff import VARIANTS, build_model
     from amdiff.models.params import count_parameters
 
@@ -483,7 +484,7 @@ def params(args) -> None:
         parts = {"denoiser": model.denoiser, "revision": model.revision, "segmenter": model.segmenter}
         detail = ", ".join(f"{k} {count_parameters(v) / 1e6:.2f} M" for k, v in parts.items() if v is not None)
         rows.append((variant, count_parameters(model), detail))
-    for name in ("leqmod_gan", "spach_transformer", "swin_unetr", "nnmamba", "medsam3d"):
+    for name in (n for n in COMPARISON_MODELS if n != "med_ddpm"):   # med_ddpm: the AMDiff module above
         try:
             module = importlib.import_module(f"amdiff.models.baselines.{name}")
         except ImportError as exc:

@@ -7,6 +7,7 @@ import sys
 
 from amdiff.config import (check_workflow_config, count_levels, derived_seed, phantom_subjects,
                            replicate_base, seed_replicates)
+from amdiff import contracts
 from amdiff.errors import InputError
 from amdiff.listmode.levels import level_name
 from amdiff.provenance import config_sha256

@@ -12,7 +12,7 @@ REPLICATE_NAMES = [name for names in REPLICATES.values() for name in names]
 # Med-DDPM is AMDiff's diffusion module alone: it trains with the AMDiff trainer
 DIFFUSION_MODELS = VARIANTS + [b for b in BASELINES if b == "med_ddpm"] + REPLICATE_NAMES
 OTHER_BASELINES = [b for b in BASELINES if b != "med_ddpm"]
-COMPARISON_SEGMENTERS = [b for b in OTHER_BASELINES if b in ("swin_unetr", "nnmamba", "medsam3d")]
+COMPARISON_SEGMENTERS = [b for b in OTHER_BASELINES if b in contracts.COMPARISON_SEGMENTERS]
 GAUSSIAN_GRID = ((config.get("evaluation") or {}).get("gaussian_filter") or {}).get("fwhm_mm_grid")
 
 

@@ -8,10 +8,8 @@ the ground truth is empty) is NaN; NaN values are left out of means and of paire
 
 from __future__ import annotations
 
-from amdiff.labels.totalseg import ORGAN_CLASSES
-
-ORGANS = tuple(ORGAN_CLASSES.values())          # liver, lung, bone, muscle, kidney, spleen, aorta
-CLASSES = ("lesion", *ORGANS)                    # semantic classes s = 1..8 of the paper
+from amdiff.contracts import ORGAN_NAMES as ORGANS      # liver, lung, bone, muscle, kidney, spleen, aorta
+from amdiff.contracts import SEMANTIC_CLASSES as CLASSES  # semantic classes s = 1..8 of the paper
 
 # count_percent: the level in percent of the full (high-count) list, which names it (p005);
 # clinical_percent: the same in percent of the site's standard clinical count, on which the

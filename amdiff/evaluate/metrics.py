@@ -55,9 +55,9 @@ import numpy as np
 from scipy import ndimage, optimize
 
 from amdiff.evaluate.columns import CLASSES, METRICS, ORGANS
-from amdiff.labels.totalseg import ORGAN_CLASSES
+from amdiff.contracts import ORGAN_LABELS
 
-ORGAN_IDS = {name: label for label, name in ORGAN_CLASSES.items()}
+ORGAN_IDS = ORGAN_LABELS
 # 3x3x3 block of ones: face, edge and corner neighbours are connected.
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 # Face and edge neighbours, not corners: the autoPET script's cc3d connectivity=18.

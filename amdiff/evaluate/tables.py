@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from amdiff.contracts import COMPARISON_DENOISERS, COMPARISON_SEGMENTERS
 from amdiff.evaluate import columns
 from amdiff.evaluate.statistics import (ALL_GROUP, ALPHA, N_RESAMPLES, PAIR_KEYS, REFERENCE, SEED,
                                         SUBJECT_KEYS, require_columns, compare, describe, groups)
@@ -66,8 +67,8 @@ class TableSpec:
 # ablation, which the paper's Table 4 has no row for).
 ABLATIONS = ("amdiff_no_revision", "amdiff_no_organ_reg", "amdiff_no_lesion_reg",
              "amdiff_no_lor", "amdiff_no_resmamba")
-SEGMENTERS = ("swin_unetr", "nnmamba", "medsam3d")
-DENOISERS = ("leqmod_gan", "spach_transformer", "med_ddpm")
+SEGMENTERS = COMPARISON_SEGMENTERS
+DENOISERS = COMPARISON_DENOISERS
 # Table 2's first rows, which need no training: the low-count input and its Gaussian-filtered
 # version (amdiff.evaluate.gaussian); AMDiff is tested against them as against every denoiser.
 TRAINING_FREE = ("lowcount_input", "gaussian_filter")

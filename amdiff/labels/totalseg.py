@@ -28,11 +28,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from amdiff.contracts import N_ORGAN_CLASSES, ORGAN_CLASSES
 from amdiff.errors import InputError
 from amdiff.io.nifti import Volume, check_same_grid, read_volume, write_volume
 
-ORGAN_CLASSES = {1: "liver", 2: "lung", 3: "bone", 4: "muscle", 5: "kidney", 6: "spleen", 7: "aorta"}
-N_ORGAN_CLASSES = 7
 TS_TASK = "total"
 
 # (organ id, full-match pattern on TotalSegmentator names, number of structures it must match)

@@ -20,12 +20,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from amdiff.contracts import N_ORGAN_CLASSES, SEMANTIC_CLASSES
 from amdiff.errors import InputError
 
-N_ORGANS = 7
-S = N_ORGANS + 1  # paper's S: lesion + 7 organs
+N_ORGANS = N_ORGAN_CLASSES
+S = len(SEMANTIC_CLASSES)  # paper's S: lesion + 7 organs
 N_CLASSES = S + 1  # with background s = 0
-CLASS_NAMES = ("background", "lesion", "liver", "lung", "bone", "muscle", "kidney", "spleen", "aorta")
+CLASS_NAMES = ("background", *SEMANTIC_CLASSES)
 
 WeightsLike = torch.Tensor | Sequence[float] | None
 

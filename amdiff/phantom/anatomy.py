@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from amdiff.contracts import ORGAN_CLASSES
 from amdiff.phantom.raster import Grid
 from amdiff.phantom.shapes import (Difference, Ellipsoid, HalfSpace, Intersection, Shape, Tube,
                                    Union, ZTube, cylinder, rotation_matrix)
@@ -26,7 +27,7 @@ MIN_XY_FIT_SCALE = 0.6
 
 # Organ label values (DESIGN.md data contract).
 BACKGROUND, LIVER, LUNG, BONE, MUSCLE, KIDNEY, SPLEEN, AORTA = range(8)
-ORGAN_NAMES = {1: "liver", 2: "lung", 3: "bone", 4: "muscle", 5: "kidney", 6: "spleen", 7: "aorta"}
+ORGAN_NAMES = ORGAN_CLASSES   # label value -> name, the shared contract
 
 # Lean torso (no subcutaneous fat): h, half-width a, half-depth b, centre y.
 TORSO_LEAN = np.array([

@@ -25,13 +25,14 @@ from matplotlib.colors import ListedColormap, to_rgba  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
+from amdiff.contracts import ORGAN_CLASSES  # noqa: E402
 from amdiff.errors import InputError  # noqa: E402
 from amdiff.io.atomic import atomic_path  # noqa: E402
 from amdiff.io.nifti import Volume, check_same_grid, read_volume  # noqa: E402
 from amdiff.listmode.levels import parse_image_name  # noqa: E402
 
 # Organ classes of the data contract, label value -> name.
-ORGANS = {1: "liver", 2: "lung", 3: "bone", 4: "muscle", 5: "kidney", 6: "spleen", 7: "aorta"}
+ORGANS = ORGAN_CLASSES
 # Colour-blind-aware colours; red is reserved for lesions.
 ORGAN_COLOURS = {
     1: "#8c510a",  # liver: brown

@@ -22,9 +22,9 @@ import importlib
 from collections.abc import Iterator, Mapping
 from types import ModuleType
 
-DENOISERS = ("leqmod_gan", "spach_transformer", "med_ddpm")
-SEGMENTERS = ("swin_unetr", "nnmamba", "medsam3d")
-NAMES = DENOISERS + SEGMENTERS
+from amdiff.contracts import COMPARISON_DENOISERS as DENOISERS
+from amdiff.contracts import COMPARISON_MODELS as NAMES
+from amdiff.contracts import COMPARISON_SEGMENTERS as SEGMENTERS
 
 
 def get(name: str) -> ModuleType:
