@@ -52,15 +52,22 @@ def test_each_comparison_model_trains_and_keeps_its_best_checkpoint(cohort, tmp_
     assert best["baseline_kwargs"] == baseline_kwargs(CONFIG, name)
 
 
-def test_baseline_resume_reproduces_the_uninterrupted_run(cohort, tmp_path):
+@pytest.mark.parametrize("name", ["spach_transformer", "leqmod_gan"])
+def test_baseline_resume_reproduces_the_uninterrupted_run(cohort, tmp_path, name):
+    """Resumed in a new process state, training continues exactly: LeqMod-GAN's discriminator
+    draws dropout masks from torch's global generator, which each epoch seeds afresh."""
     torch.set_num_threads(1)
-    args = (CONFIG, "spach_transformer", "mct", cohort / "manifest.tsv")
+    args = (CONFIG, name, "mct", cohort / "manifest.tsv")
     BaselineTrainer(*args, tmp_path / "full").fit(progress=False)
     BaselineTrainer(*args, tmp_path / "cut").fit(max_epochs_this_run=1, progress=False)
+    torch.manual_seed(12345)   # whatever state a new process starts the resumed run with
     BaselineTrainer(*args, tmp_path / "cut").fit(progress=False)
     a = pd.read_csv(tmp_path / "full" / "log.csv").drop(columns="seconds")
     b = pd.read_csv(tmp_path / "cut" / "log.csv").drop(columns="seconds")
     pd.testing.assert_frame_equal(a, b)
+    wa = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    wb = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_segmenters_require_the_med_ddpm_checkpoint(cohort, tmp_path):

@@ -4,7 +4,8 @@ A subclass builds ``self.model``, ``self.optimizers`` and ``self.schedulers`` (d
 and implements ``train_batch`` (one optimisation step, returning floats to log), ``validate``
 (returning at least ``val_score``, lower is better) and ``epoch_columns`` (extra log columns).
 Per epoch e the patches come from (seed, e) and the random generator is seeded from (seed, e),
-so a run resumed from ``last.pt`` reproduces the uninterrupted one on the same machine.
+as is torch's global generator (dropout draws from it), so a run resumed from ``last.pt``
+reproduces the uninterrupted one on the same machine.
 
 Snakemake deletes a job's declared outputs (best.pt, log.csv) before it re-runs the job and
 after the job fails, so only undeclared files carry a killed job's state: ``last.pt`` and
@@ -299,6 +300,9 @@ class EpochTrainer(ABC):
                           disable=not progress, initial=self.start_epoch, total=self.e_max):
             t0 = time.perf_counter()
             gen = torch.Generator().manual_seed(derived_seed(self.seed, "epoch", str(epoch)))
+            # layers that draw from torch's global generator (dropout) are seeded per epoch as
+            # well, so a run resumed in a new process continues exactly as an uninterrupted one
+            torch.manual_seed(derived_seed(self.seed, "epoch-global", str(epoch)))
             patches = self.train_sampler.epoch(n, epoch)
             means = RunningMeans()
             for batch in batches(patches, bs):
