@@ -72,7 +72,7 @@ def references(images, reading, grid) -> pd.DataFrame:
     for subject, name, lc, hc, body, _, _ in images:
         rows.append({"subject": subject, "level": level_of(name), "model": "lowcount_input",
                      "nrmse_whole": whole_image_nrmse(lc.data, hc.data, body, reading)})
-        vox = np.sqrt((lc.affine[:3, :3] ** 2).sum(axis=0))
+        vox = lc.voxel_size_mm
         for fwhm in grid:
             rows.append({"subject": subject, "level": level_of(name), "model": f"gaussian_{fwhm:g}mm",
                          "nrmse_whole": whole_image_nrmse(gaussian_filter(lc.data, fwhm, vox), hc.data, body,

@@ -93,9 +93,9 @@ def reconstruct_external(template: str, listmode, mumap, out_path, recon_cfg: di
     """
     if not 0.0 < float(count_fraction) <= 1.0:
         raise ValueError(f"count_fraction must lie in (0, 1], got {count_fraction}")
+    template_fields(template, source)   # a bad template: one line, before anything runs
     mu = read_volume(mumap, "mumap")
-    voxel = np.sqrt((mu.affine[:3, :3] ** 2).sum(axis=0))
-    program = shlex.split(template)[0] if template.strip() else ""
+    program = shlex.split(template)[0]
     if shutil.which(program) is None:
         raise InputError(source, f"recon.command: program {program!r} is not found (not on PATH "
                                  "and not an executable file)")
@@ -105,7 +105,7 @@ def reconstruct_external(template: str, listmode, mumap, out_path, recon_cfg: di
                   "iterations": int(recon_cfg["iterations"]), "subsets": int(recon_cfg["subsets"]),
                   "postfilter_fwhm_mm": float(recon_cfg["postfilter_fwhm_mm"]),
                   "count_fraction": float(count_fraction), "shape": _grid(mu.data.shape),
-                  "voxel_size_mm": _grid([float(v) for v in voxel])}
+                  "voxel_size_mm": _grid([float(v) for v in mu.voxel_size_mm])}
         words = command_words(template, values, source)
         engine_image.unlink()   # the engine creates it: a file left empty means it wrote nothing
         try:
