@@ -16,7 +16,7 @@ min_version("9.0")
 
 # With --sdm conda, envs/*.post-deploy.sh installs this checkout into each new environment; they
 # run from .snakemake/conda/, so they learn where the checkout is from here.
-os.environ["AMDIFF_SOURCE"] = workflow.basedir
+os.environ.update(AMDIFF_SOURCE=workflow.basedir)   # set here, not read: no envvars directive
 
 
 # The demo config is the default; a --configfile given on the command line replaces it

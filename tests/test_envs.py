@@ -15,6 +15,7 @@ import ast
 import functools
 import importlib.util
 import re
+import subprocess
 import sys
 from importlib.metadata import packages_distributions
 from pathlib import Path
@@ -226,4 +227,26 @@ def test_env_installs_this_checkout_after_deployment(env):
     assert script.is_file(), f"{script.name} is missing"
     text = script.read_text()
     assert "AMDIFF_SOURCE" in text and "pip install" in text
-    assert 'os.environ["AMDIFF_SOURCE"]' in (REPO / "Snakefile").read_text()
+
+
+SOURCE_SCRIPT = """
+import os, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+os.environ.pop("AMDIFF_SOURCE", None)
+with SnakemakeApi(OutputSettings()) as api:
+    api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=Path(sys.argv[1]), workdir=Path(sys.argv[3]),
+                 config_settings=ConfigSettings(configfiles=[Path(sys.argv[2])]))._workflow
+print(os.environ.get("AMDIFF_SOURCE"))
+"""
+
+
+def test_reading_the_snakefile_tells_the_install_script_where_the_checkout_is(tmp_path):
+    """What the post-deploy scripts run with: AMDIFF_SOURCE is this checkout once Snakemake has
+    read the Snakefile (it runs the scripts from that process, after parsing)."""
+    done = subprocess.run([sys.executable, "-c", SOURCE_SCRIPT, str(REPO / "Snakefile"),
+                           str(REPO / ".test/config/config.yaml"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert Path(done.stdout.strip().splitlines()[-1]) == REPO
