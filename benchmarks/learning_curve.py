@@ -37,7 +37,7 @@ from amdiff.config import derived_seed, load_config
 from amdiff.evaluate.gaussian import DEFAULT_FWHM_GRID_MM, gaussian_filter, validation_images
 from amdiff.evaluate.metrics import NRMSE_WHOLE_DEFAULT, dice, whole_image_nrmse
 from amdiff.infer.predict import predict_volume
-from amdiff.io.atomic import write_text
+from amdiff.io.atomic import atomic_path, write_text
 from amdiff.labels.totalseg import ORGAN_CLASSES
 from amdiff.provenance import config_sha256, git_state, machine, package_versions
 from amdiff.stages import model_of_checkpoint
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     curve = pd.DataFrame(rows)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     table = pd.concat([curve, refs.assign(gradient_steps=0, epoch=0, checkpoint="")], ignore_index=True)
-    table.to_csv(args.out_dir / "learning_curve.tsv", sep="\t", index=False, float_format="%.5f")
+    write_text(args.out_dir / "learning_curve.tsv", table.to_csv(sep="\t", index=False, float_format="%.5f"))
     plot(curve, refs, args.out_dir / "learning_curve.png", reading)
     record = {"command": ["python", "benchmarks/learning_curve.py", *(argv or sys.argv[1:])],
               "git": git_state(Path(__file__).resolve().parents[1]), "evaluation_config": str(args.config),
@@ -176,7 +176,8 @@ def plot(curve: pd.DataFrame, refs: pd.DataFrame, path: Path, reading: str) -> N
         ax.set(title="validation Dice", xlabel="gradient steps", ylabel="Dice", ylim=(0, 1))
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:   # no half-written figure after a kill
+        fig.savefig(tmp, dpi=120, format="png")
 
 
 if __name__ == "__main__":
