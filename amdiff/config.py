@@ -6,6 +6,7 @@ Validation gives one line naming the offending key, e.g.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -42,13 +43,42 @@ def _one_line(error: jsonschema.ValidationError) -> str:
     return f"{where}: {error.message}"
 
 
+def _fill_properties(validator, properties, instance, schema):
+    """jsonschema's ``properties`` check, after setting each absent property that has a default."""
+    if validator.is_type(instance, "object"):
+        for name, subschema in properties.items():
+            if "default" in subschema and name not in instance:
+                instance[name] = copy.deepcopy(subschema["default"])
+    yield from jsonschema.Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
+
+
+# Validation that walks the schema like the plain validator and fills defaults on its way down, so
+# a section set to its default ({}) gets its own keys' defaults too.
+_DefaultFillingValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, {"properties": _fill_properties})
+
+
+def fill_defaults(config: dict, schema: dict | None = None) -> dict:
+    """Set every key the config leaves out to its schema ``default``, in place; return the config.
+
+    The schema is the one home of the defaults (config/README.md lists them): code reads
+    ``config[key]`` after this, not ``config.get(key, literal)``. Call it on a valid config only.
+    """
+    schema = schema if schema is not None else yaml.safe_load(SCHEMA_PATH.read_text())
+    for _ in _DefaultFillingValidator(schema).iter_errors(config):
+        pass
+    return config
+
+
 def validate_config(config: dict, source: str = "config") -> dict:
-    """Validate against amdiff/schemas/config.schema.yaml plus the cross-key rules; return the config."""
+    """Validate against amdiff/schemas/config.schema.yaml plus the cross-key rules, fill the schema's
+    defaults in (in place) and return the config."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         raise InputError(source, _one_line(errors[0]))
+    fill_defaults(config, schema)
     for site, cfg in config["sites"].items():
         _check_site(site, cfg, source)
     _check_train_sites(config, source)

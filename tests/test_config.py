@@ -2,8 +2,8 @@ import copy
 
 import pytest
 
-from amdiff.config import (count_levels, derived_seed, load_config, phantom_subjects, site_acquisition,
-                           standard_count_percent, validate_config)
+from amdiff.config import (count_levels, derived_seed, fill_defaults, load_config, phantom_subjects,
+                           site_acquisition, standard_count_percent, validate_config)
 from amdiff.errors import InputError
 
 
@@ -129,3 +129,72 @@ def test_a_site_may_have_any_identifier_as_its_name(demo):
     validate_config(own, "my.yaml")
     assert_one_line_config_error(demo, lambda c: c["sites"].update({"PET-CT 2": c["sites"]["mct"]}),
                                  "'PET-CT 2' does not match")
+
+
+def _schema():
+    import yaml
+
+    from amdiff.config import SCHEMA_PATH
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _defaults(node, schema, where=""):
+    """(dotted key, subschema) of every property with a default, $refs followed."""
+    if "$ref" in node:
+        node = {**schema["$defs"][node["$ref"].split("/")[-1]], **node}
+    for name, sub in node.get("properties", {}).items():
+        if "default" in sub:
+            yield f"{where}{name}", sub
+        yield from _defaults(sub, schema, f"{where}{name}.")
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        yield from _defaults(extra, schema, f"{where}*.")
+
+
+def test_every_schema_default_is_valid_for_its_own_key():
+    import jsonschema
+
+    schema = _schema()
+    found = list(_defaults(schema, schema))
+    assert len(found) > 30
+    for key, sub in found:
+        checked = {**sub, "$defs": schema["$defs"]}
+        errors = list(jsonschema.Draft202012Validator(checked).iter_errors(sub["default"]))
+        assert not errors, f"{key}: default {sub['default']!r} fails its own schema: {errors[0].message}"
+
+
+def test_left_out_keys_get_the_schema_default_and_given_keys_stay(demo):
+    config = copy.deepcopy(demo)
+    for section in ("evaluation", "phantom", "reports_dir"):
+        config.pop(section, None)
+    config["training"].pop("threads", None)
+    config["training"]["lesion_fraction"] = 0.25
+    del config["models"]["segmenter"]["width"]
+    config["sites"]["mct"]["acquisition"].pop("standard_count_percent", None)
+    filled = validate_config(config)
+    assert filled is config
+    # a section left out becomes its default ({}), whose own keys are then filled too
+    assert config["evaluation"]["lesion_match"] == {"metric": "iou", "threshold": 0.1}
+    assert config["evaluation"]["gaussian_filter"]["fwhm_mm_grid"] == [0, 2, 4, 6, 8, 10, 12]
+    assert config["phantom"] == {"lesions_per_subject": [2, 6], "min_lesion_volume_ml": 0.05}
+    assert config["reports_dir"] == "reports"
+    assert config["training"]["threads"] == 1
+    assert config["training"]["lesion_fraction"] == 0.25
+    assert config["models"]["segmenter"]["width"] == 16
+    assert config["sites"]["mct"]["acquisition"]["standard_count_percent"] == 100
+
+
+def test_defaults_are_copies_and_never_fill_a_per_split_override(repo, demo):
+    config = copy.deepcopy(demo)
+    config["sites"]["mct"]["acquisition"]["standard_count_percent"] = 50
+    config["sites"]["mct"]["acquisition_by_split"] = {"test": {"duration_s": 1800}}
+    validate_config(config)
+    # the site's standard count has a default, a per-split override none: filling one in would
+    # replace the site's 50 % by 100 % for the test subjects
+    assert config["sites"]["mct"]["acquisition_by_split"] == {"test": {"duration_s": 1800}}
+    assert standard_count_percent(config["sites"]["mct"], "test") == 50
+    a, b = load_config(repo / "config" / "config.yaml"), load_config(repo / "config" / "config.yaml")
+    a["evaluation"]["lesion_match"]["metric"] = "dice"
+    assert b["evaluation"]["lesion_match"]["metric"] == "iou"
+    assert fill_defaults({}, {"properties": {"g": {"default": [1]}}})["g"] is not fill_defaults(
+        {}, {"properties": {"g": {"default": [1]}}})["g"]
