@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import socket
 
 import nibabel as nib
@@ -245,3 +246,65 @@ def test_load_provided_labels(tmp_path):
     with pytest.raises(InputError, match="shifted.nii.gz: affine differs"):
         load_provided_labels(path, ref)
     assert read_volume(tmp_path / "organs.nii.gz", "labels").data.dtype == np.uint8
+
+
+def test_totalsegmentator_real_inference_with_constructed_weights(tmp_path):
+    """TotalSegmentator and nnU-Net run for real (tests/totalseg_weights.py builds the models):
+    resampling to 6 and 3 mm, the roi_subset crop, CT normalisation, sliding-window prediction,
+    export, resampling back, and our class mapping, through the CLI the workflow's rule calls."""
+    import subprocess
+    import sys
+
+    from scipy.ndimage import binary_erosion
+
+    from tests import totalseg_weights
+
+    home = tmp_path / "tshome"
+    totalseg_weights.install(home, totalseg.required_weight_tasks(fast=True))
+    # a CT on a grid TotalSegmentator must reorient and resample: x flipped, 4 x 4 x 5 mm voxels
+    shape = (40, 36, 32)
+    affine = np.diag([-4.0, 4.0, 5.0, 1.0])
+    affine[:3, 3] = [80.0, -70.0, -75.0]
+    ct = np.full(shape, -1000.0, np.float32)                 # air
+    regions = {                                              # HU, box (later boxes overwrite)
+        "fat": (-100.0, np.s_[2:38, 2:34, 2:30]),
+        "lung": (-800.0, np.s_[8:18, 8:28, 8:24]),
+        "liver": (60.0, np.s_[22:32, 8:16, 8:24]),
+        "bone": (700.0, np.s_[22:32, 20:28, 8:24]),
+    }
+    for hu, box in regions.values():
+        ct[box] = hu
+    write_volume(tmp_path / "ct.nii.gz", ct, affine, np.float32)
+    # no internet: a sitecustomize in the child refuses IP connections (local sockets stay:
+    # nnU-Net's worker processes talk over them)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(
+        "import socket\n"
+        "_connect = socket.socket.connect\n"
+        "def _local_only(self, address):\n"
+        "    if self.family in (socket.AF_INET, socket.AF_INET6):\n"
+        "        raise OSError(f'network disabled by the test: {address}')\n"
+        "    return _connect(self, address)\n"
+        "socket.socket.connect = _local_only\n")
+    env = {**os.environ, "TOTALSEG_HOME_DIR": str(home),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("TOTALSEG_WEIGHTS_PATH", None)
+    out = tmp_path / "organs.nii.gz"
+    run = subprocess.run([sys.executable, "-m", "amdiff", "labels", "--method", "totalsegmentator",
+                          "--fast", "--device", "cpu", "--ct", str(tmp_path / "ct.nii.gz"), "--out", str(out)],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    img = nib.load(out)
+    assert img.shape == shape and img.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(img.affine, affine, atol=1e-4)
+    organs = np.asanyarray(img.dataobj)
+    expected_organ = {"fat": 0, "lung": LUNG, "liver": LIVER, "bone": BONE}
+    for region, (hu, _) in regions.items():
+        # 2 voxels in from each edge: resampling to 3 and 6 mm and back blurs the boundaries
+        inner = binary_erosion(ct == hu, iterations=2)
+        assert inner.sum() > 100
+        values, counts = np.unique(organs[inner], return_counts=True)
+        assert values.tolist() == [expected_organ[region]], f"{region}: {dict(zip(values, counts))}"
+        assert totalseg_weights.organ_of(hu) == expected_organ[region]
+    assert np.all(organs[:1] == 0) and np.all(organs[:, :, -1:] == 0)   # air
