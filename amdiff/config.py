@@ -7,6 +7,7 @@ Validation gives one line naming the offending key, e.g.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import re
@@ -58,13 +59,40 @@ _DefaultFillingValidator = jsonschema.validators.extend(
     jsonschema.Draft202012Validator, {"properties": _fill_properties})
 
 
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def schema_default(key: str):
+    """The schema's default of a dotted config key, e.g. ``evaluation.nrmse_whole`` or
+    ``sites.*.acquisition.standard_count_percent`` (``*``: any site); a copy. The one home of
+    each default: the CLI's and the library's defaults for config keys read it from here."""
+    schema = _schema()
+    node = schema
+    for part in key.split("."):
+        node = _resolved(node, schema)
+        node = node["additionalProperties"] if part == "*" else node["properties"][part]
+    node = _resolved(node, schema)
+    if "default" not in node:
+        raise KeyError(f"config key {key} has no default in {SCHEMA_PATH.name}")
+    return copy.deepcopy(node["default"])
+
+
+def _resolved(node: dict, schema: dict) -> dict:
+    """A subschema with its local $ref merged in (the node's own keywords win)."""
+    if "$ref" in node:
+        return {**schema["$defs"][node["$ref"].split("/")[-1]], **node}
+    return node
+
+
 def fill_defaults(config: dict, schema: dict | None = None) -> dict:
     """Set every key the config leaves out to its schema ``default``, in place; return the config.
 
     The schema is the one home of the defaults (config/README.md lists them): code reads
     ``config[key]`` after this, not ``config.get(key, literal)``. Call it on a valid config only.
     """
-    schema = schema if schema is not None else yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = schema if schema is not None else _schema()
     for _ in _DefaultFillingValidator(schema).iter_errors(config):
         pass
     return config
@@ -73,7 +101,7 @@ def fill_defaults(config: dict, schema: dict | None = None) -> dict:
 def validate_config(config: dict, source: str = "config") -> dict:
     """Validate against amdiff/schemas/config.schema.yaml plus the cross-key rules, fill the schema's
     defaults in (in place) and return the config."""
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = _schema()
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
@@ -105,7 +133,7 @@ def _check_recon_engine(site: str, recon: dict, source: str) -> None:
     from amdiff.recon.external import template_fields
 
     where = f"{source}: sites.{site}"
-    if recon.get("engine", "internal") == "external":
+    if recon["engine"] == "external":
         if not recon.get("command"):
             raise InputError(where, "recon.engine is external, so recon.command (the engine's command line) is required")
         template_fields(recon["command"], where)
@@ -395,10 +423,10 @@ def standard_count_percent(site_cfg: dict, split: str | None) -> float:
     """The share (percent) of a subject's full list that the site's standard clinical scan
     holds: ``acquisition.standard_count_percent`` with the split's ``acquisition_by_split``
     entry over it; 100 (the full list is the clinical scan) where unset."""
-    return float(site_acquisition(site_cfg, split).get("standard_count_percent", 100.0))
+    return float(site_acquisition(site_cfg, split)["standard_count_percent"])
 
 
 def run_kind(config: dict) -> str:
     """What a run is (config ``run_kind``): ``demo``, an untrained smoke test whose outputs say
     so; ``study`` or ``paper``, trained runs. Unset: ``study``."""
-    return config.get("run_kind", "study")
+    return config["run_kind"]

@@ -7,13 +7,15 @@ Science lives in the packages; this module only decides file names and passes co
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from amdiff.config import derived_seed, load_config, phantom_subjects, replicate_base, site_acquisition
+from amdiff.config import (derived_seed, fill_defaults, load_config, phantom_subjects, replicate_base,
+                           site_acquisition)
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path, refuse_overwriting_inputs, write_text
 from amdiff.io.files import check_input_file
@@ -65,7 +67,7 @@ def phantom(args) -> None:
     site = _site(config, args.site, args.config)
     seed = derived_seed(config["seed"], "phantom", args.site, args.subject)
     subj = generate_subject(site["image"]["shape"], site["image"]["voxel_size_mm"], seed,
-                            config.get("phantom", {}))
+                            config["phantom"])
     write_volume(out / "truth_suv.nii.gz", subj.suv, subj.affine)
     write_volume(out / "ct.nii.gz", subj.ct, subj.affine)
     write_volume(out / "mumap.nii.gz", subj.mu, subj.affine)
@@ -296,7 +298,7 @@ def _manifest_subjects(config: dict) -> list[dict]:
 
     # sites: a row of an unconfigured site would otherwise fail later with a KeyError
     df = read_manifest(config["cohort"]["manifest"], config["cohort"].get("data_roots"),
-                       config["cohort"].get("allow_outside_data_roots", False), sites=config["sites"])
+                       config["cohort"]["allow_outside_data_roots"], sites=config["sites"])
     return df.to_dict("records")
 
 
@@ -347,7 +349,7 @@ def train(args) -> None:
         raise InputError("--variant", f"unknown model {args.variant!r} (known: {', '.join(known)}, "
                                       "or <model>_seedN)")
     # before the manifest's images are read: a missing GPU is known at once
-    device_of(args.device or config["training"].get("device", "cpu"),
+    device_of(args.device or config["training"]["device"],
               "--device" if args.device else "training.device")
     _threads(args.threads or config["training"].get("threads"))
     if replicate_base(args.variant) in VARIANTS:   # AMDiff, its ablations, Med-DDPM, their seed replicates
@@ -370,7 +372,7 @@ def predict(args) -> None:
                                for name in ("denoised", "lesion", "organs", "uncertainty")])
     config = load_config(args.config)
     _require_sections(config, args.config, ("inference",))
-    device = device_of(args.device or config["inference"].get("device", "cpu"),
+    device = device_of(args.device or config["inference"]["device"],
                        "--device" if args.device else "inference.device")
     _threads(args.threads)
     state = load_checkpoint(args.checkpoint)
@@ -434,6 +436,9 @@ def model_of_checkpoint(state: dict, path):
         if not isinstance(cfg, dict) or lacking:
             raise InputError(path, f"does not record the config its {variant} network was trained with "
                                    f"(lacks {', '.join(lacking) if isinstance(cfg, dict) else 'config'})")
+        # a checkpoint written before a key had its schema default may lack it: fill it in, as
+        # validation fills the config of a run
+        cfg = fill_defaults(copy.deepcopy(cfg))
         build = lambda: build_model(variant, cfg)   # noqa: E731
     try:
         return build(), variant
@@ -641,12 +646,15 @@ def figure_training(args) -> None:
 
 def provenance(args) -> None:
     """provenance.json: git commit, config hash, package versions, machine, wall time per stage."""
-    from amdiff.provenance import provenance as record
     from amdiff.config import read_config
+    from amdiff.provenance import provenance as record
     from amdiff.provenance import write_provenance
 
     refuse_overwriting_inputs([args.config, args.benchmarks, args.source_dir], [args.out])
-    write_provenance(record(read_config(args.config), args.benchmarks, args.source_dir), args.out)
+    # filled, so the hash is that of the settings, defaults written out or not (the workflow's
+    # effective config is already valid and filled: the same hash)
+    config = fill_defaults(read_config(args.config))
+    write_provenance(record(config, args.benchmarks, args.source_dir), args.out)
 
 
 def tables(args) -> None:

@@ -82,7 +82,7 @@ def _load_subjects():
 
     try:
         df = read_manifest(config["cohort"]["manifest"], config["cohort"].get("data_roots"),
-                           config["cohort"].get("allow_outside_data_roots", False), sites=config["sites"])
+                           config["cohort"]["allow_outside_data_roots"], sites=config["sites"])
     except InputError as err:
         sys.exit(f"manifest error: {err}")
     return df.fillna("").to_dict("records")

@@ -4,7 +4,7 @@
 
 from amdiff.config import run_kind, standard_count_percent
 
-REPORTS = config.get("reports_dir", "reports")
+REPORTS = config["reports_dir"]
 # every trained model's gradient steps: the tables state them, and a demo run's (run_kind)
 # tables and figures say they come from an untrained smoke test of that many steps
 BUDGET = f"{RESULTS}/metrics/training_budget.tsv"
@@ -83,11 +83,11 @@ rule evaluate_subject:
         images=evaluation_args,
         # evaluated subjects are test subjects: their split's standard count (mCT Group II: one pass)
         standard=lambda w: standard_count_percent(config["sites"][w.site], "test"),
-        # how predicted and true lesions match (evaluation.lesion_match; unset keys: amdiff's defaults)
+        # how predicted and true lesions match (evaluation.lesion_match)
         lesion_match=" ".join(f"--lesion-match-{key} {shlex.quote(str(value))}" for key, value in
-                              config.get("evaluation", {}).get("lesion_match", {}).items()),
-        # the whole-image NRMSE's reading (config evaluation.nrmse_whole; default body_mean)
-        nrmse_whole=config.get("evaluation", {}).get("nrmse_whole", "body_mean"),
+                              config["evaluation"]["lesion_match"].items()),
+        # the whole-image NRMSE's reading (evaluation.nrmse_whole)
+        nrmse_whole=config["evaluation"]["nrmse_whole"],
     log:
         "logs/evaluate/{model}/{site}/{subject}.log",
     benchmark:

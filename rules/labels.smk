@@ -24,8 +24,8 @@ rule organ_labels:
         method=LABELS["method"],
         # several words: each path is shell-quoted here, the rule leaves the param unquoted
         source=lambda w, input: f"--source {shlex.quote(str(input.source))}" if "source" in input.keys() else "",
-        ts=("--fast " if LABELS.get("totalsegmentator", {}).get("fast", True) else "")
-        + f"--device {LABELS.get('totalsegmentator', {}).get('device', 'cpu')}",
+        ts=("--fast " if LABELS["totalsegmentator"]["fast"] else "")
+        + f"--device {LABELS['totalsegmentator']['device']}",
     log:
         "logs/labels/{site}/{subject}.log",
     benchmark:
@@ -33,7 +33,7 @@ rule organ_labels:
     threads: 2 if LABELS["method"] == "totalsegmentator" else 1
     resources:
         **job_resources(8000 if LABELS["method"] == "totalsegmentator" else 1000, 30),
-        gpu=1 if LABELS.get("totalsegmentator", {}).get("device") == "gpu" and LABELS["method"] == "totalsegmentator" else 0,
+        gpu=1 if LABELS["method"] == "totalsegmentator" and LABELS["totalsegmentator"]["device"] == "gpu" else 0,
     shell:
         "{AMDIFF} labels --method {params.method} --ct {input.ct:q} {params.source} {params.ts}"
         " --out {output:q} > {log:q} 2>&1"

@@ -13,7 +13,7 @@ rule phantom:
         meta=f"{RESULTS}/{{site}}/{{subject}}/phantom.json",
     params:
         site=site_json,
-        phantom=json.dumps(config.get("phantom", {})),
+        phantom=json.dumps(config["phantom"]),
         seed=config["seed"],
     wildcard_constraints:
         subject=SIMULATED if PHANTOM else "(?!x)x",

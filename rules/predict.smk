@@ -52,7 +52,7 @@ rule predict_amdiff:
         f"{RESULTS}/benchmarks/predict/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
     threads: 1
     resources:
-        **network_resources("predict", INFERENCE.get("device", "cpu")),
+        **network_resources("predict", INFERENCE["device"]),
     conda:
         "../envs/learning.yaml"
     shell:
@@ -78,7 +78,7 @@ rule predict_denoiser_baseline:
         f"{RESULTS}/benchmarks/predict/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
     threads: 1
     resources:
-        **network_resources("predict", INFERENCE.get("device", "cpu")),
+        **network_resources("predict", INFERENCE["device"]),
     conda:
         "../envs/learning.yaml"
     shell:
@@ -107,7 +107,7 @@ rule predict_segmenter_baseline:
         f"{RESULTS}/benchmarks/predict/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
     threads: 1
     resources:
-        **network_resources("predict", INFERENCE.get("device", "cpu")),
+        **network_resources("predict", INFERENCE["device"]),
     conda:
         "../envs/learning.yaml"
     shell:

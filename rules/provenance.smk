@@ -2,7 +2,7 @@
 # (its sha256), packages and machine made the results, and the wall time of each stage summed
 # from the benchmark files (amdiff/provenance.py).
 
-PROVENANCE = f"{config.get('reports_dir', 'reports')}/provenance.json"
+PROVENANCE = f"{config['reports_dir']}/provenance.json"
 
 
 def run_targets():

@@ -13,7 +13,7 @@ REPLICATE_NAMES = [name for names in REPLICATES.values() for name in names]
 DIFFUSION_MODELS = VARIANTS + [b for b in BASELINES if b == "med_ddpm"] + REPLICATE_NAMES
 OTHER_BASELINES = [b for b in BASELINES if b != "med_ddpm"]
 COMPARISON_SEGMENTERS = [b for b in OTHER_BASELINES if b in contracts.COMPARISON_SEGMENTERS]
-GAUSSIAN_GRID = ((config.get("evaluation") or {}).get("gaussian_filter") or {}).get("fwhm_mm_grid")
+GAUSSIAN_GRID = config["evaluation"]["gaussian_filter"]["fwhm_mm_grid"]
 
 
 def never(names):
@@ -21,7 +21,7 @@ def never(names):
 
 
 def training_device():
-    return TRAINING.get("device", "cpu")
+    return TRAINING["device"]
 
 
 def amdiff_params(wildcards):
@@ -59,7 +59,7 @@ rule train_amdiff:
         "logs/train/{model}/{train_site}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{model}}/{{train_site}}.tsv"
-    threads: TRAINING.get("threads", 1)
+    threads: TRAINING["threads"]
     resources:
         **network_resources("train", training_device()),
     conda:
@@ -104,7 +104,7 @@ rule train_baseline:
         "logs/train/{model}/{train_site}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{model}}/{{train_site}}.tsv"
-    threads: TRAINING.get("threads", 1)
+    threads: TRAINING["threads"]
     resources:
         **network_resources("train", training_device()),
     conda:
@@ -122,10 +122,10 @@ rule fit_gaussian_filter:
     output:
         f"{RESULTS}/models/gaussian_filter/{{train_site}}/fit.json",
     params:
-        # evaluation.gaussian_filter.fwhm_mm_grid; unset: amdiff's default grid
-        grid=f"--fwhm-grid {','.join(f'{v:g}' for v in GAUSSIAN_GRID)}" if GAUSSIAN_GRID else "",
+        # evaluation.gaussian_filter.fwhm_mm_grid
+        grid=",".join(f"{v:g}" for v in GAUSSIAN_GRID),
         # the criterion reads the whole-image NRMSE as the evaluation does
-        nrmse_whole=config.get("evaluation", {}).get("nrmse_whole", "body_mean"),
+        nrmse_whole=config["evaluation"]["nrmse_whole"],
     wildcard_constraints:
         train_site="|".join(TRAIN_SITES),
     log:
@@ -139,5 +139,5 @@ rule fit_gaussian_filter:
     conda:
         "../envs/evaluate.yaml"
     shell:
-        "{AMDIFF} fit-gaussian --manifest {input.manifest:q} --site {wildcards.train_site} {params.grid}"
+        "{AMDIFF} fit-gaussian --manifest {input.manifest:q} --site {wildcards.train_site} --fwhm-grid {params.grid}"
         " --nrmse-whole {params.nrmse_whole} --out {output:q} > {log:q} 2>&1"

@@ -39,6 +39,7 @@ import pytest
 import yaml
 
 from amdiff.cli import main
+from amdiff.config import fill_defaults
 from amdiff.io.nifti import centered_affine, write_volume
 from amdiff.listmode import petsird_io as pio
 from tests.test_listmode_io import SCANNER, header, random_blocks
@@ -632,7 +633,7 @@ def _demo_weights(variant: str) -> dict:
 def _demo_config() -> dict:
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     cfg["results_dir"] = "results"
-    return cfg
+    return fill_defaults(cfg)
 
 
 def checkpoint_with(edit=None, raw: bytes | None = None):

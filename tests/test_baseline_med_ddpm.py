@@ -56,7 +56,8 @@ def test_trains_with_the_shared_trainer_and_predicts_without_masks(tmp_path):
     state = load_checkpoint(tmp_path / "out" / "best.pt")
     assert not any(k.startswith(("segmenter.", "revision.")) for k in state["model"])
     pred = predict_volume(trainer.model, np.random.rand(16, 16, 24).astype(np.float32) * 4,
-                          {"patch_size": [16, 16, 16], "overlap": 0.0, "sampler": "ddim", "steps": 2}, seed=0)
+                          {"patch_size": [16, 16, 16], "overlap": 0.0, "sampler": "ddim", "steps": 2,
+                           "samples": 1, "sw_batch_size": 4}, seed=0)
     assert pred.lesion is None and pred.organs is None and pred.denoised.shape == (16, 16, 24)
 
 
@@ -64,11 +65,12 @@ def test_trains_with_the_shared_trainer_and_predicts_without_masks(tmp_path):
 def _lifted(cutoff=50.0) -> dict:
     import copy
 
+    from amdiff.config import fill_defaults
     from tests.test_train import CONFIG
 
     config = copy.deepcopy(CONFIG)
     config["baselines"] = {"med_ddpm": {"suv_cutoff": cutoff}}
-    return config
+    return fill_defaults(config)
 
 
 def test_med_ddpm_suv_cutoff_can_be_lifted_for_med_ddpm_alone():

@@ -12,6 +12,7 @@ import tests.test_train as tt
 from amdiff import cli
 from amdiff.errors import InputError
 from amdiff.io.manifest import write_manifest
+from amdiff.config import fill_defaults
 from amdiff.models.amdiff import build_model
 from amdiff.models.baselines import medsam3d as ms
 from amdiff.train.baselines import BaselineTrainer
@@ -24,6 +25,7 @@ CONFIG = copy.deepcopy(tt.CONFIG)
 CONFIG["training"].update(patch_size=[32, 32, 32], patches_per_epoch=2, val_patches=1, batch_size=2)
 CONFIG["inference"] = {"patch_size": [32, 32, 32], "overlap": 0.0, "sampler": "ddim", "steps": 2}
 CONFIG["baselines"] = {"size": "demo"}
+fill_defaults(CONFIG)   # as validation leaves a config: every left-out key at its default
 
 
 @pytest.fixture(scope="module")

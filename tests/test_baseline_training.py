@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tests.test_train as tt
+from amdiff.config import fill_defaults
 from amdiff.errors import InputError
 from amdiff.io.manifest import write_manifest
 from amdiff.train.baselines import BaselineTrainer, baseline_kwargs
@@ -18,6 +19,7 @@ CONFIG = copy.deepcopy(tt.CONFIG)
 CONFIG["training"].update(patch_size=[32, 32, 32], epochs=2, patches_per_epoch=2, val_patches=1, batch_size=2)
 CONFIG["inference"] = {"patch_size": [32, 32, 32], "overlap": 0.0, "sampler": "ddim", "steps": 2}
 CONFIG["baselines"] = {"size": "demo", "overrides": {"swin_unetr": {"norm_name": "batch"}}}
+fill_defaults(CONFIG)   # as validation leaves a config: every left-out key at its default
 
 
 @pytest.fixture(scope="module")

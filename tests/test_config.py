@@ -1,4 +1,5 @@
 import copy
+import inspect
 
 import pytest
 
@@ -198,3 +199,54 @@ def test_defaults_are_copies_and_never_fill_a_per_split_override(repo, demo):
     assert b["evaluation"]["lesion_match"]["metric"] == "iou"
     assert fill_defaults({}, {"properties": {"g": {"default": [1]}}})["g"] is not fill_defaults(
         {}, {"properties": {"g": {"default": [1]}}})["g"]
+
+
+def _parser_default(parser, command: str, option: str):
+    sub = next(a for a in parser._actions if a.dest == "verb").choices[command]
+    return next(a for a in sub._actions if option in a.option_strings).default
+
+
+def test_cli_and_library_defaults_mirror_the_schema():
+    """The schema is the home of every default; the CLI (kept free of the schema so that --help is
+    fast) and the library functions repeat a few, and must say the same."""
+    from amdiff.cli import build_parser
+    from amdiff.config import schema_default
+    from amdiff.evaluate.gaussian import DEFAULT_FWHM_GRID_MM
+    from amdiff.evaluate.metrics import NRMSE_WHOLE_DEFAULT
+
+    parser = build_parser()
+    mirrors = [
+        (_parser_default(parser, "study-checks", "--run-kind"), "run_kind"),
+        (_parser_default(parser, "fit-gaussian", "--nrmse-whole"), "evaluation.nrmse_whole"),
+        (_parser_default(parser, "evaluate", "--nrmse-whole"), "evaluation.nrmse_whole"),
+        (NRMSE_WHOLE_DEFAULT, "evaluation.nrmse_whole"),
+        (list(DEFAULT_FWHM_GRID_MM), "evaluation.gaussian_filter.fwhm_mm_grid"),
+        (_parser_default(parser, "evaluate", "--lesion-match-metric"), "evaluation.lesion_match.metric"),
+        (_parser_default(parser, "evaluate", "--lesion-match-threshold"), "evaluation.lesion_match.threshold"),
+        (_parser_default(parser, "evaluate", "--standard-count-percent"),
+         "sites.*.acquisition.standard_count_percent"),
+        (_parser_default(parser, "labels", "--device"), "labels.totalsegmentator.device"),
+    ]
+    from amdiff.models.denoiser import DenoiserUNet
+    from amdiff.models.revision import RevisionModule
+    from amdiff.models.segmenter import DualBranchSegmenter
+    from amdiff.phantom import DEFAULT_PARAMS
+
+    for key in ("lesions_per_subject", "min_lesion_volume_ml"):
+        mirrors.append((DEFAULT_PARAMS[key], f"phantom.{key}"))
+    for network, section in ((DenoiserUNet, "denoiser"), (RevisionModule, "revision"),
+                             (DualBranchSegmenter, "segmenter")):
+        for name, parameter in inspect.signature(network).parameters.items():
+            mirrors.append((parameter.default, f"models.{section}.{name}"))
+    checked = set()
+    for value, key in mirrors:
+        try:
+            expected = schema_default(key)
+        except KeyError:
+            assert key.startswith("models."), key   # a constructor argument the config leaves fixed
+            continue
+        assert value == expected, key
+        checked.add(key)
+    assert {"models.denoiser.norm_groups", "models.revision.hidden", "models.segmenter.width"} <= checked
+    with pytest.raises(KeyError, match="seed has no default"):
+        schema_default("seed")

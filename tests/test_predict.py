@@ -11,7 +11,7 @@ from amdiff.models.amdiff import AMDiff
 
 SMALL = dict(denoiser={"channels": (4, 8, 8, 8), "norm_groups": 4, "attention_heads_channels": 8},
              revision={"hidden": 4, "n_layers": 2}, segmenter={"width": 4}, timesteps=20)
-INF = {"patch_size": [16, 16, 16], "overlap": 0.5, "sampler": "ddim", "steps": 4}
+INF = {"patch_size": [16, 16, 16], "overlap": 0.5, "sampler": "ddim", "steps": 4, "samples": 1, "sw_batch_size": 4}
 
 
 class PointwiseEps(nn.Module):

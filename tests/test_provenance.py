@@ -3,6 +3,7 @@ benchmark files, the config hash, the git state, and the check of a snapshot aga
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from amdiff.cli import main
+from amdiff.config import fill_defaults
 from amdiff.errors import InputError
 from amdiff.provenance import (PACKAGES, config_sha256, git_state, provenance, provenance_problems,
                                read_provenance, wall_times)
@@ -80,7 +82,12 @@ def _provenance_command(results, config: dict) -> dict:
 
 def test_provenance_records_the_config_hash_packages_machine_and_stage_times(results):
     record = _provenance_command(results, CONFIG)
-    assert record["config"] == {"sha256": config_sha256(CONFIG), "run_kind": "demo"}
+    filled = fill_defaults(copy.deepcopy(CONFIG))
+    assert record["config"] == {"sha256": config_sha256(filled), "run_kind": "demo"}
+    assert filled["reports_dir"] == "reports" and config_sha256(filled) != config_sha256(CONFIG)
+    # a default written out is the same setting as one left out: the same hash
+    explicit = {**CONFIG, "reports_dir": "reports", "evaluation": {"nrmse_whole": "body_mean"}}
+    assert _provenance_command(results, explicit)["config"] == record["config"]
     assert record["wall_time_s"]["stages"]["train"]["s"] == 13.75
     assert set(record["packages"]) == set(PACKAGES)
     assert record["packages"]["numpy"] and record["packages"]["amdiff"]
@@ -92,7 +99,7 @@ def test_provenance_records_the_config_hash_packages_machine_and_stage_times(res
     longer = {**CONFIG, "training": {**CONFIG["training"], "epochs": 5}}
     changed = _provenance_command(results, longer)
     assert changed["config"]["sha256"] != record["config"]["sha256"]
-    assert changed["config"]["sha256"] == config_sha256(longer)
+    assert changed["config"]["sha256"] == config_sha256(fill_defaults(copy.deepcopy(longer)))
 
 
 def test_config_hash_ignores_key_order_only():

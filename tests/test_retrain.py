@@ -20,7 +20,7 @@ import yaml
 
 import tests.test_train as tt
 from amdiff.cli import main
-from amdiff.config import patch_divisors
+from amdiff.config import fill_defaults, patch_divisors
 from amdiff.io.nifti import centered_affine, write_volume
 from amdiff.models.amdiff import build_model
 from amdiff.train.baselines import BaselineTrainer
@@ -194,8 +194,8 @@ def _med_ddpm(path: Path, config: dict, scale: float) -> Path:
 def test_comparison_model_fingerprints(manifest, tmp_path):  # noqa: F811
     """A segmenter's fingerprint follows the content of the Med-DDPM it is fed from and the
     sampler settings; AMDiff-only keys do not retrain a comparison model, its own keys do."""
-    config = {**copy.deepcopy(tt.CONFIG), "inference": {"sampler": "ddim", "steps": 2},
-              "baselines": {"size": "demo"}}
+    config = fill_defaults({**copy.deepcopy(tt.CONFIG), "inference": {"sampler": "ddim", "steps": 2},
+                            "baselines": {"size": "demo"}})
     a, b = _med_ddpm(tmp_path / "a.pt", config, 1.0), _med_ddpm(tmp_path / "b.pt", config, 0.5)
 
     def fingerprint(name, cfg=config, denoiser=a):

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from amdiff.config import fill_defaults
 from amdiff.errors import InputError
 from amdiff.io.manifest import format_lc_pet, write_manifest
 from amdiff.io.nifti import centered_affine, write_volume
@@ -15,7 +16,8 @@ from amdiff.train.trainer import LOG_COLUMNS, Trainer
 
 SHAPE = (24, 24, 24)
 
-CONFIG = {
+# a config as validation leaves it: every key left out here at its schema default
+CONFIG = fill_defaults({
     "seed": 3,
     "diffusion": {"timesteps": 20, "suv_cutoff": 20.0},
     "models": {"variants": ["amdiff"], "denoiser": {"channels": [4, 8, 8, 8], "norm_groups": 4,
@@ -24,7 +26,7 @@ CONFIG = {
     "training": {"train_sites": {"mct": ["mct"]}, "patch_size": [16, 16, 16], "epochs": 3,
                  "warmup_epochs": 1, "patches_per_epoch": 4, "val_patches": 2, "batch_size": 2,
                  "lr_denoiser": 1e-3, "lr_segmenter": 1e-3},
-}
+})
 
 
 def _subject(root, name, split, rng):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from amdiff.config import load_config
+from tests.conftest import REPO
 from amdiff.errors import InputError
 from amdiff.infer.predict import predict_baseline, predict_volume
 from amdiff.models.amdiff import AMDiff
@@ -20,7 +21,7 @@ from amdiff.models.revision import RevisionModule
 PATCH = 16
 SMALL = dict(denoiser={"channels": (4, 8, 8, 8), "norm_groups": 4, "attention_heads_channels": 8},
              segmenter={"width": 4}, timesteps=20)
-INF = {"patch_size": [PATCH] * 3, "overlap": 0.5, "sampler": "ddim", "steps": 2}
+INF = {"patch_size": [PATCH] * 3, "overlap": 0.5, "sampler": "ddim", "steps": 2, "samples": 1, "sw_batch_size": 4}
 
 
 def randomise(module: torch.nn.Module, scale: float = 0.3) -> torch.nn.Module:
@@ -146,7 +147,7 @@ def test_med_ddpm_sees_only_training_size_windows():
 
 
 def test_inference_window_must_be_the_training_patch(tmp_path):
-    text = open("config/config.yaml").read().replace(
+    text = (REPO / "config" / "config.yaml").read_text().replace(
         "inference:\n  patch_size: [32, 32, 32]", "inference:\n  patch_size: [48, 48, 48]")
     assert "[48, 48, 48]" in text
     path = tmp_path / "config.yaml"

@@ -50,7 +50,7 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tupl
 def _windows(inference: dict, dev: torch.device):
     roi = tuple(inference["patch_size"])
     overlap = float(inference["overlap"])
-    sw_batch = int(inference.get("sw_batch_size", 4))
+    sw_batch = int(inference["sw_batch_size"])
 
     def run(inputs, predictor):
         return sliding_window_inference(inputs, roi, sw_batch, predictor, overlap=overlap,
@@ -106,7 +106,7 @@ def predict_volume(model: AMDiff, lc_suv: np.ndarray, inference: dict, seed: int
     method = inference["sampler"]
     steps = None if method == "ddpm" else int(inference["steps"])
     samples = []
-    for _ in range(int(inference.get("samples", 1))):
+    for _ in range(int(inference["samples"])):
         x0 = sample(eps_fn, tuple(lc.shape), model.schedule, method=method, steps=steps,
                     generator=generator, device=dev, progress=progress)
         samples.append(_revise(model, model.to_suv(x0.clamp(-1, 1)), lc, windows))

@@ -143,7 +143,7 @@ def build_model(variant: str, config: dict) -> AMDiff:
                   segmenter=models.get("segmenter") if VARIANTS[variant].segmentation else None,
                   timesteps=diffusion["timesteps"],
                   suv_cutoff=suv_cutoff_of(variant, config),
-                  prediction=config["diffusion"].get("prediction", "eps"))
+                  prediction=config["diffusion"]["prediction"])
 
 
 def suv_cutoff_of(variant: str, config: dict) -> float:

@@ -129,12 +129,12 @@ class EpochTrainer(ABC):
         self.variant_name = replicate_base(name)   # what is built; name (a seed replicate's own) seeds it
         self.tcfg = config["training"]
         self.out_dir = Path(out_dir)
-        self.device = device_of(device or self.tcfg.get("device", "cpu"),
+        self.device = device_of(device or self.tcfg["device"],
                                 "--device" if device else "training.device")
         self.seed = derived_seed(config["seed"], "train", name, site)
         self.e_max = int(self.tcfg["epochs"])
         patch = tuple(self.tcfg["patch_size"])
-        fraction = self.tcfg.get("lesion_fraction", 0.5)
+        fraction = self.tcfg["lesion_fraction"]
         self.train_sampler = PatchSampler(load_cases(manifest, "train", sites=[site]), patch, fraction, self.seed)
         self.val_sampler = PatchSampler(load_cases(manifest, "val", sites=[site]), patch, fraction, self.seed + 1)
         self.val_patches = self.val_sampler.epoch(int(self.tcfg["val_patches"]), 0)
@@ -323,7 +323,7 @@ class EpochTrainer(ABC):
                 save_checkpoint(self.out_dir / BEST_KEPT, self.payload(epoch))
                 link_or_copy(self.out_dir / BEST_KEPT, self.out_dir / "best.pt")
             save_checkpoint(self.out_dir / "last.pt", self.payload(epoch))
-            every = int(self.tcfg.get("checkpoint_every_epochs", 0) or 0)
+            every = int(self.tcfg["checkpoint_every_epochs"])
             if every and (epoch + 1) % every == 0:   # kept for learning curves, never read back
                 link_or_copy(self.out_dir / "last.pt", self.out_dir / f"epoch_{epoch + 1:04d}.pt")
             self.write_log()

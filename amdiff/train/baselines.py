@@ -16,6 +16,7 @@ the epochs, like AMDiff's, so all models see the same schedule length.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from amdiff.config import fill_defaults
 from amdiff.diffusion.samplers import sample
 from amdiff.errors import InputError
 from amdiff.models.amdiff import build_model
@@ -43,13 +45,13 @@ RESOLVED = ("names", "size", "overrides", "lr", "pretrained", "med_ddpm")
 
 def baseline_kwargs(config: dict, name: str) -> dict:
     """Constructor arguments: the module's DEMO or PAPER size, then config overrides."""
-    section = config.get("baselines", {})
+    section = config["baselines"]
     module = get(name)
-    size = section.get("size", "paper")
+    size = section["size"]
     base = {"demo": module.DEMO, "paper": module.PAPER}.get(size)
     if base is None:
         raise InputError("baselines.size", f"must be 'demo' or 'paper', got {size!r}")
-    return {**base, **section.get("overrides", {}).get(name, {})}
+    return {**base, **section["overrides"].get(name, {})}
 
 
 def load_pretrained(config: dict, name: str, model: torch.nn.Module) -> str | None:
@@ -83,7 +85,8 @@ def load_diffusion_denoiser(path, device) -> torch.nn.Module:
     state = load_checkpoint(path, map_location=device)
     if state.get("variant") != "med_ddpm":
         raise InputError(path, f"expected a med_ddpm checkpoint, got {state.get('variant')!r}")
-    model = build_model("med_ddpm", state["config"])
+    # filled as validation fills a run's config: an older checkpoint may lack a defaulted key
+    model = build_model("med_ddpm", fill_defaults(copy.deepcopy(state["config"])))
     load_weights(model, state["model"], path)
     return model.to(device).eval().requires_grad_(False)
 
@@ -119,7 +122,7 @@ class BaselineTrainer(EpochTrainer):
         self.model = self.model.to(self.device)
         self.gan = hasattr(self.module, "discriminator_loss")
         self.segmenter = name in SEGMENTERS
-        lr = config.get("baselines", {}).get("lr", {}).get(name, DEFAULT_LR[name])
+        lr = config["baselines"]["lr"].get(name, DEFAULT_LR[name])
         self.lr = lr
         if self.gan:
             self.optimizers = {part: torch.optim.Adam(getattr(self.model, part).parameters(), lr=lr,
@@ -128,7 +131,7 @@ class BaselineTrainer(EpochTrainer):
         else:
             self.optimizers = {"adam": torch.optim.Adam(self.model.parameters(), lr=lr)}
         self.schedulers = {k: torch.optim.lr_scheduler.MultiStepLR(
-            o, milestones=[max(1, self.e_max // 2)], gamma=self.tcfg.get("lr_decay_factor", 0.1))
+            o, milestones=[max(1, self.e_max // 2)], gamma=self.tcfg["lr_decay_factor"])
             for k, o in self.optimizers.items()}
         self.diffusion = None
         if self.segmenter:

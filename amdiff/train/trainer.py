@@ -121,23 +121,23 @@ class Trainer(EpochTrainer):
         self.optimizers = {"adam": optimizer}
         # both learning rates x0.1 after half the epochs (paper: 400 of 800)
         self.schedulers = {"adam": torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=[max(1, self.e_max // 2)], gamma=self.tcfg.get("lr_decay_factor", 0.1))}
+            optimizer, milestones=[max(1, self.e_max // 2)], gamma=self.tcfg["lr_decay_factor"])}
         self.segments = self.model.segmenter is not None
         if not self.segments:   # a denoiser-only model (med_ddpm) never leaves the warm-up: L_diff alone
             self.e_T = self.e_max
-        fraction = float(self.tcfg.get("aux_max_t_fraction", 0.5))
+        fraction = float(self.tcfg["aux_max_t_fraction"])
         if not 0.0 < fraction <= 1.0:
             raise InputError("training.aux_max_t_fraction", f"must lie in (0, 1], got {fraction}")
         self.aux_max_t = fraction * self.model.schedule.T   # items with 0-based t < this form P_HC
-        self.p_hc_clamp = self.tcfg.get("p_hc_clamp", "straight_through")
+        self.p_hc_clamp = self.tcfg["p_hc_clamp"]
         clamp_p_hc(torch.zeros(1), self.p_hc_clamp)   # validate now, not after the warm-up
-        self.val_steps = int(self.tcfg.get("val_sampler_steps", 10))
+        self.val_steps = int(self.tcfg["val_sampler_steps"])
         self.loss = AMDiffLoss(self.e_T, self.e_max, lor_weights=self.tcfg.get("class_weights"),
                                rev_weights=self.tcfg.get("class_weights"),
                                seg_weights=self.tcfg.get("class_weights"),
                                terms=self.model.variant.loss_terms(),
-                               seg_form=self.tcfg.get("focal_dice_form", "focal_tversky"),
-                               seg_ce_form=self.tcfg.get("seg_ce_form", "with_background"),
+                               seg_form=self.tcfg["focal_dice_form"],
+                               seg_ce_form=self.tcfg["seg_ce_form"],
                                **self.model.lor_switches()).to(self.device)
 
     def epoch_columns(self, epoch: int) -> dict:
