@@ -341,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from amdiff import stages
     from amdiff.io.atomic import remove_temporaries_on_signals
+    from amdiff.joblog import configure_logging
+
+    configure_logging()
 
     with remove_temporaries_on_signals("amdiff"):
         try:

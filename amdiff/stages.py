@@ -396,7 +396,7 @@ def predict(args) -> None:
         pred = predict_baseline(model.to(device), lc.data, config["inference"], denoised, device=device)
     else:
         seed = derived_seed(config["seed"], "predict", args.subject, args.level)
-        pred = predict_volume(model.to(device), lc.data, config["inference"], seed, device=device)
+        pred = predict_volume(model.to(device), lc.data, config["inference"], seed, device=device, progress=True)
     if not (state.get("kind") == "baseline" and pred.lesion is not None):
         write_volume(out / "denoised.nii.gz", pred.denoised, lc.affine)
     if pred.lesion is not None:   # denoiser-only models (med_ddpm) write no masks

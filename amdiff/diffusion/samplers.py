@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 import torch
-from tqdm import tqdm
+from amdiff.joblog import progress as progress_of
 
 from amdiff.diffusion.schedule import CosineSchedule
 from amdiff.errors import InputError
@@ -93,7 +93,7 @@ def ddpm_sample(eps_fn: EpsModel, shape, schedule: CosineSchedule,
     """Ancestral sampling over all T steps (Eq. 4 with x0 clipping); returns x_0 (= P_HC)."""
     x = _start(shape, generator, device, dtype, x_T)
     steps = range(schedule.T - 1, -1, -1)
-    for n, ti in enumerate(tqdm(steps, desc="ddpm", disable=not progress)):
+    for n, ti in enumerate(progress_of(steps, desc="ddpm", unit="step", enabled=progress)):
         x, x0 = ddpm_step(eps_fn, x, ti, schedule, generator, clip_x0)
         if callback is not None:
             callback(n, ti, x, x0)
@@ -140,7 +140,7 @@ def ddim_sample(eps_fn: EpsModel, shape, schedule: CosineSchedule, steps: int, e
     seq = ddim_timesteps(schedule.T, steps)
     x = _start(shape, generator, device, dtype, x_T)
     pairs = list(zip(seq, seq[1:] + [-1]))
-    for n, (ti, tp) in enumerate(tqdm(pairs, desc="ddim", disable=not progress)):
+    for n, (ti, tp) in enumerate(progress_of(pairs, desc="ddim", unit="step", enabled=progress)):
         x, x0 = ddim_step(eps_fn, x, ti, tp, schedule, eta, generator, clip_x0)
         if callback is not None:
             callback(n, ti, x, x0)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from amdiff.joblog import progress as progress_of
 
 from amdiff.errors import InputError
 from amdiff.io.nifti import AFFINE_ATOL_MM, read_volume, write_volume
@@ -96,8 +96,7 @@ def run_osem(projector: RayProjector, counts, scale: float, attenuation, backgro
     # start from a uniform image with the right total count, which saves an iteration
     net = max(float(y.double().sum() - b.double().sum()), 1e-12)
     x = support.to(torch.float32) * (net / float(total[support].double().sum()))
-    bar = tqdm(total=iterations * subsets, desc="OSEM", unit="subset", disable=not progress,
-               leave=False)
+    bar = progress_of(total=iterations * subsets, desc="OSEM", unit="subset", enabled=progress, leave=False)
     for _ in range(iterations):
         for s, lors, sen, ok in zip(lor_sets, lor_sets_np, sens, seen):
             ybar = scale * a[s] * projector.forward(x, lors) + b[s]

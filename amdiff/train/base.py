@@ -37,7 +37,6 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from amdiff import __version__
 from amdiff.config import derived_seed, replicate_base
@@ -46,6 +45,7 @@ from amdiff.data.patches import PatchSampler, collate
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path, write_text
 from amdiff.io.files import make_output_dir
+from amdiff.joblog import progress as progress_of
 from amdiff.train.checkpoint import (canonical_sha256, file_sha256, load_checkpoint, load_weights,
                                      save_checkpoint)
 from amdiff.train.progress import write_progress
@@ -296,8 +296,9 @@ class EpochTrainer(ABC):
         n, bs = int(self.tcfg["patches_per_epoch"]), int(self.tcfg["batch_size"])
         end = self.e_max if max_epochs_this_run is None else min(self.e_max, self.start_epoch + max_epochs_this_run)
         self.model.train()
-        for epoch in tqdm(range(self.start_epoch, end), desc=f"train {self.name}/{self.site}", unit="epoch",
-                          disable=not progress, initial=self.start_epoch, total=self.e_max):
+        bar = progress_of(range(self.start_epoch, end), desc=f"train {self.name}/{self.site}", unit="epoch",
+                          enabled=progress, initial=self.start_epoch, total=self.e_max)
+        for epoch in bar:
             t0 = time.perf_counter()
             gen = torch.Generator().manual_seed(derived_seed(self.seed, "epoch", str(epoch)))
             # layers that draw from torch's global generator (dropout) are seeded per epoch as
@@ -319,6 +320,7 @@ class EpochTrainer(ABC):
                 self.best_score = val["val_score"]
             self.history.append({**row, **{f"train_{k}": v for k, v in means.result().items()}, **val,
                                  "best": int(improved), "seconds": round(time.perf_counter() - t0, 3)})
+            bar.set_postfix(val_score=float(val["val_score"]), best=float(self.best_score))
             if improved:
                 save_checkpoint(self.out_dir / BEST_KEPT, self.payload(epoch))
                 link_or_copy(self.out_dir / BEST_KEPT, self.out_dir / "best.pt")
