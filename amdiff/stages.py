@@ -660,7 +660,7 @@ def provenance(args) -> None:
 def tables(args) -> None:
     """Tables 2-5, the headline numbers and the paper-versus-reproduction comparison."""
     from amdiff.evaluate.gaussian import read_fit, row_labels
-    from amdiff.evaluate.paper import DEMO_NOTE, OUTPUT_FILES, write_paper_comparison
+    from amdiff.evaluate.paper import COHORT_NOTE, OUTPUT_FILES, write_paper_comparison
     from amdiff.evaluate.subject import read_metrics
     from amdiff.evaluate.tables import table_files, write_tables
 
@@ -673,4 +673,4 @@ def tables(args) -> None:
     budget, banner = _budget_and_banner(args)
     write_tables(metrics, args.out_dir, seed=args.seed, row_labels=row_labels(fwhm) if fwhm else None,
                  banner=banner, budget=budget)
-    write_paper_comparison(metrics, args.out_dir, note=f"**{banner}**\n\n{DEMO_NOTE}" if banner else DEMO_NOTE)
+    write_paper_comparison(metrics, args.out_dir, note=f"**{banner}**\n\n{COHORT_NOTE}" if banner else COHORT_NOTE)

@@ -337,6 +337,23 @@ def test_claims_are_well_formed():
     assert {"swin_unetr", "medsam3d"} <= {c.worse for c in paper.CLAIMS if c.metric == "dice_lesion"}
 
 
+
+def test_claims_file_is_read_typed_and_checked(tmp_path):
+    below5 = [c for c in paper.CLAIMS if c.max_clinical_percent is not None]
+    assert below5 and all(c.max_clinical_percent == 5.0 for c in below5)
+    assert all(isinstance(c.paper_change_pct, float) for c in paper.CLAIMS)
+    text = paper.PAPER_CLAIMS_PATH.read_text()
+    header = next(line for line in text.splitlines() if not line.startswith("#"))
+    row = next(line for line in text.splitlines() if line.startswith("ddpm_lesion_nrmse\t"))
+    twice = tmp_path / "twice.tsv"
+    twice.write_text(f"{header}\n{row}\n{row}\n")
+    with pytest.raises(ValueError, match="duplicate claim ids.*ddpm_lesion_nrmse"):
+        paper.load_claims(twice)
+    renamed = tmp_path / "renamed.tsv"
+    renamed.write_text(f"{header.replace('worse', 'baseline')}\n{row}\n")
+    with pytest.raises(ValueError, match="columns must be id, statement"):
+        paper.load_claims(renamed)
+
 # --- hand-made metrics tables -----------------------------------------------------------
 
 def make_metrics(rows: list[dict]) -> pd.DataFrame:
@@ -584,7 +601,7 @@ def test_write_paper_comparison(tmp_path):
     # Atomic writes leave no temporary files behind.
     assert sorted(p.name for p in (tmp_path / "paper").iterdir()) == sorted(names)
     report = (tmp_path / "paper" / "paper_vs_reproduction.md").read_text()
-    assert paper.DEMO_NOTE in report.split("|")[0]          # the note precedes the tables
+    assert paper.COHORT_NOTE in report.split("|")[0]          # the note precedes the tables
     assert "lesion_reg_lesion_nrmse" in report and "0.150 ± 0.172" in report
     claims = paper.read_output_tsv(tmp_path / "paper" / "claims.tsv")
     assert list(claims["id"]) == [c.id for c in paper.CLAIMS]
@@ -597,4 +614,4 @@ def test_write_paper_comparison(tmp_path):
     assert len(lor) == 17 and all("| n/a |" in line for line in lor)
     heads = paper.read_output_tsv(tmp_path / "paper" / "headline.tsv")
     assert list(heads.columns) == list(paper.HEADLINE_COLUMNS)
-    assert paper.DEMO_NOTE in (tmp_path / "paper" / "headline.md").read_text()
+    assert paper.COHORT_NOTE in (tmp_path / "paper" / "headline.md").read_text()
