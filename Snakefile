@@ -47,7 +47,6 @@ include: "rules/labels.smk"
 include: "rules/qc.smk"
 # The model stages need the models/training/diffusion/inference sections (a data-only
 # config prepares the cohort and stops there).
-MODELS = all(k in config for k in ("models", "training", "diffusion", "inference"))
 if MODELS:
 
     include: "rules/train.smk"

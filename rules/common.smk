@@ -1,4 +1,5 @@
-# Input functions, wildcard constraints and the subject table shared by all rules.
+# Input functions, wildcard constraints, the subject table and every helper the rules use:
+# the rule files hold rules only (one section per rule file below).
 
 import json
 import re
@@ -6,7 +7,7 @@ import shlex
 import sys
 
 from amdiff.config import (check_workflow_config, count_levels, derived_seed, phantom_subjects,
-                           replicate_base, seed_replicates)
+                           replicate_base, run_kind, seed_replicates, standard_count_percent)
 from amdiff import contracts
 from amdiff.errors import InputError
 from amdiff.listmode.levels import level_name
@@ -172,3 +173,246 @@ def full_listmode(wildcards):
     if not PHANTOM and s.get("listmode"):
         return s["listmode"]
     return f"{subject_dir(wildcards.site, wildcards.subject)}/listmode/full.petsird"
+
+
+# --- list-mode (rules/listmode.smk) -----------------------------------------------------
+
+
+def simulate_inputs(wildcards):
+    d = subject_dir(wildcards.site, wildcards.subject)
+    if PHANTOM:
+        return {"suv": f"{d}/truth_suv.nii.gz", "mumap": f"{d}/mumap.nii.gz", "meta": f"{d}/phantom.json"}
+    return {"suv": subject_of(wildcards)["hc_pet"], "mumap": f"{d}/mumap.nii.gz"}
+
+
+def body_size(wildcards, input):
+    if PHANTOM:
+        meta = json.loads(open(input.meta).read())
+        return f"--weight-kg {meta['weight_kg']} --height-m {meta['height_cm'] / 100:.3f}"
+    # Public cohorts (autoPET) often lack the weight; SUV images do not depend on it, only
+    # the simulated count level does, so a reference adult is used then.
+    weight = subject_of(wildcards).get("weight_kg") or 75.0
+    return f"--weight-kg {weight}"
+
+
+# --- reconstruction (rules/recon.smk) ---------------------------------------------------
+
+
+def recon_resources(wildcards):
+    return 1 if config["sites"][wildcards.site]["recon"]["device"] == "cuda" else 0
+
+
+# --- organ labels (rules/labels.smk) ----------------------------------------------------
+
+LABELS = config["labels"]
+
+
+def label_source(wildcards):
+    if LABELS["method"] == "phantom":
+        return {"source": f"{subject_dir(wildcards.site, wildcards.subject)}/organs_truth.nii.gz"}
+    if LABELS["method"] == "provided":
+        return {"source": subject_of(wildcards)["organs"]}
+    return {}
+
+
+# --- QC and manifests (rules/qc.smk) ----------------------------------------------------
+
+
+def stats_inputs(wildcards):
+    d = subject_dir(wildcards.site, wildcards.subject)
+    inputs = {"hc": f"{d}/hc.nii.gz", "lesion": f"{d}/lesion.nii.gz"}
+    if re.fullmatch(SIMULATED, wildcards.subject):
+        inputs["acquisition"] = f"{d}/listmode/acquisition.json"
+    if re.fullmatch(f"(?:{SIMULATED})|(?:{OWN_LISTMODE})", wildcards.subject):
+        inputs["counts"] = f"{d}/listmode/counts.json"
+    return inputs
+
+
+def manifest_images(subjects):
+    return [f"{subject_dir(s['site'], s['subject'])}/{name}.nii.gz" for s in subjects
+            for name in ["hc", "ct", "lesion", "organs"] + [f"lc_{n}" for n in lc_names(s["site"], s["split"], s)]]
+
+
+# --- models: training, prediction, evaluation (rules/train.smk, predict.smk, evaluate.smk) ---
+
+
+# the model stages run only when the config describes models
+MODELS = all(k in config for k in ("models", "training", "diffusion", "inference"))
+
+
+def never(names):
+    return "|".join(names) if names else "(?!x)x"
+
+
+def training_device():
+    return TRAINING["device"]
+
+
+def amdiff_params(wildcards):
+    """The settings that determine a diffusion model's weights, as JSON (a change re-runs it).
+
+    Med-DDPM's own SUV cutoff (baselines.med_ddpm.suv_cutoff) counts for med_ddpm only, so
+    lifting it does not re-train AMDiff and its ablations; left unset, the params are those of
+    before the key existed, so existing results are not re-run.
+    """
+    sections = {k: config[k] for k in ("models", "training", "diffusion")}
+    own = ((config.get("baselines") or {}).get("med_ddpm") or {}).get("suv_cutoff")
+    if replicate_base(wildcards.model) == "med_ddpm" and own is not None:
+        sections["med_ddpm"] = {"suv_cutoff": own}
+    return json.dumps(sections)
+
+
+def baseline_inputs(wildcards):
+    inputs = {"manifest": f"{RESULTS}/manifest_{wildcards.train_site}.tsv"}
+    if wildcards.model in COMPARISON_SEGMENTERS:   # fed by the trained Med-DDPM's outputs
+        inputs["denoiser"] = f"{RESULTS}/models/med_ddpm/{wildcards.train_site}/best.pt"
+    # a configured starting checkpoint is an input: a missing file stops the plan, not the job
+    pretrained = ((config.get("baselines") or {}).get("pretrained") or {}).get(wildcards.model)
+    if pretrained:
+        inputs["pretrained"] = pretrained
+    return inputs
+
+
+def test_cases():
+    """(site, subject, image name pXXX_rN) of every test image a model predicts."""
+    return [(s["site"], s["subject"], name) for s in SUBJECTS
+            if s["split"] == "test" and s["site"] in TRAINED_ON
+            for name in lc_names(s["site"], s["split"], s)]
+
+
+def outputs_of(model):
+    """What a model predicts: AMDiff all three; denoisers the image; segmenters the masks."""
+    model = replicate_base(model)   # a seed replicate predicts what its model does
+    if model in VARIANTS:
+        return ("denoised", "lesion", "organs")
+    return ("denoised",) if model in DENOISER_BASELINES + TRAINING_FREE else ("lesion", "organs")
+
+
+def prediction_targets():
+    return [f"{RESULTS}/predictions/{model}/{site}/{subject}/{name}/{item}.nii.gz"
+            for model in VARIANTS + BASELINES + TRAINING_FREE for site, subject, name in test_cases()
+            for item in outputs_of(model)]
+
+
+def test_images(site, subject):
+    return [name for s, subj, name in test_cases() if (s, subj) == (site, subject)]
+
+
+def prediction_dir(model, site, subject, image):
+    return f"{RESULTS}/predictions/{model}/{site}/{subject}/{image}"
+
+
+def evaluation_inputs(wildcards):
+    d = subject_dir(wildcards.site, wildcards.subject)
+    inputs = {"hc": f"{d}/hc.nii.gz", "lesion": f"{d}/lesion.nii.gz", "organs": f"{d}/organs.nii.gz",
+              "ct": f"{d}/ct.nii.gz"}   # its body mask: the whole-image NRMSE's region
+    for image in test_images(wildcards.site, wildcards.subject):
+        for item in outputs_of(wildcards.model):
+            inputs[f"{image}_{item}"] = f"{prediction_dir(wildcards.model, wildcards.site, wildcards.subject, image)}/{item}.nii.gz"
+        if wildcards.model in COMPARISON_SEGMENTERS:   # they quantify on the Med-DDPM image they were fed
+            inputs[f"{image}_quant"] = f"{prediction_dir('med_ddpm', wildcards.site, wildcards.subject, image)}/denoised.nii.gz"
+    return inputs
+
+
+def evaluation_args(wildcards):
+    """Several command-line words: flags bare, each name=path word shell-quoted."""
+    images = test_images(wildcards.site, wildcards.subject)
+    args = " ".join(shlex.quote(f"{i}={prediction_dir(wildcards.model, wildcards.site, wildcards.subject, i)}")
+                    for i in images)
+    args = f"--prediction {args}"
+    if wildcards.model in COMPARISON_SEGMENTERS:
+        quant = " ".join(
+            shlex.quote(f"{i}={prediction_dir('med_ddpm', wildcards.site, wildcards.subject, i)}/denoised.nii.gz")
+            for i in images)
+        args += f" --quant-image {quant}"
+    return args
+
+
+def case_metric_files():
+    subjects = sorted({(site, subject) for site, subject, _ in test_cases()})
+    return [f"{RESULTS}/metrics/cases/{model}/{site}/{subject}.tsv"
+            for model in VARIANTS + BASELINES + TRAINING_FREE for site, subject in subjects]
+
+
+def evaluation_targets():
+    return ([f"{RESULTS}/metrics/metrics.tsv"]
+            + [f"{REPORTS}/tables/{name}.{ext}" for name in TABLES for ext in ("tsv", "md", "tex")]
+            + [f"{REPORTS}/tables/{name}.{ext}" for name, exts in PAPER_TABLES.items() for ext in exts]
+            + [f"{REPORTS}/figures/{name}.{ext}" for name in ("fig7_regression", "training_curves")
+               for ext in ("png", "pdf")]
+            + [f"{REPORTS}/figures/fig{n}_{kind}_{site}.{ext}" for n, kind in SLICE_FIGURES
+               for site in TEST_SITES for ext in ("png", "pdf")]
+            + [f"{REPORTS}/tables/study_checks.{ext}" for ext in ("tsv", "md")]
+            + ([f"{REPORTS}/tables/seed_variance.{ext}" for ext in ("tsv", "md")] if REPLICATES else []))
+
+
+def table_output(name, ext, category):
+    path = f"{REPORTS}/tables/{name}.{ext}"
+    if ext == "tex":
+        return path
+    return report(path, caption=f"../reports/captions/{name}.rst", category=category,
+                  labels={"table": name, "format": ext})
+
+
+def gaussian_fits():
+    """Each test site's Gaussian-filter fit (its training site's): Table 2 labels the row with its FWHM."""
+    return {site: f"{RESULTS}/models/gaussian_filter/{TRAINED_ON[site]}/fit.json" for site in TEST_SITES}
+
+
+def slice_inputs(wildcards):
+    inputs = {"metrics": f"{RESULTS}/metrics/metrics.tsv", "budget": BUDGET}
+    for site, subject, image in test_cases():
+        if site != wildcards.site:
+            continue
+        d = subject_dir(site, subject)
+        inputs[f"{subject}_{image}_lc"] = f"{d}/lc_{image}.nii.gz"
+        for ref in ("hc", "lesion", "organs"):
+            inputs[f"{subject}_{ref}"] = f"{d}/{ref}.nii.gz"
+        for model in VARIANTS + BASELINES:
+            for item in outputs_of(model):
+                inputs[f"{model}_{subject}_{image}_{item}"] = f"{prediction_dir(model, site, subject, image)}/{item}.nii.gz"
+    return inputs
+
+
+def training_logs():
+    return {f"{model}/{site}": f"{RESULTS}/models/{model}/{site}/log.csv"
+            for model in VARIANTS + BASELINES for site in TRAINING["train_sites"]}
+
+
+if MODELS:
+    TRAINING = config["training"]
+    VARIANTS = config["models"]["variants"]
+    TRAIN_SITES = list(TRAINING["train_sites"])
+    BASELINES = config.get("baselines", {}).get("names", [])
+    # seed replicates (config seed_replicates): "amdiff_seed1" is amdiff trained from another seed
+    REPLICATES = seed_replicates(config)
+    REPLICATE_NAMES = [name for names in REPLICATES.values() for name in names]
+    # Med-DDPM is AMDiff's diffusion module alone: it trains with the AMDiff trainer
+    DIFFUSION_MODELS = VARIANTS + [b for b in BASELINES if b == "med_ddpm"] + REPLICATE_NAMES
+    OTHER_BASELINES = [b for b in BASELINES if b != "med_ddpm"]
+    COMPARISON_SEGMENTERS = [b for b in OTHER_BASELINES if b in contracts.COMPARISON_SEGMENTERS]
+    GAUSSIAN_GRID = config["evaluation"]["gaussian_filter"]["fwhm_mm_grid"]
+    INFERENCE = config["inference"]
+    TRAINED_ON = {test: train for train, tests in TRAINING["train_sites"].items() for test in tests}
+    DENOISER_BASELINES = [b for b in BASELINES if b in contracts.COMPARISON_DENOISERS]
+    # Table 2's first rows, which need no training: the low-count input itself and the low-count
+    # input Gaussian-filtered at the FWHM fit_gaussian_filter chose on the validation images.
+    TRAINING_FREE = ["lowcount_input", "gaussian_filter"]
+    REPORTS = config["reports_dir"]
+    # every trained model's gradient steps: the tables state them, and a demo run's (run_kind)
+    # tables and figures say they come from an untrained smoke test of that many steps
+    BUDGET = f"{RESULTS}/metrics/training_budget.tsv"
+    TABLES = ["table2_denoising", "table3_segmentation", "table4_ablation", "table5_quantification"]
+    PAPER_TABLES = {"headline": ("tsv", "md"), "paper_vs_reproduction": ("tsv", "md"), "claims": ("tsv",)}
+    TEST_SITES = sorted({site for site, _, _ in test_cases()})
+    SLICE_FIGURES = [(4, "denoising"), (5, "lesions"), (6, "organs")]
+
+
+# --- provenance (rules/provenance.smk) --------------------------------------------------
+
+PROVENANCE = f"{config['reports_dir']}/provenance.json"
+
+
+def run_targets():
+    """Every file `rule all` asks for besides the provenance, which is written after them."""
+    return data_targets() + (prediction_targets() + evaluation_targets() if MODELS else [])

@@ -2,72 +2,11 @@
 # the true masks, pooled into one table, then the paper's tables (2-4 and beyond), the headline
 # numbers, the paper-versus-reproduction comparison and the figures (4-7, training curves).
 
-from amdiff.config import run_kind, standard_count_percent
-
-REPORTS = config["reports_dir"]
-# every trained model's gradient steps: the tables state them, and a demo run's (run_kind)
-# tables and figures say they come from an untrained smoke test of that many steps
-BUDGET = f"{RESULTS}/metrics/training_budget.tsv"
-TABLES = ["table2_denoising", "table3_segmentation", "table4_ablation", "table5_quantification"]
-PAPER_TABLES = {"headline": ("tsv", "md"), "paper_vs_reproduction": ("tsv", "md"), "claims": ("tsv",)}
-TEST_SITES = sorted({site for site, _, _ in test_cases()})
-SLICE_FIGURES = [(4, "denoising"), (5, "lesions"), (6, "organs")]
-
-
-def test_images(site, subject):
-    return [name for s, subj, name in test_cases() if (s, subj) == (site, subject)]
-
-
-def prediction_dir(model, site, subject, image):
-    return f"{RESULTS}/predictions/{model}/{site}/{subject}/{image}"
-
-
-def evaluation_inputs(wildcards):
-    d = subject_dir(wildcards.site, wildcards.subject)
-    inputs = {"hc": f"{d}/hc.nii.gz", "lesion": f"{d}/lesion.nii.gz", "organs": f"{d}/organs.nii.gz",
-              "ct": f"{d}/ct.nii.gz"}   # its body mask: the whole-image NRMSE's region
-    for image in test_images(wildcards.site, wildcards.subject):
-        for item in outputs_of(wildcards.model):
-            inputs[f"{image}_{item}"] = f"{prediction_dir(wildcards.model, wildcards.site, wildcards.subject, image)}/{item}.nii.gz"
-        if wildcards.model in COMPARISON_SEGMENTERS:   # they quantify on the Med-DDPM image they were fed
-            inputs[f"{image}_quant"] = f"{prediction_dir('med_ddpm', wildcards.site, wildcards.subject, image)}/denoised.nii.gz"
-    return inputs
-
-
-def evaluation_args(wildcards):
-    """Several command-line words: flags bare, each name=path word shell-quoted."""
-    images = test_images(wildcards.site, wildcards.subject)
-    args = " ".join(shlex.quote(f"{i}={prediction_dir(wildcards.model, wildcards.site, wildcards.subject, i)}")
-                    for i in images)
-    args = f"--prediction {args}"
-    if wildcards.model in COMPARISON_SEGMENTERS:
-        quant = " ".join(
-            shlex.quote(f"{i}={prediction_dir('med_ddpm', wildcards.site, wildcards.subject, i)}/denoised.nii.gz")
-            for i in images)
-        args += f" --quant-image {quant}"
-    return args
-
-
-def case_metric_files():
-    subjects = sorted({(site, subject) for site, subject, _ in test_cases()})
-    return [f"{RESULTS}/metrics/cases/{model}/{site}/{subject}.tsv"
-            for model in VARIANTS + BASELINES + TRAINING_FREE for site, subject in subjects]
-
-
-def evaluation_targets():
-    return ([f"{RESULTS}/metrics/metrics.tsv"]
-            + [f"{REPORTS}/tables/{name}.{ext}" for name in TABLES for ext in ("tsv", "md", "tex")]
-            + [f"{REPORTS}/tables/{name}.{ext}" for name, exts in PAPER_TABLES.items() for ext in exts]
-            + [f"{REPORTS}/figures/{name}.{ext}" for name in ("fig7_regression", "training_curves")
-               for ext in ("png", "pdf")]
-            + [f"{REPORTS}/figures/fig{n}_{kind}_{site}.{ext}" for n, kind in SLICE_FIGURES
-               for site in TEST_SITES for ext in ("png", "pdf")]
-            + [f"{REPORTS}/tables/study_checks.{ext}" for ext in ("tsv", "md")]
-            + ([f"{REPORTS}/tables/seed_variance.{ext}" for ext in ("tsv", "md")] if REPLICATES else []))
-
 
 # About a second each (66 evaluate_subject jobs in the demo): on a cluster they run in the
 # Snakemake process itself instead of queueing as batch jobs. A local run is unchanged.
+
+
 localrules:
     evaluate_subject,
     collect_metrics,
@@ -175,19 +114,6 @@ rule seed_variance:
         " --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
-def table_output(name, ext, category):
-    path = f"{REPORTS}/tables/{name}.{ext}"
-    if ext == "tex":
-        return path
-    return report(path, caption=f"../reports/captions/{name}.rst", category=category,
-                  labels={"table": name, "format": ext})
-
-
-def gaussian_fits():
-    """Each test site's Gaussian-filter fit (its training site's): Table 2 labels the row with its FWHM."""
-    return {site: f"{RESULTS}/models/gaussian_filter/{TRAINED_ON[site]}/fit.json" for site in TEST_SITES}
-
-
 rule tables:
     input:
         metrics=f"{RESULTS}/metrics/metrics.tsv",
@@ -244,21 +170,6 @@ rule figure_regression:
         " --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
 
 
-def slice_inputs(wildcards):
-    inputs = {"metrics": f"{RESULTS}/metrics/metrics.tsv", "budget": BUDGET}
-    for site, subject, image in test_cases():
-        if site != wildcards.site:
-            continue
-        d = subject_dir(site, subject)
-        inputs[f"{subject}_{image}_lc"] = f"{d}/lc_{image}.nii.gz"
-        for ref in ("hc", "lesion", "organs"):
-            inputs[f"{subject}_{ref}"] = f"{d}/{ref}.nii.gz"
-        for model in VARIANTS + BASELINES:
-            for item in outputs_of(model):
-                inputs[f"{model}_{subject}_{image}_{item}"] = f"{prediction_dir(model, site, subject, image)}/{item}.nii.gz"
-    return inputs
-
-
 rule figure_slices:
     input:
         unpack(slice_inputs),
@@ -284,11 +195,6 @@ rule figure_slices:
         "{AMDIFF} figure-slices --metrics {input.metrics:q} --results {RESULTS:q} --site {wildcards.site}"
         " --models {params.models} --out-dir {params.prefix:q}"
         " --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
-
-
-def training_logs():
-    return {f"{model}/{site}": f"{RESULTS}/models/{model}/{site}/log.csv"
-            for model in VARIANTS + BASELINES for site in TRAINING["train_sites"]}
 
 
 rule figure_training:

@@ -1,16 +1,6 @@
 # Organ labels (0 background, 1 liver, 2 lung, 3 bone, 4 muscle, 5 kidney, 6 spleen, 7 aorta):
 # phantom truth, TotalSegmentator on the CT, or a label map the user provides.
 
-LABELS = config["labels"]
-
-
-def label_source(wildcards):
-    if LABELS["method"] == "phantom":
-        return {"source": f"{subject_dir(wildcards.site, wildcards.subject)}/organs_truth.nii.gz"}
-    if LABELS["method"] == "provided":
-        return {"source": subject_of(wildcards)["organs"]}
-    return {}
-
 
 rule organ_labels:
     conda:

@@ -1,23 +1,6 @@
 # List-mode: simulated PETSIRD acquisitions and non-overlapping down-sampling.
 
 
-def simulate_inputs(wildcards):
-    d = subject_dir(wildcards.site, wildcards.subject)
-    if PHANTOM:
-        return {"suv": f"{d}/truth_suv.nii.gz", "mumap": f"{d}/mumap.nii.gz", "meta": f"{d}/phantom.json"}
-    return {"suv": subject_of(wildcards)["hc_pet"], "mumap": f"{d}/mumap.nii.gz"}
-
-
-def body_size(wildcards, input):
-    if PHANTOM:
-        meta = json.loads(open(input.meta).read())
-        return f"--weight-kg {meta['weight_kg']} --height-m {meta['height_cm'] / 100:.3f}"
-    # Public cohorts (autoPET) often lack the weight; SUV images do not depend on it, only
-    # the simulated count level does, so a reference adult is used then.
-    weight = subject_of(wildcards).get("weight_kg") or 75.0
-    return f"--weight-kg {weight}"
-
-
 rule simulate_listmode:
     conda:
         "../envs/data.yaml"
@@ -44,10 +27,10 @@ rule simulate_listmode:
         "{AMDIFF} simulate --config {CONFIG_FILE:q} --site {wildcards.site} --subject {wildcards.subject}"
         " --split {params.split} --suv {input.suv:q} --mumap {input.mumap:q} {params.body}"
         " --out {output.listmode:q} --summary {output.summary:q} > {log:q} 2>&1"
-
-
 # The number of low-count lists depends on the subject's split, so the rule declares
 # counts.json as its output; the lists beside it are written in the same atomic step.
+
+
 rule downsample:
     conda:
         "../envs/data.yaml"
@@ -71,4 +54,3 @@ rule downsample:
     shell:
         "{AMDIFF} downsample --input {input:q} --levels {params.levels} --realizations {params.realizations}"
         " --seed {params.seed} --outdir {params.outdir:q} --counts {output.counts:q} > {log:q} 2>&1"
-

@@ -2,36 +2,6 @@
 # sites it is evaluated on (training.train_sites), writing the denoised SUV image, the lesion
 # mask and the organ label map on the input's grid.
 
-INFERENCE = config["inference"]
-TRAINED_ON = {test: train for train, tests in TRAINING["train_sites"].items() for test in tests}
-
-
-def test_cases():
-    """(site, subject, image name pXXX_rN) of every test image a model predicts."""
-    return [(s["site"], s["subject"], name) for s in SUBJECTS
-            if s["split"] == "test" and s["site"] in TRAINED_ON
-            for name in lc_names(s["site"], s["split"], s)]
-
-
-DENOISER_BASELINES = [b for b in BASELINES if b in ("med_ddpm", "leqmod_gan", "spach_transformer")]
-# Table 2's first rows, which need no training: the low-count input itself and the low-count
-# input Gaussian-filtered at the FWHM fit_gaussian_filter chose on the validation images.
-TRAINING_FREE = ["lowcount_input", "gaussian_filter"]
-
-
-def outputs_of(model):
-    """What a model predicts: AMDiff all three; denoisers the image; segmenters the masks."""
-    model = replicate_base(model)   # a seed replicate predicts what its model does
-    if model in VARIANTS:
-        return ("denoised", "lesion", "organs")
-    return ("denoised",) if model in DENOISER_BASELINES + TRAINING_FREE else ("lesion", "organs")
-
-
-def prediction_targets():
-    return [f"{RESULTS}/predictions/{model}/{site}/{subject}/{name}/{item}.nii.gz"
-            for model in VARIANTS + BASELINES + TRAINING_FREE for site, subject, name in test_cases()
-            for item in outputs_of(model)]
-
 
 rule predict_amdiff:
     input:

@@ -2,13 +2,6 @@
 # (its sha256), packages and machine made the results, and the wall time of each stage summed
 # from the benchmark files (amdiff/provenance.py).
 
-PROVENANCE = f"{config['reports_dir']}/provenance.json"
-
-
-def run_targets():
-    """Every file `rule all` asks for besides the provenance, which is written after them."""
-    return data_targets() + (prediction_targets() + evaluation_targets() if MODELS else [])
-
 
 rule provenance:
     input:

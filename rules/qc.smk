@@ -4,6 +4,8 @@
 
 # Seconds each, one per subject: on a cluster they run in the Snakemake process itself instead
 # of queueing as batch jobs. A local run is unchanged.
+
+
 localrules:
     qc_subject,
     subject_stats,
@@ -40,16 +42,6 @@ rule qc_subject:
     shell:
         "{AMDIFF} qc --hc {input.hc:q} --lc {params.lc} --lesion {input.lesion:q} --organs {input.organs:q}"
         " --title '{wildcards.site} {wildcards.subject}' --out {output:q} > {log:q} 2>&1"
-
-
-def stats_inputs(wildcards):
-    d = subject_dir(wildcards.site, wildcards.subject)
-    inputs = {"hc": f"{d}/hc.nii.gz", "lesion": f"{d}/lesion.nii.gz"}
-    if re.fullmatch(SIMULATED, wildcards.subject):
-        inputs["acquisition"] = f"{d}/listmode/acquisition.json"
-    if re.fullmatch(f"(?:{SIMULATED})|(?:{OWN_LISTMODE})", wildcards.subject):
-        inputs["counts"] = f"{d}/listmode/counts.json"
-    return inputs
 
 
 rule subject_stats:
@@ -93,11 +85,6 @@ rule cohort_summary:
         "{AMDIFF} summary {input:q} --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
-def manifest_images(subjects):
-    return [f"{subject_dir(s['site'], s['subject'])}/{name}.nii.gz" for s in subjects
-            for name in ["hc", "ct", "lesion", "organs"] + [f"lc_{n}" for n in lc_names(s["site"], s["split"], s)]]
-
-
 rule manifest:
     conda:
         "../envs/data.yaml"
@@ -113,10 +100,10 @@ rule manifest:
         runtime=10,
     shell:
         "{AMDIFF} manifest --config {CONFIG_FILE:q} --out {output:q} --validate > {log:q} 2>&1"
-
-
 # What one site's models train on: its train and validation subjects only, so a broken test
 # image (or another site's data) fails its own jobs and not every model's training.
+
+
 rule training_manifest:
     conda:
         "../envs/data.yaml"

@@ -2,10 +2,6 @@
 # from one down-sampled list, with identical settings.
 
 
-def recon_resources(wildcards):
-    return 1 if config["sites"][wildcards.site]["recon"].get("device") == "cuda" else 0
-
-
 rule recon_highcount:
     conda:
         "../envs/data.yaml"
