@@ -154,10 +154,17 @@ def data_targets():
     return targets
 
 
+NOTHING = "(?!x)x"   # a wildcard regex no value matches: the rule that carries it never runs
+
+
+def never(names):
+    """Wildcard regex matching exactly ``names``; ``NOTHING`` (the rule is off) when there are none."""
+    return "|".join(names) if names else NOTHING
+
+
 def _ids(predicate):
-    """Regex matching the subject ids for which ``predicate`` holds (never matches if none)."""
-    ids = sorted({s["subject"] for s in SUBJECTS if predicate(s)})
-    return "|".join(ids) if ids else "(?!x)x"
+    """Regex matching the subject ids for which ``predicate`` holds (``NOTHING`` if none)."""
+    return never(sorted({s["subject"] for s in SUBJECTS if predicate(s)}))
 
 
 PHANTOM = config["cohort"]["source"] == "phantom"
@@ -238,10 +245,6 @@ def manifest_images(subjects):
 
 # the model stages run only when the config describes models
 MODELS = all(k in config for k in ("models", "training", "diffusion", "inference"))
-
-
-def never(names):
-    return "|".join(names) if names else "(?!x)x"
 
 
 def training_device():

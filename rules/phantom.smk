@@ -16,7 +16,7 @@ rule phantom:
         phantom=json.dumps(config["phantom"]),
         seed=config["seed"],
     wildcard_constraints:
-        subject=SIMULATED if PHANTOM else "(?!x)x",
+        subject=SIMULATED if PHANTOM else NOTHING,
     log:
         "logs/phantom/{site}/{subject}.log",
     benchmark:
