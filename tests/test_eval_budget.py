@@ -17,6 +17,7 @@ from amdiff.cli import main
 from amdiff.errors import InputError
 from amdiff.evaluate import columns
 from amdiff.evaluate import figures as F
+from amdiff.evaluate.figures import training as figure_training
 from amdiff.evaluate.budget import (BUDGET_COLUMNS, read_budget, run_banner, smoke_test_line,
                                     training_budget, write_budget)
 from amdiff.evaluate.tables import TABLES, build_table, to_latex, to_markdown
@@ -172,7 +173,7 @@ def test_figure_training_command_marks_a_demo(kind, logs, tmp_path, monkeypatch)
     budget = tmp_path / "budget.tsv"
     write_budget(training_budget(logs, TRAINING), budget)
     saved = []
-    monkeypatch.setattr(F, "save_figure", lambda fig, *args, **kwargs: saved.append(fig))
+    monkeypatch.setattr(figure_training, "save_figure", lambda fig, *args, **kwargs: saved.append(fig))
     assert main(["figure-training", "--log", f"amdiff/mct={logs['amdiff/mct']}",
                  "--png", str(tmp_path / "c.png"), "--pdf", str(tmp_path / "c.pdf"),
                  "--budget", str(budget), "--run-kind", kind]) == 0

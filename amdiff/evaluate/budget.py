@@ -31,7 +31,7 @@ import pandas as pd
 from amdiff.errors import InputError
 from amdiff.io.files import check_input_file
 # the training curves' log reading: the same epochs and the same best epoch as that figure
-from amdiff.evaluate.figures import _log_key, _read_log, best_epoch
+from amdiff.evaluate.figures.training import log_key, read_log, best_epoch
 from amdiff.io.atomic import write_text
 
 BUDGET_COLUMNS = ("model", "train_site", "epochs", "epochs_planned", "patches_per_epoch",
@@ -71,8 +71,8 @@ def training_budget(logs: Mapping, training: Mapping) -> pd.DataFrame:
     per_epoch = steps_per_epoch(training["patches_per_epoch"], training["batch_size"])
     rows = []
     for key, path in logs.items():
-        model, site = _log_key(key)
-        log = _read_log(path)
+        model, site = log_key(key)
+        log = read_log(path)
         best = best_epoch(log)
         epochs = int(log["epoch"].nunique())
         gain = late_gain_pct(log)

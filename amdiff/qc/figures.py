@@ -14,40 +14,23 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap, to_rgba
+from matplotlib.patches import Patch
+from scipy import ndimage
 
-matplotlib.use("Agg")  # headless: the workflow runs on clusters without a display
-
-import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap, to_rgba  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from scipy import ndimage  # noqa: E402
-
-from amdiff.contracts import ORGAN_CLASSES  # noqa: E402
-from amdiff.errors import InputError  # noqa: E402
-from amdiff.io.atomic import atomic_path  # noqa: E402
-from amdiff.io.nifti import Volume, check_same_grid, read_volume  # noqa: E402
-from amdiff.listmode.levels import parse_image_name  # noqa: E402
+from amdiff.contracts import ORGAN_CLASSES
+from amdiff.errors import InputError
+from amdiff.io.atomic import atomic_path
+from amdiff.io.nifti import Volume, check_same_grid, read_volume
+from amdiff.listmode.levels import parse_image_name
+from amdiff.plotting import LESION_RGBA, ORGAN_COLOURS, SUV_PERCENTILE, canonical, coronal, style_axis
 
 # Organ classes of the data contract, label value -> name.
 ORGANS = ORGAN_CLASSES
-# Colour-blind-aware colours; red is reserved for lesions.
-ORGAN_COLOURS = {
-    1: "#8c510a",  # liver: brown
-    2: "#56b4e9",  # lung: sky blue
-    3: "#f0e442",  # bone: yellow
-    4: "#fdd0a2",  # muscle: pale peach
-    5: "#7b3294",  # kidney: purple
-    6: "#1b9e77",  # spleen: green
-    7: "#e377c2",  # aorta: pink
-}
-LESION_RGBA = (1.0, 0.0, 0.0, 1.0)
-SUV_PERCENTILE = 99.9          # robust top of the shared SUV window, taken from the HC image
 MAX_PANEL_HEIGHT_IN = 14.0     # keeps paper-size volumes to a viewable PNG
 LIVER_MIN_VOXELS = 10          # below this the eroded liver is too small for a CV estimate
-
 
 
 def level_percent(name: str) -> float:
@@ -80,20 +63,6 @@ class QCFigureInfo:
     panels: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
     shape_px: tuple[int, int] = (0, 0)
-
-
-def _canonical(vol: Volume) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Reorient to the closest RAS+ axes so axis 1 is anterior-posterior and axis 2 points up."""
-    img = nib.as_closest_canonical(nib.Nifti1Image(vol.data, vol.affine))
-    zooms = tuple(float(z) for z in np.linalg.norm(img.affine[:3, :3], axis=0))
-    return np.asanyarray(img.dataobj), zooms
-
-
-def _coronal(arr: np.ndarray, reduce=np.max) -> np.ndarray:
-    """Project along y and lay out for display: rows = z from head (row 0) down,
-    columns = x from patient right (column 0) to left."""
-    proj = reduce(arr, axis=1)           # (x, z)
-    return proj[::-1, ::-1].T            # (z descending, x descending)
 
 
 def _check_binary(vol: Volume) -> None:
@@ -146,14 +115,6 @@ def _panel_title(label: str, stats: dict[str, float]) -> str:
     return f"{label}\n{cv_text}\nΣ {_fmt_total(stats['total_suv_ml'])} SUV·mL"
 
 
-def _style_axis(ax) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():  # a thin frame separates noisy panels that touch
-        spine.set_color("#b0b0b0")
-        spine.set_linewidth(0.6)
-
-
 def qc_figure(hc_path: str | os.PathLike, lc_paths: dict[str, str | os.PathLike],
               lesion_path: str | os.PathLike, organs_path: str | os.PathLike,
               out_png: str | os.PathLike, title: str, suv_max: float | None = None,
@@ -177,15 +138,15 @@ def qc_figure(hc_path: str | os.PathLike, lc_paths: dict[str, str | os.PathLike]
         lcs[name] = read_volume(lc_paths[name], "suv")
         check_same_grid(hc, lcs[name])
 
-    organs_c, zooms = _canonical(organs)
-    lesion_c, _ = _canonical(lesion)
+    organs_c, zooms = canonical(organs)
+    lesion_c, _ = canonical(lesion)
     voxel_ml = hc.voxel_volume_ml
     images = {"hc": hc, **lcs}
     labels = {"hc": "HC (100 %)", **{n: f"{n} ({level_percent(n):g} %)" for n in levels}}
     mips, stats = {}, {}
     for name, vol in images.items():
-        data_c, _ = _canonical(vol)
-        mips[name] = _coronal(data_c)
+        data_c, _ = canonical(vol)
+        mips[name] = coronal(data_c)
         stats[name] = {"percent": 100.0 if name == "hc" else level_percent(name),
                        **image_stats(data_c, organs_c, voxel_ml, lesion_c)}
 
@@ -214,7 +175,7 @@ def qc_figure(hc_path: str | os.PathLike, lc_paths: dict[str, str | os.PathLike]
         im = ax.imshow(mips[name], cmap="gray_r", vmin=0.0, vmax=vmax, extent=extent,
                        interpolation="nearest", aspect="equal")
         ax.set_title(_panel_title(labels[name], stats[name]), fontsize=9)
-        _style_axis(ax)
+        style_axis(ax)
     # Orientation markers on the first panel only (radiological: patient right on the left).
     for x, text, ha in ((0.03, "R", "left"), (0.97, "L", "right")):
         pet_axes[0].text(x, 0.01, text, transform=pet_axes[0].transAxes, fontsize=9,
@@ -226,13 +187,13 @@ def qc_figure(hc_path: str | os.PathLike, lc_paths: dict[str, str | os.PathLike]
     ax_lab.imshow(mips["hc"], cmap="gray_r", vmin=0.0, vmax=vmax, extent=extent, alpha=0.35,
                   interpolation="nearest", aspect="equal")
     # Paint organs largest projected area first so small organs (aorta, kidney) stay visible.
-    organ_proj = {k: _coronal(organs_c == k, np.any) for k in ORGANS}
+    organ_proj = {k: coronal(organs_c == k, np.any) for k in ORGANS}
     for k in sorted(ORGANS, key=lambda k: -int(organ_proj[k].sum())):
         if organ_proj[k].any():
             rgba = np.zeros(organ_proj[k].shape + (4,))
             rgba[organ_proj[k]] = to_rgba(ORGAN_COLOURS[k], alpha=0.75)
             ax_lab.imshow(rgba, extent=extent, interpolation="nearest", aspect="equal")
-    lesion_proj = _coronal(lesion_c > 0, np.any)
+    lesion_proj = coronal(lesion_c > 0, np.any)
     ax_lab.imshow(np.ma.masked_where(~lesion_proj, lesion_proj.astype(float)),
                   cmap=ListedColormap([LESION_RGBA]), vmin=0, vmax=1, extent=extent,
                   interpolation="nearest", aspect="equal")
@@ -240,7 +201,7 @@ def qc_figure(hc_path: str | os.PathLike, lc_paths: dict[str, str | os.PathLike]
     plural = "s" if n_lesions != 1 else ""
     ax_lab.set_title(f"Masks (coronal projection)\n{n_lesions} lesion{plural}, "
                      f"{lesion_c.sum() * voxel_ml:.3g} mL", fontsize=9)
-    _style_axis(ax_lab)
+    style_axis(ax_lab)
     handles = [Patch(facecolor=LESION_RGBA, label="lesion")]
     handles += [Patch(facecolor=ORGAN_COLOURS[k], label=v) for k, v in ORGANS.items()]
     ax_lab.legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8,
