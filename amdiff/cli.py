@@ -15,7 +15,7 @@ from amdiff.errors import InputError
 
 def _percent(text: str) -> float:
     """A percent of the full list in (0, 100] (the rule of a count level's name)."""
-    from amdiff.listmode.levels import percent_decimal
+    from amdiff.levels import percent_decimal
 
     try:
         value = float(text)
@@ -64,16 +64,6 @@ def _one_line_errors(p: argparse.ArgumentParser) -> None:
     def error(message: str):
         p.exit(2, f"amdiff: error: {' '.join(message.split())}\n")
     p.error = error
-
-
-def _pairs(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key] = value
-    return out
 
 
 def _fwhm_grid(text: str) -> list[float]:

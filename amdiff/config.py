@@ -18,6 +18,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from amdiff.contracts import template_fields
 from amdiff.errors import InputError
 from amdiff.io.files import check_input_file
 
@@ -130,8 +131,6 @@ def _check_seed_replicates(config: dict, source: str) -> None:
 
 def _check_recon_engine(site: str, recon: dict, source: str) -> None:
     """An external engine needs a command whose placeholders are known (checked before any job)."""
-    from amdiff.recon.external import template_fields
-
     where = f"{source}: sites.{site}"
     if recon["engine"] == "external":
         if not recon.get("command"):

@@ -7,6 +7,11 @@ below; lesion masks hold 0 and 1. The paper's semantic classes s (Eqs. 5, 7, 9) 
 
 from __future__ import annotations
 
+import shlex
+import string
+
+from amdiff.errors import InputError
+
 ORGAN_CLASSES = {1: "liver", 2: "lung", 3: "bone", 4: "muscle", 5: "kidney", 6: "spleen", 7: "aorta"}
 N_ORGAN_CLASSES = len(ORGAN_CLASSES)
 ORGAN_NAMES = tuple(ORGAN_CLASSES.values())          # liver, lung, bone, muscle, kidney, spleen, aorta
@@ -18,3 +23,41 @@ SEMANTIC_CLASSES = ("lesion", *ORGAN_NAMES)          # the paper's s = 1..8
 COMPARISON_DENOISERS = ("leqmod_gan", "spach_transformer", "med_ddpm")
 COMPARISON_SEGMENTERS = ("swin_unetr", "nnmamba", "medsam3d")
 COMPARISON_MODELS = COMPARISON_DENOISERS + COMPARISON_SEGMENTERS
+
+
+# The external reconstruction engine's command template (config sites.<site>.recon.command):
+# the placeholders the workflow fills, checked when the config is read and again by the engine.
+RECON_PLACEHOLDERS = {
+    "listmode": "the PETSIRD list-mode file to reconstruct",
+    "mumap": "the attenuation map (1/cm, NIfTI) on the image grid",
+    "output": "the NIfTI image the engine writes (Bq/mL, on the mu-map's grid)",
+    "iterations": "the site's recon.iterations",
+    "subsets": "the site's recon.subsets",
+    "postfilter_fwhm_mm": "the site's recon.postfilter_fwhm_mm",
+    "count_fraction": "share of the full list's counts this list holds (1 for the full list)",
+    "shape": "the image grid as X,Y,Z voxels",
+    "voxel_size_mm": "the voxel size as X,Y,Z mm",
+}
+RECON_REQUIRED = ("listmode", "output")
+
+
+def template_fields(template: str, source: str) -> list[str]:
+    """The placeholder names in ``template``; one-line InputError (naming ``source``) when the
+    template is not a command line, names an unknown placeholder or lacks a required one."""
+    try:
+        words = shlex.split(template)
+        fields = [name for word in words for _, name, _, _ in string.Formatter().parse(word) if name is not None]
+    except ValueError as exc:
+        raise InputError(source, f"recon.command is not a valid command line ({exc})") from None
+    if not words:
+        raise InputError(source, "recon.command is empty")
+    unknown = sorted({f for f in fields if f not in RECON_PLACEHOLDERS})
+    if unknown:
+        raise InputError(source, f"recon.command: unknown placeholder {{{unknown[0]}}}; "
+                                 f"known: {', '.join('{' + k + '}' for k in RECON_PLACEHOLDERS)}")
+    missing = [f for f in RECON_REQUIRED if f not in fields]
+    if missing:
+        raise InputError(source, f"recon.command must contain {{{missing[0]}}}")
+    if words[0].startswith("{"):
+        raise InputError(source, "recon.command must start with the engine's program, not a placeholder")
+    return fields

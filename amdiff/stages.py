@@ -121,14 +121,14 @@ def _subject_split(config: dict, args) -> str | None:
 
 
 def _scanner(site_cfg: dict):
-    from amdiff.scanner import CylindricalScanner
+    from amdiff.physics.scanner import CylindricalScanner
 
     return CylindricalScanner.from_config(site_cfg["scanner"])
 
 
 def downsample(args) -> None:
     from amdiff.listmode.downsample import downsample as run
-    from amdiff.listmode.levels import level_name
+    from amdiff.levels import level_name
 
     outdir = Path(args.outdir)
     outputs = {p: [outdir / f"{level_name(p)}_r{r}.petsird" for r in range(args.realizations)]
@@ -192,7 +192,7 @@ def labels(args) -> None:
         raise InputError("--source", f"labels --method {args.method} needs it (the "
                                      f"{'truth' if args.method == 'phantom' else 'provided'} label map)")
     if args.method == "provided":
-        from amdiff.labels.totalseg import load_provided_labels
+        from amdiff.io.nifti import load_provided_labels
 
         organs = load_provided_labels(args.source, ct)
     else:
@@ -212,14 +212,13 @@ def qc(args) -> None:
 
 def _pairs_or_fail(items) -> dict:
     """NAME=PATH arguments; a malformed one is bad input (one line), not a traceback."""
-    import argparse
-
-    from amdiff.cli import _pairs
-
-    try:
-        return _pairs(items)
-    except argparse.ArgumentTypeError as err:
-        raise InputError("command line", str(err)) from None
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise InputError("command line", f"expected NAME=PATH, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key] = value
+    return out
 
 
 def subject_stats(args) -> None:
@@ -254,7 +253,7 @@ def manifest(args) -> None:
     import pandas as pd
 
     from amdiff.io.manifest import format_lc_pet, lc_pet_images, validate_subject_images, write_manifest
-    from amdiff.listmode.levels import level_name
+    from amdiff.levels import level_name
 
     refuse_overwriting_inputs([args.config], [args.out])
     config = load_config(args.config)

@@ -28,7 +28,7 @@ import numpy as np
 
 from amdiff.listmode.downsample import downsample
 from amdiff.listmode.petsird_io import EventBlock, iter_event_blocks, make_header, write_listmode
-from amdiff.scanner import CylindricalScanner
+from amdiff.physics.scanner import CylindricalScanner
 
 SCANNER = CylindricalScanner(name="mct-demo", n_crystals=96, n_rings=96, radius_mm=300.0,
                              ring_pitch_mm=8.0, max_ring_difference=0, fov_radius_mm=195.0)

@@ -30,8 +30,8 @@ from scipy import ndimage
 from amdiff.io.nifti import centered_affine, read_volume, write_volume
 from amdiff.listmode.simulate import simulate_listmode
 from amdiff.recon.osem import angular_subsets, reconstruct_listmode
-from amdiff.recon.projector import RayProjector
-from amdiff.scanner import CylindricalScanner
+from amdiff.physics.projector import RayProjector
+from amdiff.physics.scanner import CylindricalScanner
 
 REPO = Path(__file__).resolve().parent.parent
 

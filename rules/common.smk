@@ -10,7 +10,7 @@ from amdiff.config import (check_workflow_config, count_levels, derived_seed, ph
                            replicate_base, run_kind, seed_replicates, standard_count_percent)
 from amdiff import contracts
 from amdiff.errors import InputError
-from amdiff.listmode.levels import level_name
+from amdiff.levels import level_name
 from amdiff.provenance import config_sha256
 from amdiff.resources import job_resources, network_resources
 
@@ -136,7 +136,7 @@ def lc_images(wildcards):
 
 
 def percent_of(level):
-    from amdiff.listmode.levels import parse_level_name
+    from amdiff.levels import parse_level_name
 
     return parse_level_name(level)
 

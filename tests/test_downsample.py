@@ -13,7 +13,7 @@ import pytest
 from amdiff.errors import InputError
 from amdiff.listmode import petsird_io as pio
 from amdiff.listmode.downsample import downsample, round_half_up
-from amdiff.scanner import CylindricalScanner
+from amdiff.physics.scanner import CylindricalScanner
 
 SCANNER = CylindricalScanner(name="ids", n_crystals=64, n_rings=64, radius_mm=300.0,
                              ring_pitch_mm=4.0, max_ring_difference=5, fov_radius_mm=250.0)

@@ -13,13 +13,12 @@ from totalsegmentator.map_to_binary import class_map
 from totalsegmentator.nifti_ext_header import add_label_map_to_nifti
 
 from amdiff.errors import InputError
-from amdiff.io.nifti import Volume, centered_affine, read_volume, write_volume
+from amdiff.io.nifti import Volume, centered_affine, load_provided_labels, read_volume, write_volume
 from amdiff.labels import totalseg
 from amdiff.labels.totalseg import (
     build_mapping,
     label_ct,
     label_table_from_header,
-    load_provided_labels,
     map_multilabel,
     organ_mapping,
     roi_subset,

@@ -14,8 +14,8 @@ from petsird.helpers import get_detection_efficiency
 
 from amdiff.errors import InputError
 from amdiff.listmode import petsird_io as pio
-from amdiff.listmode.levels import clinical_percent, level_fraction, level_name, parse_level_name
-from amdiff.scanner import CylindricalScanner
+from amdiff.levels import clinical_percent, level_fraction, level_name, parse_level_name
+from amdiff.physics.scanner import CylindricalScanner
 
 SCANNER = CylindricalScanner(name="tiny", n_crystals=24, n_rings=5, radius_mm=150.0,
                              ring_pitch_mm=4.07, max_ring_difference=2, fov_radius_mm=100.0,

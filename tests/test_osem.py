@@ -10,10 +10,10 @@ from amdiff.io.nifti import centered_affine, read_volume, write_volume
 from amdiff.listmode.petsird_io import EventBlock, iter_event_blocks, read_header, write_listmode
 from amdiff.listmode.simulate import simulate_listmode
 from amdiff.recon.osem import angular_subsets, reconstruct_listmode, run_osem
-from amdiff.recon.projector import RayProjector
-from amdiff.recon.suv import concentration_to_suv, suv_to_concentration
-from amdiff.recon.system import expected_prompts, gaussian_blur, scanner_eta
-from amdiff.scanner import CylindricalScanner
+from amdiff.physics.projector import RayProjector
+from amdiff.physics.suv import concentration_to_suv, suv_to_concentration
+from amdiff.physics.system import expected_prompts, gaussian_blur, scanner_eta
+from amdiff.physics.scanner import CylindricalScanner
 
 SCANNER = CylindricalScanner(name="osem-test", n_crystals=96, n_rings=8, radius_mm=200.0,
                              ring_pitch_mm=8.0, max_ring_difference=1, fov_radius_mm=150.0)

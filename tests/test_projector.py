@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from amdiff.recon.projector import RayProjector
-from amdiff.recon.system import attenuation_factors
-from amdiff.scanner import CylindricalScanner
+from amdiff.physics.projector import RayProjector
+from amdiff.physics.system import attenuation_factors
+from amdiff.physics.scanner import CylindricalScanner
 
 SCANNER = CylindricalScanner(name="test", n_crystals=96, n_rings=8, radius_mm=200.0,
                              ring_pitch_mm=8.0, max_ring_difference=1, fov_radius_mm=150.0)

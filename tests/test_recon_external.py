@@ -20,8 +20,8 @@ import yaml
 from amdiff.io.nifti import centered_affine, read_volume, write_volume
 from amdiff.listmode.petsird_io import acquisition_from_header, read_header
 from amdiff.listmode.simulate import simulate_listmode
-from amdiff.recon.suv import concentration_to_suv
-from amdiff.scanner import CylindricalScanner
+from amdiff.physics.suv import concentration_to_suv
+from amdiff.physics.scanner import CylindricalScanner
 
 REPO = Path(__file__).resolve().parents[1]
 SCANNER = CylindricalScanner(name="external-test", n_crystals=64, n_rings=4, radius_mm=200.0,

@@ -8,12 +8,12 @@ import pytest
 
 from amdiff.errors import InputError
 from amdiff.io.nifti import centered_affine
-from amdiff.listmode.histogram import histogram_blocks, histogram_listmode
+from amdiff.recon.histogram import histogram_blocks, histogram_listmode
 from amdiff.listmode.petsird_io import (EventBlock, acquisition_from_header, iter_event_blocks,
                                         read_header, scanner_from_header)
 from amdiff.listmode.simulate import event_blocks, expected_counts, simulate_listmode
-from amdiff.recon.suv import suv_to_concentration
-from amdiff.scanner import CylindricalScanner
+from amdiff.physics.suv import suv_to_concentration
+from amdiff.physics.scanner import CylindricalScanner
 
 SCANNER = CylindricalScanner(name="sim-test", n_crystals=96, n_rings=8, radius_mm=200.0,
                              ring_pitch_mm=8.0, max_ring_difference=1, fov_radius_mm=150.0)

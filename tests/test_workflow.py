@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from amdiff.io.nifti import read_volume
-from amdiff.listmode.levels import parse_level_name
+from amdiff.levels import parse_level_name
 from amdiff.models.amdiff import VARIANTS
 
 

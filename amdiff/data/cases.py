@@ -27,7 +27,7 @@ import numpy as np
 from amdiff.errors import InputError
 from amdiff.io.manifest import SPLITS, lc_pet_images, read_manifest
 from amdiff.io.nifti import Volume, check_same_grid, open_image, read_volume
-from amdiff.listmode.levels import parse_image_name
+from amdiff.levels import parse_image_name
 
 N_ORGAN_LABELS = 7  # organ labels 1..7 (liver, lung, bone, muscle, kidney, spleen, aorta)
 _MAX_LABEL = {"lesion": 1, "organs": N_ORGAN_LABELS}

@@ -19,7 +19,7 @@ from amdiff.io.files import check_input_file
 from amdiff.evaluate.columns import COLUMNS, PAIR_KEYS
 from amdiff.evaluate.metrics import NRMSE_WHOLE_DEFAULT, body_mask, evaluate_case
 from amdiff.io.nifti import Volume, check_same_grid, read_volume
-from amdiff.listmode.levels import clinical_percent, parse_image_name
+from amdiff.levels import clinical_percent, parse_image_name
 
 OUTPUT_KINDS = {"denoised": "suv", "lesion": "labels", "organs": "labels"}
 

@@ -44,10 +44,10 @@ import pandas as pd
 
 from amdiff.errors import InputError
 from amdiff.io.files import check_input_file
-from amdiff.listmode.levels import parse_image_name
+from amdiff.levels import parse_image_name
 from amdiff.io.atomic import write_text
 from amdiff.io.nifti import check_same_grid, read_volume
-from amdiff.labels.totalseg import load_provided_labels
+from amdiff.io.nifti import load_provided_labels
 
 REQUIRED_COLUMNS = ("subject", "site", "split", "hc_pet", "ct", "lesion")
 OPTIONAL_COLUMNS = ("lc_pet", "listmode", "simulate_from_images", "organs", "weight_kg", "injected_mbq")

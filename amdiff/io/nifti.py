@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from amdiff.contracts import N_ORGAN_CLASSES
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path
 from amdiff.io.files import check_input_file
@@ -230,3 +231,13 @@ def centered_affine(shape, voxel_size_mm) -> np.ndarray:
     affine = np.diag([*vs, 1.0])
     affine[:3, 3] = -(shape - 1) / 2.0 * vs
     return affine
+
+
+def load_provided_labels(path, reference_volume: Volume) -> Volume:
+    """Read a user-supplied organ map: uint8 values 0..7 on the reference image's grid."""
+    labels = read_volume(path, kind="labels")
+    check_same_grid(reference_volume, labels)
+    bad = np.unique(labels.data[labels.data > N_ORGAN_CLASSES])
+    if bad.size:
+        raise InputError(path, f"organ label values must lie in 0..{N_ORGAN_CLASSES}, found {bad.tolist()}")
+    return labels

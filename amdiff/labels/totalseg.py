@@ -28,7 +28,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from amdiff.contracts import N_ORGAN_CLASSES, ORGAN_CLASSES
+from amdiff.contracts import ORGAN_CLASSES
 from amdiff.errors import InputError
 from amdiff.io.nifti import Volume, check_same_grid, read_volume, write_volume
 
@@ -215,13 +215,3 @@ def label_ct(ct_path, out_path, fast: bool = True, device: str = "cpu") -> Path:
     seg_volume = Volume(organs, np.asarray(seg.affine, dtype=np.float64), path=f"TotalSegmentator({ct.path})")
     check_same_grid(ct, seg_volume)
     return write_volume(out_path, organs, ct.affine, dtype=np.uint8)
-
-
-def load_provided_labels(path, reference_volume: Volume) -> Volume:
-    """Read a user-supplied organ map: uint8 values 0..7 on the reference image's grid."""
-    labels = read_volume(path, kind="labels")
-    check_same_grid(reference_volume, labels)
-    bad = np.unique(labels.data[labels.data > N_ORGAN_CLASSES])
-    if bad.size:
-        raise InputError(path, f"organ label values must lie in 0..{N_ORGAN_CLASSES}, found {bad.tolist()}")
-    return labels

@@ -1,2 +1,2 @@
-"""List-mode data: PETSIRD I/O (petsird_io), count-level names (levels), non-overlapping
-down-sampling (downsample), event simulation (simulate) and LOR histograms (histogram)."""
+"""List-mode data: PETSIRD I/O (petsird_io), non-overlapping down-sampling (downsample) and
+event simulation (simulate, on amdiff.physics). Count-level names are amdiff.levels."""

@@ -47,7 +47,7 @@ import numpy as np
 
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path
-from amdiff.listmode.levels import level_fraction, level_name
+from amdiff.levels import level_fraction, level_name
 from amdiff.listmode.petsird_io import RawEventBlock, RawReader, RawWriter
 
 MIN_SEGMENT = 100_000

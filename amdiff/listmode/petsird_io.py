@@ -7,7 +7,7 @@ Header layout written by ``make_header`` (read back by ``scanner_from_header``):
     (depth along x from the inner face, width along y, axial along z) whose inner-face
     centre sits at (radius_mm, 0, ring_z_mm[r]) in module coordinates;
   * so detection bin = element + module * n_rings = ring + crystal * n_rings (one energy
-    bin), exactly as amdiff/scanner.py numbers detectors;
+    bin), exactly as amdiff/physics/scanner.py numbers detectors;
   * energy window 435-650 keV as one bin, non-TOF (one TOF bin spanning the window);
   * the acceptance the geometry cannot express is stored twice: as detection
     efficiencies (module-pair SGID LUT = -1 for crystal pairs whose chord misses the
@@ -45,7 +45,7 @@ from petsird.helpers.create import initialize_scanner_information_dimensions
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path
 from amdiff.io.files import check_input_file
-from amdiff.scanner import CylindricalScanner
+from amdiff.physics.scanner import CylindricalScanner
 
 ENERGY_WINDOW_KEV = (435.0, 650.0)
 ENERGY_RESOLUTION_AT_511 = 0.12   # typical LSO/LYSO FWHM fraction; informational only

@@ -7,7 +7,7 @@ injected dose are needed. The image is placed with its centre at the scanner cen
 Steps:
 1. activity concentration C (Bq/mL) = SUV * injected_Bq / weight_g (decay-corrected to
    injection: no decay is simulated);
-2. expected prompts per LOR from the count model of ``amdiff.recon.system`` (PSF blur,
+2. expected prompts per LOR from the count model of ``amdiff.physics.system`` (PSF blur,
    attenuation, eta from the scanner sensitivity, flat randoms+scatter background);
 3. Poisson counts per LOR from a seeded numpy Generator;
 4. events in time: the counts are split over consecutive time slices by sequential binomial
@@ -27,10 +27,10 @@ from collections.abc import Iterator
 import numpy as np
 
 from amdiff.errors import InputError
-from amdiff.recon.projector import RayProjector
-from amdiff.recon.suv import suv_to_concentration
-from amdiff.recon.system import expected_prompts, scanner_eta, voxel_size_from_affine
-from amdiff.scanner import CylindricalScanner
+from amdiff.physics.projector import RayProjector
+from amdiff.physics.suv import suv_to_concentration
+from amdiff.physics.system import expected_prompts, scanner_eta, voxel_size_from_affine
+from amdiff.physics.scanner import CylindricalScanner
 
 ACQUISITION_KEYS = ("dose_mbq", "duration_s", "sensitivity_cps_per_kbq", "count_scale",
                     "background_fraction", "psf_fwhm_mm")

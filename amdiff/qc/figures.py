@@ -24,7 +24,7 @@ from amdiff.contracts import ORGAN_CLASSES
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path
 from amdiff.io.nifti import Volume, check_same_grid, read_volume
-from amdiff.listmode.levels import parse_image_name
+from amdiff.levels import parse_image_name
 from amdiff.plotting import LESION_RGBA, ORGAN_COLOURS, SUV_PERCENTILE, canonical, coronal, style_axis
 
 # Organ classes of the data contract, label value -> name.

@@ -1,3 +1,3 @@
-"""System model (ray-driven projector, count model), OSEM reconstruction, the external engine and
-SUV conversion. Import the submodules (amdiff.recon.osem, .external, .suv, ...): this package
-imports none of them, so the torch-free ones (.external, .suv) load without torch."""
+"""Reconstruction: LOR histograms of a list (histogram), OSEM (osem) and the external engine
+(external), on the system model of amdiff.physics. Import the submodules: this package imports
+none of them, so the torch-free ones (.external) load without torch."""

@@ -6,7 +6,7 @@ The site's ``recon.command`` is a command template, for example
 
 It is split into words like a shell line (``shlex``), each placeholder is filled inside its word,
 and the words run as one program without a shell, so a path with spaces, quotes or ``$(...)``
-stays one argument and runs nothing. Placeholders (``PLACEHOLDERS``): the list-mode file, the
+stays one argument and runs nothing. Placeholders (``amdiff.contracts.RECON_PLACEHOLDERS``): the list-mode file, the
 mu-map (1/cm, on the image grid), the image to write, the site's iterations, subsets and
 post-filter FWHM, the share of the full list's counts this list holds, and the image grid.
 
@@ -24,53 +24,19 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import string
 import subprocess
 from pathlib import Path
 
 import numpy as np
 
+from amdiff.contracts import template_fields
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path
 from amdiff.io.nifti import AFFINE_ATOL_MM, read_volume, write_volume
-from amdiff.recon.suv import concentration_to_suv
+from amdiff.physics.suv import concentration_to_suv
 
-PLACEHOLDERS = {
-    "listmode": "the PETSIRD list-mode file to reconstruct",
-    "mumap": "the attenuation map (1/cm, NIfTI) on the image grid",
-    "output": "the NIfTI image the engine writes (Bq/mL, on the mu-map's grid)",
-    "iterations": "the site's recon.iterations",
-    "subsets": "the site's recon.subsets",
-    "postfilter_fwhm_mm": "the site's recon.postfilter_fwhm_mm",
-    "count_fraction": "share of the full list's counts this list holds (1 for the full list)",
-    "shape": "the image grid as X,Y,Z voxels",
-    "voxel_size_mm": "the voxel size as X,Y,Z mm",
-}
-REQUIRED = ("listmode", "output")
 # the external engine's run time is the job's; this only stops a hung engine
 TIMEOUT_S = 24 * 3600
-
-
-def template_fields(template: str, source: str) -> list[str]:
-    """The placeholder names in ``template``; one-line InputError (naming ``source``) when the
-    template is not a command line, names an unknown placeholder or lacks a required one."""
-    try:
-        words = shlex.split(template)
-        fields = [name for word in words for _, name, _, _ in string.Formatter().parse(word) if name is not None]
-    except ValueError as exc:
-        raise InputError(source, f"recon.command is not a valid command line ({exc})") from None
-    if not words:
-        raise InputError(source, "recon.command is empty")
-    unknown = sorted({f for f in fields if f not in PLACEHOLDERS})
-    if unknown:
-        raise InputError(source, f"recon.command: unknown placeholder {{{unknown[0]}}}; "
-                                 f"known: {', '.join('{' + k + '}' for k in PLACEHOLDERS)}")
-    missing = [f for f in REQUIRED if f not in fields]
-    if missing:
-        raise InputError(source, f"recon.command must contain {{{missing[0]}}}")
-    if words[0].startswith("{"):
-        raise InputError(source, "recon.command must start with the engine's program, not a placeholder")
-    return fields
 
 
 def command_words(template: str, values: dict, source: str) -> list[str]:

@@ -1,6 +1,6 @@
 """OSEM reconstruction of histogrammed list-mode data, written as an SUV NIfTI.
 
-The system model is the one the simulator uses (``amdiff.recon.system``), without the PSF:
+The system model is the one the simulator uses (``amdiff.physics.system``), without the PSF:
 
     ybar = s * a * (P x) + b,    s = T * calibration_factor * count_fraction
 
@@ -34,10 +34,10 @@ from amdiff.joblog import progress as progress_of
 
 from amdiff.errors import InputError
 from amdiff.io.nifti import AFFINE_ATOL_MM, read_volume, write_volume
-from amdiff.recon.projector import RayProjector
-from amdiff.recon.suv import concentration_to_suv
-from amdiff.recon.system import attenuation_factors, gaussian_blur, voxel_size_from_affine
-from amdiff.scanner import CylindricalScanner
+from amdiff.physics.projector import RayProjector
+from amdiff.physics.suv import concentration_to_suv
+from amdiff.physics.system import attenuation_factors, gaussian_blur, voxel_size_from_affine
+from amdiff.physics.scanner import CylindricalScanner
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def reconstruct_listmode(listmode_path, mu_path_or_array, affine, recon_cfg: dic
     geometry is refused before any event is read. Without it the header's scanner is used.
     The image grid is the mu-map's; its affine is written unchanged.
     """
-    from amdiff.listmode.histogram import histogram_listmode_info
+    from amdiff.recon.histogram import histogram_listmode_info
     from amdiff.listmode.petsird_io import (acquisition_from_header, check_scanner, read_header,
                                             scanner_from_header)
 

@@ -19,7 +19,7 @@ from amdiff.errors import InputError
 from amdiff.evaluate.columns import ORGANS as ORGAN_NAMES
 from amdiff.evaluate.figures.labels import format_value, model_label, with_banner
 from amdiff.io.nifti import read_volume
-from amdiff.listmode.levels import parse_image_name
+from amdiff.levels import parse_image_name
 from amdiff.plotting import (DPI, LESION_RGBA, ORGAN_COLOURS, SUV_PERCENTILE, canonical, coronal,
                              save_figure, style_axis)
 

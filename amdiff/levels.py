@@ -1,4 +1,5 @@
-"""Names of count levels (percent of the full list-mode) used in file names and wildcards.
+"""Names of count levels (percent of the full list-mode) used in file names and wildcards: a data
+contract of every stage (list-mode, manifests, patches, evaluation), so it sits on the lowest floor.
 
 Rule: "p" + integer part zero-padded to 3 digits + fractional digits without the dot,
 trailing zeros dropped: 5 -> p005, 6.25 -> p00625, 12.5 -> p0125, 40 -> p040, 100 -> p100.

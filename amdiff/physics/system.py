@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from amdiff.recon.projector import RayProjector
-from amdiff.scanner import CylindricalScanner
+from amdiff.physics.projector import RayProjector
+from amdiff.physics.scanner import CylindricalScanner
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 CALIBRATION_RADIUS_MM = 100.0   # 20 cm diameter cylinder

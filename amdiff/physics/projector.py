@@ -1,6 +1,6 @@
 """Batched ray-driven (Joseph-style) line-integral projector for a cylindrical scanner.
 
-Each line of response (LOR) of :class:`amdiff.scanner.CylindricalScanner` is clipped to the
+Each line of response (LOR) of :class:`amdiff.physics.scanner.CylindricalScanner` is clipped to the
 image's bounding box and sampled at equal steps of at most ``step_fraction`` times the smallest
 voxel size (midpoint rule); the image is interpolated trilinearly at every sample
 (``torch.nn.functional.grid_sample``, ``align_corners=True``) and the samples are summed times
@@ -31,7 +31,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from amdiff.scanner import CylindricalScanner
+from amdiff.physics.scanner import CylindricalScanner
 
 # grid_sample enums as used by aten: bilinear (trilinear in 3D), zero padding
 _BILINEAR, _ZEROS = 0, 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from amdiff.scanner import CylindricalScanner
+from amdiff.physics.scanner import CylindricalScanner
 
 log = logging.getLogger(__name__)
 
