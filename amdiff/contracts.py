@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import string
+from dataclasses import dataclass
 
 from amdiff.errors import InputError
 
@@ -24,6 +25,41 @@ COMPARISON_DENOISERS = ("leqmod_gan", "spach_transformer", "med_ddpm")
 COMPARISON_SEGMENTERS = ("swin_unetr", "nnmamba", "medsam3d")
 COMPARISON_MODELS = COMPARISON_DENOISERS + COMPARISON_SEGMENTERS
 
+
+
+# AMDiff and its ablations (Table 4, plus amdiff_no_lor: the abstract's and Fig. 7's "without
+# the lesion-organ-specific regularizer"), and Med-DDPM, the same diffusion module without
+# semantic parts: which parts each trains with (amdiff.models.amdiff builds them).
+@dataclass(frozen=True)
+class Variant:
+    revision: bool = True
+    drop_lesion_reg: bool = False
+    drop_organ_reg: bool = False
+    use_mamba: bool = True
+    segmentation: bool = True
+
+    def loss_terms(self) -> tuple[str, ...]:
+        """The terms of Eq. 10 this variant trains with, e.g. ("diff", "lor", "rev", "seg")."""
+        terms = ["diff"]
+        if self.segmentation:
+            if not (self.drop_lesion_reg and self.drop_organ_reg):
+                terms.append("lor")
+            if self.revision:   # L_rev supervises f_rev's output: no module, no term
+                terms.append("rev")
+            terms.append("seg")
+        return tuple(terms)
+
+
+VARIANTS = {
+    "amdiff": Variant(),
+    "amdiff_no_revision": Variant(revision=False),
+    "amdiff_no_organ_reg": Variant(drop_organ_reg=True),
+    "amdiff_no_lesion_reg": Variant(drop_lesion_reg=True),
+    "amdiff_no_lor": Variant(drop_lesion_reg=True, drop_organ_reg=True),
+    "amdiff_no_resmamba": Variant(use_mamba=False),
+    "med_ddpm": Variant(revision=False, segmentation=False),
+}
+ABLATIONS = tuple(name for name in VARIANTS if name not in ("amdiff", "med_ddpm"))
 
 # The external reconstruction engine's command template (config sites.<site>.recon.command):
 # the placeholders the workflow fills, checked when the config is read and again by the engine.

@@ -329,7 +329,7 @@ def _threads(n) -> None:
 
 
 def train(args) -> None:
-    from amdiff.models.amdiff import VARIANTS
+    from amdiff.contracts import VARIANTS
     from amdiff.train.base import BEST_KEPT
     from amdiff.train.baselines import BaselineTrainer
     from amdiff.train.trainer import Trainer
@@ -410,7 +410,8 @@ def model_of_checkpoint(state: dict, path):
     its ``kind``, ``variant`` and the ``config`` (AMDiff variants, Med-DDPM) or ``baseline_kwargs``
     (comparison models) it was trained with. A record that is missing or names no known model
     raises one-line InputError naming the checkpoint."""
-    from amdiff.models.amdiff import VARIANTS, build_model
+    from amdiff.contracts import VARIANTS
+    from amdiff.models.amdiff import build_model
     from amdiff.models.baselines import NAMES, get
     from amdiff.train.checkpoint import few
 
@@ -477,7 +478,8 @@ def params(args) -> None:
     import importlib
 
     from amdiff.contracts import COMPARISON_MODELS
-    from amdiff.models.amdiff import VARIANTS, build_model
+    from amdiff.contracts import VARIANTS
+    from amdiff.models.amdiff import build_model
     from amdiff.models.params import count_parameters
 
     config = load_config(args.config or _workflow_paper_config())

@@ -250,3 +250,13 @@ def test_cli_and_library_defaults_mirror_the_schema():
     assert {"models.denoiser.norm_groups", "models.revision.hidden", "models.segmenter.width"} <= checked
     with pytest.raises(KeyError, match="seed has no default"):
         schema_default("seed")
+
+
+def test_the_schema_names_the_variants_of_the_one_variant_table():
+    from amdiff.contracts import ABLATIONS, VARIANTS
+
+    properties = _schema()["properties"]
+    assert properties["models"]["properties"]["variants"]["items"]["enum"] == [
+        name for name in VARIANTS if name != "med_ddpm"]
+    assert properties["seed_replicates"]["properties"]["models"]["items"]["enum"] == list(VARIANTS)
+    assert ABLATIONS == tuple(name for name in VARIANTS if name not in ("amdiff", "med_ddpm"))

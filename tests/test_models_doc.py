@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from amdiff.models.amdiff import VARIANTS
+from amdiff.contracts import VARIANTS
 
 from .conftest import REPO
 

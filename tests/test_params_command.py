@@ -3,7 +3,7 @@
 import re
 
 from amdiff.cli import main
-from amdiff.models.amdiff import VARIANTS
+from amdiff.contracts import VARIANTS
 
 from .conftest import REPO
 from .test_models_doc import markdown_table

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from amdiff.losses.segmentation import segmentation_loss
-from amdiff.models.amdiff import VARIANTS
+from amdiff.contracts import VARIANTS
 from amdiff.train.base import RunningMeans
 from amdiff.train import trainer as trainer_module
 from amdiff.train.trainer import Trainer, clamp_p_hc

@@ -12,7 +12,7 @@ import pytest
 
 from amdiff.io.nifti import read_volume
 from amdiff.levels import parse_level_name
-from amdiff.models.amdiff import VARIANTS
+from amdiff.contracts import VARIANTS
 
 
 def snakemake(repo, workdir, env, *args, timeout=3600):   # a hang guard: ~10 min on an idle 2-core machine

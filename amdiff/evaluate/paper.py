@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from amdiff.contracts import ABLATIONS
 from amdiff.evaluate.columns import ALL_SITES, HIGHER_IS_BETTER, LOWER_IS_BETTER, PAIR_KEYS
 from amdiff.evaluate.statistics import ALPHA, cluster_bootstrap_ci, compare
 from amdiff.io.atomic import write_text
@@ -53,8 +54,6 @@ REFERENCE = "amdiff"
 # the claims' bootstrap CIs: resamples and seed (fixed, so a rerun gives the same intervals)
 CLAIM_RESAMPLES = 1999
 CLAIM_SEED = 20250317
-ABLATIONS = ("amdiff_no_revision", "amdiff_no_organ_reg", "amdiff_no_lesion_reg",
-             "amdiff_no_lor", "amdiff_no_resmamba")
 
 # every run kind of this workflow (demo, study) scores a small synthetic cohort
 COHORT_NOTE = ("The cohort is synthetic and small, so our numbers are not expected to match "

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from amdiff.contracts import COMPARISON_DENOISERS, COMPARISON_SEGMENTERS
+from amdiff.contracts import ABLATIONS, COMPARISON_DENOISERS, COMPARISON_SEGMENTERS
 from amdiff.evaluate import columns
 from amdiff.evaluate.statistics import (ALL_GROUP, ALPHA, N_RESAMPLES, PAIR_KEYS, REFERENCE, SEED,
                                         SUBJECT_KEYS, require_columns, compare, describe, groups)
@@ -63,10 +63,6 @@ class TableSpec:
     row_labels: dict = field(default_factory=dict)
 
 
-# Table 4's rows, plus amdiff_no_lor (all of L_lor removed: the abstract's and Fig. 7's
-# ablation, which the paper's Table 4 has no row for).
-ABLATIONS = ("amdiff_no_revision", "amdiff_no_organ_reg", "amdiff_no_lesion_reg",
-             "amdiff_no_lor", "amdiff_no_resmamba")
 SEGMENTERS = COMPARISON_SEGMENTERS
 DENOISERS = COMPARISON_DENOISERS
 # Table 2's first rows, which need no training: the low-count input and its Gaussian-filtered

@@ -11,8 +11,9 @@ segmenter), plus the cosine schedule. The ablations of Table 4 are variants of t
   "without the lesion-organ-specific regularizer" (TLG bias -30.83 %).
 - ``amdiff_no_resmamba``: the segmenter's encoder uses plain residual conv blocks.
 
-``VARIANTS`` is the one table of these switches: the trainer reads its loss switches
-(``Variant.loss_terms``), reports/models.md lists them, and the tests check both agree.
+``amdiff.contracts.VARIANTS`` is the one table of these switches: this module builds each
+variant from it, the trainer reads its loss switches (``Variant.loss_terms``), the evaluation
+tables its ablations, reports/models.md lists them, and the tests check they agree.
 
 ``med_ddpm`` is the comparison model 3D Med-DDPM (Dorjsembe et al. 2024) as the paper uses it:
 the same conditioned diffusion module with no semantic parts (no L_lor, no revision module, no
@@ -21,49 +22,20 @@ segmenter), trained with L_diff alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from amdiff.contracts import VARIANTS
 from amdiff.diffusion.schedule import CosineSchedule, diffusion_to_suv, suv_to_diffusion
 from amdiff.models.denoiser import DenoiserUNet
 from amdiff.models.revision import RevisionModule
 from amdiff.models.segmenter import DualBranchSegmenter
 
 
-@dataclass(frozen=True)
-class Variant:
-    revision: bool = True
-    drop_lesion_reg: bool = False
-    drop_organ_reg: bool = False
-    use_mamba: bool = True
-    segmentation: bool = True
-
-    def loss_terms(self) -> tuple[str, ...]:
-        """The terms of Eq. 10 this variant trains with, e.g. ("diff", "lor", "rev", "seg")."""
-        terms = ["diff"]
-        if self.segmentation:
-            if not (self.drop_lesion_reg and self.drop_organ_reg):
-                terms.append("lor")
-            if self.revision:   # L_rev supervises f_rev's output: no module, no term
-                terms.append("rev")
-            terms.append("seg")
-        return tuple(terms)
-
-
 # what f_den predicts (config diffusion.prediction): the noise (paper Eq. 3) or v
 PREDICTIONS = ("eps", "v")
 
-VARIANTS = {
-    "amdiff": Variant(),
-    "amdiff_no_revision": Variant(revision=False),
-    "amdiff_no_organ_reg": Variant(drop_organ_reg=True),
-    "amdiff_no_lesion_reg": Variant(drop_lesion_reg=True),
-    "amdiff_no_lor": Variant(drop_lesion_reg=True, drop_organ_reg=True),
-    "amdiff_no_resmamba": Variant(use_mamba=False),
-    "med_ddpm": Variant(revision=False, segmentation=False),
-}
 
 
 class AMDiff(nn.Module):
