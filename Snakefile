@@ -16,7 +16,7 @@ min_version("9.0")
 
 # With --sdm conda, envs/*.post-deploy.sh installs this checkout into each new environment; they
 # run from .snakemake/conda/, so they learn where the checkout is from here.
-os.environ.update(AMDIFF_SOURCE=workflow.basedir)   # set here, not read: no envvars directive
+os.environ.update(AMDIFF_SOURCE=workflow.basedir)  # set here, not read: no envvars directive
 
 
 # The demo config is the default; a --configfile given on the command line replaces it
@@ -37,14 +37,19 @@ report: "reports/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/phantom.smk"
+
+
 if config["cohort"]["source"] == "manifest":
 
     include: "rules/own_data.smk"
+
 
 include: "rules/listmode.smk"
 include: "rules/recon.smk"
 include: "rules/labels.smk"
 include: "rules/qc.smk"
+
+
 # The model stages need the models/training/diffusion/inference sections (a data-only
 # config prepares the cohort and stops there).
 if MODELS:
@@ -53,14 +58,15 @@ if MODELS:
     include: "rules/predict.smk"
     include: "rules/evaluate.smk"
 
+
 # written last, from every other target: code, config, packages, machine, wall time per stage
 include: "rules/provenance.smk"
 
 
 rule all:
+    default_target: True
     input:
         data_targets(),
         prediction_targets() if MODELS else [],
         evaluation_targets() if MODELS else [],
         PROVENANCE,
-    default_target: True

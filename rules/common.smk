@@ -6,8 +6,16 @@ import re
 import shlex
 import sys
 
-from amdiff.config import (check_workflow_config, count_levels, derived_seed, phantom_subjects,
-                           replicate_base, run_kind, seed_replicates, standard_count_percent)
+from amdiff.config import (
+    check_workflow_config,
+    count_levels,
+    derived_seed,
+    phantom_subjects,
+    replicate_base,
+    run_kind,
+    seed_replicates,
+    standard_count_percent,
+)
 from amdiff import contracts
 from amdiff.errors import InputError
 from amdiff.levels import level_name
@@ -18,8 +26,9 @@ try:
     # Snakemake's own YAML loader keeps the last of two equal keys silently; read_config (called
     # by check_workflow_config) refuses them and names the line of a syntax error. An invalid key
     # set by --config is blamed on --config, not on the config files.
-    check_workflow_config(config, workflow.configfiles,
-                          getattr(getattr(workflow, "config_settings", None), "config", None))
+    check_workflow_config(
+        config, workflow.configfiles, getattr(getattr(workflow, "config_settings", None), "config", None)
+    )
 except InputError as _err:
     # One clear line instead of a traceback.
     sys.exit(f"config error: {_err}")
@@ -82,8 +91,12 @@ def _load_subjects():
     from amdiff.io.manifest import read_manifest
 
     try:
-        df = read_manifest(config["cohort"]["manifest"], config["cohort"].get("data_roots"),
-                           config["cohort"]["allow_outside_data_roots"], sites=config["sites"])
+        df = read_manifest(
+            config["cohort"]["manifest"],
+            config["cohort"].get("data_roots"),
+            config["cohort"]["allow_outside_data_roots"],
+            sites=config["sites"],
+        )
     except InputError as err:
         sys.exit(f"manifest error: {err}")
     return df.fillna("").to_dict("records")
@@ -121,8 +134,11 @@ def lc_names(site, split, subject=None):
     """Names pXXX_rN of the low-count images of one subject."""
     if subject is not None and not PHANTOM and subject.get("lc_pet"):
         return sorted(own_lowcount_images(subject))
-    return [f"{level_name(p)}_r{r}" for p in count_levels(config, site, split)
-            for r in range(config["sites"][site]["realizations"])]
+    return [
+        f"{level_name(p)}_r{r}"
+        for p in count_levels(config, site, split)
+        for r in range(config["sites"][site]["realizations"])
+    ]
 
 
 def own_lowcount(wildcards):
@@ -154,7 +170,7 @@ def data_targets():
     return targets
 
 
-NOTHING = "(?!x)x"   # a wildcard regex no value matches: the rule that carries it never runs
+NOTHING = "(?!x)x"  # a wildcard regex no value matches: the rule that carries it never runs
 
 
 def never(names):
@@ -236,8 +252,11 @@ def stats_inputs(wildcards):
 
 
 def manifest_images(subjects):
-    return [f"{subject_dir(s['site'], s['subject'])}/{name}.nii.gz" for s in subjects
-            for name in ["hc", "ct", "lesion", "organs"] + [f"lc_{n}" for n in lc_names(s["site"], s["split"], s)]]
+    return [
+        f"{subject_dir(s['site'], s['subject'])}/{name}.nii.gz"
+        for s in subjects
+        for name in ["hc", "ct", "lesion", "organs"] + [f"lc_{n}" for n in lc_names(s["site"], s["split"], s)]
+    ]
 
 
 # --- models: training, prediction, evaluation (rules/train.smk, predict.smk, evaluate.smk) ---
@@ -267,7 +286,7 @@ def amdiff_params(wildcards):
 
 def baseline_inputs(wildcards):
     inputs = {"manifest": f"{RESULTS}/manifest_{wildcards.train_site}.tsv"}
-    if wildcards.model in COMPARISON_SEGMENTERS:   # fed by the trained Med-DDPM's outputs
+    if wildcards.model in COMPARISON_SEGMENTERS:  # fed by the trained Med-DDPM's outputs
         inputs["denoiser"] = f"{RESULTS}/models/med_ddpm/{wildcards.train_site}/best.pt"
     # a configured starting checkpoint is an input: a missing file stops the plan, not the job
     pretrained = ((config.get("baselines") or {}).get("pretrained") or {}).get(wildcards.model)
@@ -278,23 +297,29 @@ def baseline_inputs(wildcards):
 
 def test_cases():
     """(site, subject, image name pXXX_rN) of every test image a model predicts."""
-    return [(s["site"], s["subject"], name) for s in SUBJECTS
-            if s["split"] == "test" and s["site"] in TRAINED_ON
-            for name in lc_names(s["site"], s["split"], s)]
+    return [
+        (s["site"], s["subject"], name)
+        for s in SUBJECTS
+        if s["split"] == "test" and s["site"] in TRAINED_ON
+        for name in lc_names(s["site"], s["split"], s)
+    ]
 
 
 def outputs_of(model):
     """What a model predicts: AMDiff all three; denoisers the image; segmenters the masks."""
-    model = replicate_base(model)   # a seed replicate predicts what its model does
+    model = replicate_base(model)  # a seed replicate predicts what its model does
     if model in VARIANTS:
         return ("denoised", "lesion", "organs")
     return ("denoised",) if model in DENOISER_BASELINES + TRAINING_FREE else ("lesion", "organs")
 
 
 def prediction_targets():
-    return [f"{RESULTS}/predictions/{model}/{site}/{subject}/{name}/{item}.nii.gz"
-            for model in VARIANTS + BASELINES + TRAINING_FREE for site, subject, name in test_cases()
-            for item in outputs_of(model)]
+    return [
+        f"{RESULTS}/predictions/{model}/{site}/{subject}/{name}/{item}.nii.gz"
+        for model in VARIANTS + BASELINES + TRAINING_FREE
+        for site, subject, name in test_cases()
+        for item in outputs_of(model)
+    ]
 
 
 def test_images(site, subject):
@@ -307,54 +332,83 @@ def prediction_dir(model, site, subject, image):
 
 def evaluation_inputs(wildcards):
     d = subject_dir(wildcards.site, wildcards.subject)
-    inputs = {"hc": f"{d}/hc.nii.gz", "lesion": f"{d}/lesion.nii.gz", "organs": f"{d}/organs.nii.gz",
-              "ct": f"{d}/ct.nii.gz"}   # its body mask: the whole-image NRMSE's region
+    inputs = {
+        "hc": f"{d}/hc.nii.gz",
+        "lesion": f"{d}/lesion.nii.gz",
+        "organs": f"{d}/organs.nii.gz",
+        "ct": f"{d}/ct.nii.gz",
+    }  # its body mask: the whole-image NRMSE's region
     for image in test_images(wildcards.site, wildcards.subject):
         for item in outputs_of(wildcards.model):
-            inputs[f"{image}_{item}"] = f"{prediction_dir(wildcards.model, wildcards.site, wildcards.subject, image)}/{item}.nii.gz"
-        if wildcards.model in COMPARISON_SEGMENTERS:   # they quantify on the Med-DDPM image they were fed
-            inputs[f"{image}_quant"] = f"{prediction_dir('med_ddpm', wildcards.site, wildcards.subject, image)}/denoised.nii.gz"
+            inputs[f"{image}_{item}"] = (
+                f"{prediction_dir(wildcards.model, wildcards.site, wildcards.subject, image)}/{item}.nii.gz"
+            )
+        if wildcards.model in COMPARISON_SEGMENTERS:  # they quantify on the Med-DDPM image they were fed
+            inputs[f"{image}_quant"] = (
+                f"{prediction_dir('med_ddpm', wildcards.site, wildcards.subject, image)}/denoised.nii.gz"
+            )
     return inputs
 
 
 def evaluation_args(wildcards):
     """Several command-line words: flags bare, each name=path word shell-quoted."""
     images = test_images(wildcards.site, wildcards.subject)
-    args = " ".join(shlex.quote(f"{i}={prediction_dir(wildcards.model, wildcards.site, wildcards.subject, i)}")
-                    for i in images)
+    args = " ".join(
+        shlex.quote(f"{i}={prediction_dir(wildcards.model, wildcards.site, wildcards.subject, i)}")
+        for i in images
+    )
     args = f"--prediction {args}"
     if wildcards.model in COMPARISON_SEGMENTERS:
         quant = " ".join(
-            shlex.quote(f"{i}={prediction_dir('med_ddpm', wildcards.site, wildcards.subject, i)}/denoised.nii.gz")
-            for i in images)
+            shlex.quote(
+                f"{i}={prediction_dir('med_ddpm', wildcards.site, wildcards.subject, i)}/denoised.nii.gz"
+            )
+            for i in images
+        )
         args += f" --quant-image {quant}"
     return args
 
 
 def case_metric_files():
     subjects = sorted({(site, subject) for site, subject, _ in test_cases()})
-    return [f"{RESULTS}/metrics/cases/{model}/{site}/{subject}.tsv"
-            for model in VARIANTS + BASELINES + TRAINING_FREE for site, subject in subjects]
+    return [
+        f"{RESULTS}/metrics/cases/{model}/{site}/{subject}.tsv"
+        for model in VARIANTS + BASELINES + TRAINING_FREE
+        for site, subject in subjects
+    ]
 
 
 def evaluation_targets():
-    return ([f"{RESULTS}/metrics/metrics.tsv"]
-            + [f"{REPORTS}/tables/{name}.{ext}" for name in TABLES for ext in ("tsv", "md", "tex")]
-            + [f"{REPORTS}/tables/{name}.{ext}" for name, exts in PAPER_TABLES.items() for ext in exts]
-            + [f"{REPORTS}/figures/{name}.{ext}" for name in ("fig7_regression", "training_curves")
-               for ext in ("png", "pdf")]
-            + [f"{REPORTS}/figures/fig{n}_{kind}_{site}.{ext}" for n, kind in SLICE_FIGURES
-               for site in TEST_SITES for ext in ("png", "pdf")]
-            + [f"{REPORTS}/tables/study_checks.{ext}" for ext in ("tsv", "md")]
-            + ([f"{REPORTS}/tables/seed_variance.{ext}" for ext in ("tsv", "md")] if REPLICATES else []))
+    return (
+        [f"{RESULTS}/metrics/metrics.tsv"]
+        + [f"{REPORTS}/tables/{name}.{ext}" for name in TABLES for ext in ("tsv", "md", "tex")]
+        + [f"{REPORTS}/tables/{name}.{ext}" for name, exts in PAPER_TABLES.items() for ext in exts]
+        + [
+            f"{REPORTS}/figures/{name}.{ext}"
+            for name in ("fig7_regression", "training_curves")
+            for ext in ("png", "pdf")
+        ]
+        + [
+            f"{REPORTS}/figures/fig{n}_{kind}_{site}.{ext}"
+            for n, kind in SLICE_FIGURES
+            for site in TEST_SITES
+            for ext in ("png", "pdf")
+        ]
+        + [f"{REPORTS}/tables/study_checks.{ext}" for ext in ("tsv", "md")]
+        + ([f"{REPORTS}/tables/seed_variance.{ext}" for ext in ("tsv", "md")] if REPLICATES else [])
+    )
 
 
 def table_output(name, ext, category):
     path = f"{REPORTS}/tables/{name}.{ext}"
     if ext == "tex":
         return path
-    return report(path, caption=f"../reports/captions/{name}.rst", category=category,
-                  labels={"table": name, "format": ext})
+    return report(
+        path,
+        caption=f"../reports/captions/{name}.rst",
+        category=category,
+        labels={"table": name, "format": ext},
+    )
 
 
 def gaussian_fits():
@@ -373,13 +427,18 @@ def slice_inputs(wildcards):
             inputs[f"{subject}_{ref}"] = f"{d}/{ref}.nii.gz"
         for model in VARIANTS + BASELINES:
             for item in outputs_of(model):
-                inputs[f"{model}_{subject}_{image}_{item}"] = f"{prediction_dir(model, site, subject, image)}/{item}.nii.gz"
+                inputs[f"{model}_{subject}_{image}_{item}"] = (
+                    f"{prediction_dir(model, site, subject, image)}/{item}.nii.gz"
+                )
     return inputs
 
 
 def training_logs():
-    return {f"{model}/{site}": f"{RESULTS}/models/{model}/{site}/log.csv"
-            for model in VARIANTS + BASELINES for site in TRAINING["train_sites"]}
+    return {
+        f"{model}/{site}": f"{RESULTS}/models/{model}/{site}/log.csv"
+        for model in VARIANTS + BASELINES
+        for site in TRAINING["train_sites"]
+    }
 
 
 if MODELS:

@@ -17,26 +17,28 @@ rule evaluate_subject:
         unpack(evaluation_inputs),
     output:
         f"{RESULTS}/metrics/cases/{{model}}/{{site}}/{{subject}}.tsv",
+    log:
+        "logs/evaluate/{model}/{site}/{subject}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{{model}}/{{site}}/{{subject}}.tsv"
+    conda:
+        "../envs/evaluate.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         outputs=lambda w: ",".join(outputs_of(w.model)),
         images=evaluation_args,
         # evaluated subjects are test subjects: their split's standard count (mCT Group II: one pass)
         standard=lambda w: standard_count_percent(config["sites"][w.site], "test"),
         # how predicted and true lesions match (evaluation.lesion_match)
-        lesion_match=" ".join(f"--lesion-match-{key} {shlex.quote(str(value))}" for key, value in
-                              config["evaluation"]["lesion_match"].items()),
+        lesion_match=" ".join(
+            f"--lesion-match-{key} {shlex.quote(str(value))}"
+            for key, value in config["evaluation"]["lesion_match"].items()
+        ),
         # the whole-image NRMSE's reading (evaluation.nrmse_whole)
         nrmse_whole=config["evaluation"]["nrmse_whole"],
-    log:
-        "logs/evaluate/{model}/{site}/{subject}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{model}}/{{site}}/{{subject}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../envs/evaluate.yaml"
     shell:
         "{AMDIFF} evaluate --model {wildcards.model} --site {wildcards.site} --subject {wildcards.subject}"
         " --hc {input.hc:q} --lesion {input.lesion:q} --organs {input.organs:q} --ct {input.ct:q}"
@@ -49,16 +51,20 @@ rule collect_metrics:
     input:
         case_metric_files(),
     output:
-        report(f"{RESULTS}/metrics/metrics.tsv", caption="../reports/captions/metrics.rst",
-               category="Evaluation", subcategory="Per-case metrics"),
+        report(
+            f"{RESULTS}/metrics/metrics.tsv",
+            caption="../reports/captions/metrics.rst",
+            category="Evaluation",
+            subcategory="Per-case metrics",
+        ),
     log:
         "logs/evaluate/collect.log",
+    conda:
+        "../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/evaluate.yaml"
     shell:
         "{AMDIFF} collect-metrics --out {output:q} {input:q} > {log:q} 2>&1"
 
@@ -70,20 +76,28 @@ rule study_checks:
         metrics=f"{RESULTS}/metrics/metrics.tsv",
         budget=BUDGET,
     output:
-        tsv=report(f"{REPORTS}/tables/study_checks.tsv", caption="../reports/captions/study_checks.rst",
-                   category="Tables", labels={"table": "study_checks", "format": "tsv"}),
-        md=report(f"{REPORTS}/tables/study_checks.md", caption="../reports/captions/study_checks.rst",
-                  category="Tables", labels={"table": "study_checks", "format": "md"}),
-    params:
-        run_kind=run_kind(config),
+        tsv=report(
+            f"{REPORTS}/tables/study_checks.tsv",
+            caption="../reports/captions/study_checks.rst",
+            category="Tables",
+            labels={"table": "study_checks", "format": "tsv"},
+        ),
+        md=report(
+            f"{REPORTS}/tables/study_checks.md",
+            caption="../reports/captions/study_checks.rst",
+            category="Tables",
+            labels={"table": "study_checks", "format": "md"},
+        ),
     log:
         "logs/evaluate/study_checks.log",
+    conda:
+        "../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/evaluate.yaml"
+    params:
+        run_kind=run_kind(config),
     shell:
         "{AMDIFF} study-checks --metrics {input.metrics:q} --budget {input.budget:q} --run-kind {params.run_kind}"
         " --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
@@ -93,22 +107,33 @@ rule seed_variance:
     # the reference model (first of seed_replicates.models) against each other one, with the
     # spread between training seeds (amdiff.evaluate.seeds)
     input:
-        [f"{RESULTS}/metrics/cases/{name}/{site}/{subject}.tsv"
-         for model, names in REPLICATES.items() for name in [model, *names]
-         for site, subject in sorted({(s, subj) for s, subj, _ in test_cases()})],
+        [
+            f"{RESULTS}/metrics/cases/{name}/{site}/{subject}.tsv"
+            for model, names in REPLICATES.items()
+            for name in [model, *names]
+            for site, subject in sorted({(s, subj) for s, subj, _ in test_cases()})
+        ],
     output:
-        tsv=report(f"{REPORTS}/tables/seed_variance.tsv", caption="../reports/captions/seed_variance.rst",
-                   category="Tables", labels={"table": "seed_variance", "format": "tsv"}),
-        md=report(f"{REPORTS}/tables/seed_variance.md", caption="../reports/captions/seed_variance.rst",
-                  category="Tables", labels={"table": "seed_variance", "format": "md"}),
+        tsv=report(
+            f"{REPORTS}/tables/seed_variance.tsv",
+            caption="../reports/captions/seed_variance.rst",
+            category="Tables",
+            labels={"table": "seed_variance", "format": "tsv"},
+        ),
+        md=report(
+            f"{REPORTS}/tables/seed_variance.md",
+            caption="../reports/captions/seed_variance.rst",
+            category="Tables",
+            labels={"table": "seed_variance", "format": "md"},
+        ),
     log:
         "logs/evaluate/seed_variance.log",
+    conda:
+        "../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/evaluate.yaml"
     shell:
         "{AMDIFF} seed-variance --config {CONFIG_FILE:q} --metrics {input:q}"
         " --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
@@ -121,23 +146,30 @@ rule tables:
         budget=BUDGET,
     output:
         # TSV (every number) and Markdown (the paper's layout) go into the HTML report.
-        **{f"{name}_{ext}": table_output(name, ext, "Tables") for name in TABLES for ext in ("tsv", "md", "tex")},
-        **{f"{name}_{ext}": table_output(name, ext, "Paper versus reproduction")
-           for name, exts in PAPER_TABLES.items() for ext in exts},
+        **{
+            f"{name}_{ext}": table_output(name, ext, "Tables")
+            for name in TABLES
+            for ext in ("tsv", "md", "tex")
+        },
+        **{
+            f"{name}_{ext}": table_output(name, ext, "Paper versus reproduction")
+            for name, exts in PAPER_TABLES.items()
+            for ext in exts
+        },
+    log:
+        "logs/evaluate/tables.log",
+    conda:
+        "../envs/evaluate.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         out_dir=f"{REPORTS}/tables",
         seed=config["seed"],
         # site=path words, each shell-quoted (the rule leaves the param unquoted)
         fits=" ".join(shlex.quote(f"{site}={path}") for site, path in gaussian_fits().items()),
         run_kind=run_kind(config),
-    log:
-        "logs/evaluate/tables.log",
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        "../envs/evaluate.yaml"
     shell:
         "{AMDIFF} tables --metrics {input.metrics:q} --gaussian-fit {params.fits} --out-dir {params.out_dir:q}"
         " --seed {params.seed} --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
@@ -148,22 +180,30 @@ rule figure_regression:
         metrics=f"{RESULTS}/metrics/metrics.tsv",
         budget=BUDGET,
     output:
-        png=report(f"{REPORTS}/figures/fig7_regression.png", caption="../reports/captions/fig7_regression.rst",
-                   category="Figures", labels={"figure": "Fig. 7 analog"}),
+        png=report(
+            f"{REPORTS}/figures/fig7_regression.png",
+            caption="../reports/captions/fig7_regression.rst",
+            category="Figures",
+            labels={"figure": "Fig. 7 analog"},
+        ),
         pdf=f"{REPORTS}/figures/fig7_regression.pdf",
-        stats=report(f"{REPORTS}/tables/fig7_regression.tsv", caption="../reports/captions/fig7_regression.rst",
-                     category="Figures", labels={"figure": "Fig. 7 regression statistics"}),
-    params:
-        models=" ".join(VARIANTS),
-        run_kind=run_kind(config),
+        stats=report(
+            f"{REPORTS}/tables/fig7_regression.tsv",
+            caption="../reports/captions/fig7_regression.rst",
+            category="Figures",
+            labels={"figure": "Fig. 7 regression statistics"},
+        ),
     log:
         "logs/evaluate/fig7_regression.log",
+    conda:
+        "../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/evaluate.yaml"
+    params:
+        models=" ".join(VARIANTS),
+        run_kind=run_kind(config),
     shell:
         "{AMDIFF} figure-regression --metrics {input.metrics:q} --models {params.models}"
         " --png {output.png:q} --pdf {output.pdf:q} --stats {output.stats:q}"
@@ -174,23 +214,33 @@ rule figure_slices:
     input:
         unpack(slice_inputs),
     output:
-        **{f"{kind}_{ext}": (report(f"{REPORTS}/figures/fig{n}_{kind}_{{site}}.{ext}",
-                                    caption=f"../reports/captions/fig{n}_{kind}.rst", category="Figures",
-                                    subcategory="{site}", labels={"figure": f"Fig. {n} analog", "site": "{site}"})
-                             if ext == "png" else f"{REPORTS}/figures/fig{n}_{kind}_{{site}}.{ext}")
-           for n, kind in SLICE_FIGURES for ext in ("png", "pdf")},
-    params:
-        models=" ".join(VARIANTS + BASELINES),
-        prefix=f"{REPORTS}/figures",
-        run_kind=run_kind(config),
+        **{
+            f"{kind}_{ext}": (
+                report(
+                    f"{REPORTS}/figures/fig{n}_{kind}_{{site}}.{ext}",
+                    caption=f"../reports/captions/fig{n}_{kind}.rst",
+                    category="Figures",
+                    subcategory="{site}",
+                    labels={"figure": f"Fig. {n} analog", "site": "{site}"},
+                )
+                if ext == "png"
+                else f"{REPORTS}/figures/fig{n}_{kind}_{{site}}.{ext}"
+            )
+            for n, kind in SLICE_FIGURES
+            for ext in ("png", "pdf")
+        },
     log:
         "logs/evaluate/figure_slices_{site}.log",
+    conda:
+        "../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=10,
-    conda:
-        "../envs/evaluate.yaml"
+    params:
+        models=" ".join(VARIANTS + BASELINES),
+        prefix=f"{REPORTS}/figures",
+        run_kind=run_kind(config),
     shell:
         "{AMDIFF} figure-slices --metrics {input.metrics:q} --results {RESULTS:q} --site {wildcards.site}"
         " --models {params.models} --out-dir {params.prefix:q}"
@@ -202,20 +252,24 @@ rule figure_training:
         **training_logs(),
         budget=BUDGET,
     output:
-        png=report(f"{REPORTS}/figures/training_curves.png", caption="../reports/captions/training_curves.rst",
-                   category="Figures", labels={"figure": "Training curves"}),
+        png=report(
+            f"{REPORTS}/figures/training_curves.png",
+            caption="../reports/captions/training_curves.rst",
+            category="Figures",
+            labels={"figure": "Training curves"},
+        ),
         pdf=f"{REPORTS}/figures/training_curves.pdf",
-    params:
-        logs=lambda w, input: " ".join(shlex.quote(f"{name}={input[name]}") for name in training_logs()),
-        run_kind=run_kind(config),
     log:
         "logs/evaluate/training_curves.log",
+    conda:
+        "../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/evaluate.yaml"
+    params:
+        logs=lambda w, input: " ".join(shlex.quote(f"{name}={input[name]}") for name in training_logs()),
+        run_kind=run_kind(config),
     shell:
         "{AMDIFF} figure-training --log {params.logs} --png {output.png:q} --pdf {output.pdf:q}"
         " --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
@@ -225,18 +279,22 @@ rule training_budget:
     input:
         **training_logs(),
     output:
-        report(BUDGET, caption="../reports/captions/training_budget.rst", category="Tables",
-               labels={"table": "training_budget", "format": "tsv"}),
-    params:
-        logs=lambda w, input: " ".join(shlex.quote(f"{name}={input[name]}") for name in training_logs()),
+        report(
+            BUDGET,
+            caption="../reports/captions/training_budget.rst",
+            category="Tables",
+            labels={"table": "training_budget", "format": "tsv"},
+        ),
     log:
         "logs/evaluate/training_budget.log",
+    conda:
+        "../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/evaluate.yaml"
+    params:
+        logs=lambda w, input: " ".join(shlex.quote(f"{name}={input[name]}") for name in training_logs()),
     shell:
         # patches per epoch and batch size: the config the models trained with (a change re-trains them)
         "{AMDIFF} training-budget --config {CONFIG_FILE:q} --log {params.logs} --out {output:q} > {log:q} 2>&1"

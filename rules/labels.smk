@@ -3,27 +3,33 @@
 
 
 rule organ_labels:
-    conda:
-        "../envs/totalseg.yaml"
     input:
         unpack(label_source),
         ct=f"{RESULTS}/{{site}}/{{subject}}/ct.nii.gz",
     output:
         f"{RESULTS}/{{site}}/{{subject}}/organs.nii.gz",
-    params:
-        method=LABELS["method"],
-        # several words: each path is shell-quoted here, the rule leaves the param unquoted
-        source=lambda w, input: f"--source {shlex.quote(str(input.source))}" if "source" in input.keys() else "",
-        ts=("--fast " if LABELS["totalsegmentator"]["fast"] else "")
-        + f"--device {LABELS['totalsegmentator']['device']}",
     log:
         "logs/labels/{site}/{subject}.log",
     benchmark:
         f"{RESULTS}/benchmarks/labels/{{site}}/{{subject}}.tsv"
+    conda:
+        "../envs/totalseg.yaml"
     threads: 2 if LABELS["method"] == "totalsegmentator" else 1
     resources:
         **job_resources(8000 if LABELS["method"] == "totalsegmentator" else 1000, 30),
-        gpu=1 if LABELS["method"] == "totalsegmentator" and LABELS["totalsegmentator"]["device"] == "gpu" else 0,
+        gpu=(
+            1
+            if LABELS["method"] == "totalsegmentator" and LABELS["totalsegmentator"]["device"] == "gpu"
+            else 0
+        ),
+    params:
+        method=LABELS["method"],
+        # several words: each path is shell-quoted here, the rule leaves the param unquoted
+        source=lambda w, input: (
+            f"--source {shlex.quote(str(input.source))}" if "source" in input.keys() else ""
+        ),
+        ts=("--fast " if LABELS["totalsegmentator"]["fast"] else "")
+        + f"--device {LABELS['totalsegmentator']['device']}",
     shell:
         "{AMDIFF} labels --method {params.method} --ct {input.ct:q} {params.source} {params.ts}"
         " --out {output:q} > {log:q} 2>&1"

@@ -2,55 +2,57 @@
 
 
 rule simulate_listmode:
-    conda:
-        "../envs/data.yaml"
     input:
         unpack(simulate_inputs),
     output:
         listmode=f"{RESULTS}/{{site}}/{{subject}}/listmode/full.petsird",
         summary=f"{RESULTS}/{{site}}/{{subject}}/listmode/acquisition.json",
+    log:
+        "logs/simulate/{site}/{subject}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/simulate/{{site}}/{{subject}}.tsv"
+    wildcard_constraints:
+        subject=SIMULATED,
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    resources:
+        **job_resources(4000, 60),
     params:
         site=site_json,
         body=body_size,
         # the split picks sites.<site>.acquisition_by_split (e.g. mCT Group II test scans)
         split=lambda w: subject_of(w)["split"],
-    wildcard_constraints:
-        subject=SIMULATED,
-    log:
-        "logs/simulate/{site}/{subject}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/simulate/{{site}}/{{subject}}.tsv"
-    threads: 1
-    resources:
-        **job_resources(4000, 60),
     shell:
         "{AMDIFF} simulate --config {CONFIG_FILE:q} --site {wildcards.site} --subject {wildcards.subject}"
         " --split {params.split} --suv {input.suv:q} --mumap {input.mumap:q} {params.body}"
         " --out {output.listmode:q} --summary {output.summary:q} > {log:q} 2>&1"
+
+
 # The number of low-count lists depends on the subject's split, so the rule declares
 # counts.json as its output; the lists beside it are written in the same atomic step.
 
 
 rule downsample:
-    conda:
-        "../envs/data.yaml"
     input:
         full_listmode,
     output:
         counts=f"{RESULTS}/{{site}}/{{subject}}/listmode/counts.json",
+    log:
+        "logs/downsample/{site}/{subject}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/downsample/{{site}}/{{subject}}.tsv"
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
     params:
         levels=lambda w: ",".join(f"{p:g}" for p in count_levels(config, w.site, subject_of(w)["split"])),
         realizations=lambda w: config["sites"][w.site]["realizations"],
         seed=lambda w: derived_seed(config["seed"], "downsample", w.site, w.subject),
         outdir=lambda w: f"{subject_dir(w.site, w.subject)}/listmode",
-    log:
-        "logs/downsample/{site}/{subject}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/downsample/{{site}}/{{subject}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=60,
     shell:
         "{AMDIFF} downsample --input {input:q} --levels {params.levels} --realizations {params.realizations}"
         " --seed {params.seed} --outdir {params.outdir:q} --counts {output.counts:q} > {log:q} 2>&1"

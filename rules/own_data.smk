@@ -3,8 +3,6 @@
 
 
 rule import_ct:
-    conda:
-        "../envs/data.yaml"
     input:
         lambda w: subject_of(w)["ct"],
     output:
@@ -12,13 +10,13 @@ rule import_ct:
     log:
         "logs/import/{site}/{subject}/ct.log",
     localrule: True
+    conda:
+        "../envs/data.yaml"
     shell:
         "{AMDIFF} import-image --kind ct --input {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule import_lesion:
-    conda:
-        "../envs/data.yaml"
     input:
         mask=lambda w: subject_of(w)["lesion"],
         reference=lambda w: subject_of(w)["hc_pet"],
@@ -27,20 +25,22 @@ rule import_lesion:
     log:
         "logs/import/{site}/{subject}/lesion.log",
     localrule: True
+    conda:
+        "../envs/data.yaml"
     shell:
         "{AMDIFF} import-image --kind labels --input {input.mask:q} --reference {input.reference:q}"
         " --out {output:q} > {log:q} 2>&1"
 
 
 rule mumap_from_ct:
-    conda:
-        "../envs/data.yaml"
     input:
         f"{RESULTS}/{{site}}/{{subject}}/ct.nii.gz",
     output:
         f"{RESULTS}/{{site}}/{{subject}}/mumap.nii.gz",
     log:
         "logs/import/{site}/{subject}/mumap.log",
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -50,36 +50,36 @@ rule mumap_from_ct:
 
 
 rule import_highcount:
-    conda:
-        "../envs/data.yaml"
     input:
         image=lambda w: subject_of(w)["hc_pet"],
         reference=lambda w: subject_of(w)["ct"],
     output:
         f"{RESULTS}/{{site}}/{{subject}}/hc.nii.gz",
-    wildcard_constraints:
-        subject=OWN_IMAGES,
     log:
         "logs/import/{site}/{subject}/hc.log",
+    wildcard_constraints:
+        subject=OWN_IMAGES,
     localrule: True
+    conda:
+        "../envs/data.yaml"
     shell:
         "{AMDIFF} import-image --kind suv --input {input.image:q} --reference {input.reference:q}"
         " --out {output:q} > {log:q} 2>&1"
 
 
 rule import_lowcount:
-    conda:
-        "../envs/data.yaml"
     input:
         image=lambda w: own_lowcount(w),
         reference=lambda w: subject_of(w)["hc_pet"],
     output:
         f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
-    wildcard_constraints:
-        subject=OWN_IMAGES,
     log:
         "logs/import/{site}/{subject}/lc_{level}_r{real}.log",
+    wildcard_constraints:
+        subject=OWN_IMAGES,
     localrule: True
+    conda:
+        "../envs/data.yaml"
     shell:
         "{AMDIFF} import-image --kind suv --input {input.image:q} --reference {input.reference:q}"
         " --out {output:q} > {log:q} 2>&1"

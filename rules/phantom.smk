@@ -2,8 +2,6 @@
 
 
 rule phantom:
-    conda:
-        "../envs/data.yaml"
     output:
         suv=f"{RESULTS}/{{site}}/{{subject}}/truth_suv.nii.gz",
         ct=f"{RESULTS}/{{site}}/{{subject}}/ct.nii.gz",
@@ -11,20 +9,22 @@ rule phantom:
         organs=f"{RESULTS}/{{site}}/{{subject}}/organs_truth.nii.gz",
         lesion=f"{RESULTS}/{{site}}/{{subject}}/lesion.nii.gz",
         meta=f"{RESULTS}/{{site}}/{{subject}}/phantom.json",
-    params:
-        site=site_json,
-        phantom=json.dumps(config["phantom"]),
-        seed=config["seed"],
-    wildcard_constraints:
-        subject=SIMULATED if PHANTOM else NOTHING,
     log:
         "logs/phantom/{site}/{subject}.log",
     benchmark:
         f"{RESULTS}/benchmarks/phantom/{{site}}/{{subject}}.tsv"
+    wildcard_constraints:
+        subject=SIMULATED if PHANTOM else NOTHING,
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        site=site_json,
+        phantom=json.dumps(config["phantom"]),
+        seed=config["seed"],
     shell:
         "{AMDIFF} phantom --config {CONFIG_FILE:q} --site {wildcards.site} --subject {wildcards.subject}"
         " --outdir {RESULTS:q}/{wildcards.site}/{wildcards.subject} > {log:q} 2>&1"

@@ -11,20 +11,20 @@ rule predict_amdiff:
         denoised=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",
         lesion=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/lesion.nii.gz",
         organs=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/organs.nii.gz",
-    params:
-        inference=json.dumps(INFERENCE),
-        outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
-    wildcard_constraints:
-        model=never(VARIANTS + [r for m in VARIANTS for r in REPLICATES.get(m, [])]),
     log:
         "logs/predict/{model}/{site}/{subject}/{level}_r{real}.log",
     benchmark:
         f"{RESULTS}/benchmarks/predict/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
+    wildcard_constraints:
+        model=never(VARIANTS + [r for m in VARIANTS for r in REPLICATES.get(m, [])]),
+    conda:
+        "../envs/learning.yaml"
     threads: 1
     resources:
         **network_resources("predict", INFERENCE["device"]),
-    conda:
-        "../envs/learning.yaml"
+    params:
+        inference=json.dumps(INFERENCE),
+        outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
     shell:
         "{AMDIFF} predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
         " --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
@@ -37,20 +37,20 @@ rule predict_denoiser_baseline:
         lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
     output:
         denoised=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",
-    params:
-        inference=json.dumps(INFERENCE),
-        outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
-    wildcard_constraints:
-        model=never(DENOISER_BASELINES + REPLICATES.get("med_ddpm", [])),
     log:
         "logs/predict/{model}/{site}/{subject}/{level}_r{real}.log",
     benchmark:
         f"{RESULTS}/benchmarks/predict/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
+    wildcard_constraints:
+        model=never(DENOISER_BASELINES + REPLICATES.get("med_ddpm", [])),
+    conda:
+        "../envs/learning.yaml"
     threads: 1
     resources:
         **network_resources("predict", INFERENCE["device"]),
-    conda:
-        "../envs/learning.yaml"
+    params:
+        inference=json.dumps(INFERENCE),
+        outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
     shell:
         "{AMDIFF} predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
         " --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
@@ -66,20 +66,20 @@ rule predict_segmenter_baseline:
     output:
         lesion=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/lesion.nii.gz",
         organs=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/organs.nii.gz",
-    params:
-        inference=json.dumps(INFERENCE),
-        outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
-    wildcard_constraints:
-        model=never(COMPARISON_SEGMENTERS),
     log:
         "logs/predict/{model}/{site}/{subject}/{level}_r{real}.log",
     benchmark:
         f"{RESULTS}/benchmarks/predict/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
+    wildcard_constraints:
+        model=never(COMPARISON_SEGMENTERS),
+    conda:
+        "../envs/learning.yaml"
     threads: 1
     resources:
         **network_resources("predict", INFERENCE["device"]),
-    conda:
-        "../envs/learning.yaml"
+    params:
+        inference=json.dumps(INFERENCE),
+        outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
     shell:
         "{AMDIFF} predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
         " --denoised {input.denoised:q} --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
@@ -92,18 +92,18 @@ rule predict_lowcount_input:
         lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
     output:
         denoised=f"{RESULTS}/predictions/lowcount_input/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",
-    params:
-        outdir=lambda w: f"{RESULTS}/predictions/lowcount_input/{w.site}/{w.subject}/{w.level}_r{w.real}",
     log:
         "logs/predict/lowcount_input/{site}/{subject}/{level}_r{real}.log",
     benchmark:
         f"{RESULTS}/benchmarks/predict/lowcount_input/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
+    conda:
+        "../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/evaluate.yaml"
+    params:
+        outdir=lambda w: f"{RESULTS}/predictions/lowcount_input/{w.site}/{w.subject}/{w.level}_r{w.real}",
     shell:
         "{AMDIFF} gaussian-filter --lc {input.lc:q} --fwhm-mm 0 --out-dir {params.outdir:q} > {log:q} 2>&1"
 
@@ -114,17 +114,17 @@ rule predict_gaussian_filter:
         lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
     output:
         denoised=f"{RESULTS}/predictions/gaussian_filter/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",
-    params:
-        outdir=lambda w: f"{RESULTS}/predictions/gaussian_filter/{w.site}/{w.subject}/{w.level}_r{w.real}",
     log:
         "logs/predict/gaussian_filter/{site}/{subject}/{level}_r{real}.log",
     benchmark:
         f"{RESULTS}/benchmarks/predict/gaussian_filter/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
+    conda:
+        "../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=10,
-    conda:
-        "../envs/evaluate.yaml"
+    params:
+        outdir=lambda w: f"{RESULTS}/predictions/gaussian_filter/{w.site}/{w.subject}/{w.level}_r{w.real}",
     shell:
         "{AMDIFF} gaussian-filter --lc {input.lc:q} --fit {input.fit:q} --out-dir {params.outdir:q} > {log:q} 2>&1"

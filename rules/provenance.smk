@@ -8,6 +8,15 @@ rule provenance:
         targets=run_targets(),
     output:
         report(PROVENANCE, caption="../reports/captions/provenance.rst", category="Provenance"),
+    log:
+        "logs/provenance.log",
+    conda:
+        "../envs/learning.yaml"
+    # no benchmark: its own file would be written after it and counted by the next run
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         # the config as a param, not an input: a changed config re-runs this job, while the
         # file (written by onstart, rules/common.smk) need not exist when a dry run plans it
@@ -15,15 +24,6 @@ rule provenance:
         config_sha256=CONFIG_SHA256,
         benchmarks=f"{RESULTS}/benchmarks",
         source=workflow.basedir,
-    log:
-        "logs/provenance.log",
-    # no benchmark: its own file would be written after it and counted by the next run
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/learning.yaml"
     shell:
         "{AMDIFF} provenance --config {params.config:q} --benchmarks {params.benchmarks:q}"
         " --source-dir {params.source:q} --out {output:q} > {log:q} 2>&1"

@@ -15,8 +15,6 @@ localrules:
 
 
 rule qc_subject:
-    conda:
-        "../envs/data.yaml"
     input:
         unpack(lc_images),
         hc=f"{RESULTS}/{{site}}/{{subject}}/hc.nii.gz",
@@ -30,53 +28,59 @@ rule qc_subject:
             subcategory="{site}",
             labels={"site": "{site}", "subject": "{subject}"},
         ),
-    params:
-        # name=path words, each shell-quoted (the rule leaves the param unquoted)
-        lc=lambda w, input: " ".join(shlex.quote(f"{name}={input[name]}") for name in lc_images(w)),
     log:
         "logs/qc/{site}/{subject}.log",
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        # name=path words, each shell-quoted (the rule leaves the param unquoted)
+        lc=lambda w, input: " ".join(shlex.quote(f"{name}={input[name]}") for name in lc_images(w)),
     shell:
         "{AMDIFF} qc --hc {input.hc:q} --lc {params.lc} --lesion {input.lesion:q} --organs {input.organs:q}"
         " --title '{wildcards.site} {wildcards.subject}' --out {output:q} > {log:q} 2>&1"
 
 
 rule subject_stats:
-    conda:
-        "../envs/data.yaml"
     input:
         unpack(stats_inputs),
     output:
         f"{RESULTS}/{{site}}/{{subject}}/stats.json",
-    params:
-        split=lambda w: subject_of(w)["split"],
-        extra=lambda w, input: " ".join(f"--{k} {shlex.quote(str(input[k]))}" for k in ("acquisition", "counts")
-                                        if k in input.keys()),
     log:
         "logs/stats/{site}/{subject}.log",
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        split=lambda w: subject_of(w)["split"],
+        extra=lambda w, input: " ".join(
+            f"--{k} {shlex.quote(str(input[k]))}" for k in ("acquisition", "counts") if k in input.keys()
+        ),
     shell:
         "{AMDIFF} subject-stats --site {wildcards.site} --subject {wildcards.subject} --split {params.split}"
         " --hc {input.hc:q} --lesion {input.lesion:q} {params.extra} --out {output:q} > {log:q} 2>&1"
 
 
 rule cohort_summary:
-    conda:
-        "../envs/data.yaml"
     input:
         [f"{subject_dir(s['site'], s['subject'])}/stats.json" for s in SUBJECTS],
     output:
-        tsv=report(f"{RESULTS}/cohort/summary.tsv", caption="../reports/captions/cohort_summary.rst",
-                   category="Data QC"),
+        tsv=report(
+            f"{RESULTS}/cohort/summary.tsv",
+            caption="../reports/captions/cohort_summary.rst",
+            category="Data QC",
+        ),
         md=f"{RESULTS}/cohort/summary.md",
     log:
         "logs/cohort_summary.log",
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -86,35 +90,39 @@ rule cohort_summary:
 
 
 rule manifest:
-    conda:
-        "../envs/data.yaml"
     input:
         manifest_images(SUBJECTS),
     output:
         f"{RESULTS}/manifest.tsv",
     log:
         "logs/manifest.log",
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
     shell:
         "{AMDIFF} manifest --config {CONFIG_FILE:q} --out {output:q} --validate > {log:q} 2>&1"
+
+
 # What one site's models train on: its train and validation subjects only, so a broken test
 # image (or another site's data) fails its own jobs and not every model's training.
 
 
 rule training_manifest:
-    conda:
-        "../envs/data.yaml"
     input:
-        lambda w: manifest_images([s for s in SUBJECTS if s["site"] == w.train_site and s["split"] in ("train", "val")]),
+        lambda w: manifest_images(
+            [s for s in SUBJECTS if s["site"] == w.train_site and s["split"] in ("train", "val")]
+        ),
     output:
         f"{RESULTS}/manifest_{{train_site}}.tsv",
-    wildcard_constraints:
-        train_site="|".join(config["sites"]),
     log:
         "logs/manifest_{train_site}.log",
+    wildcard_constraints:
+        train_site="|".join(config["sites"]),
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=2000,

@@ -3,52 +3,52 @@
 
 
 rule recon_highcount:
-    conda:
-        "../envs/data.yaml"
     input:
         listmode=full_listmode,
         mumap=f"{RESULTS}/{{site}}/{{subject}}/mumap.nii.gz",
     output:
         f"{RESULTS}/{{site}}/{{subject}}/hc.nii.gz",
-    params:
-        site=site_json,
-    wildcard_constraints:
-        subject=f"(?:{SIMULATED})|(?:{OWN_LISTMODE})",
     log:
         "logs/recon/{site}/{subject}/hc.log",
     benchmark:
         f"{RESULTS}/benchmarks/recon/{{site}}/{{subject}}/hc.tsv"
+    wildcard_constraints:
+        subject=f"(?:{SIMULATED})|(?:{OWN_LISTMODE})",
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         **job_resources(4000, 60),
         gpu=recon_resources,
+    params:
+        site=site_json,
     shell:
         "{AMDIFF} recon --config {CONFIG_FILE:q} --site {wildcards.site} --listmode {input.listmode:q}"
         " --mumap {input.mumap:q} --count-percent 100 --out {output:q} > {log:q} 2>&1"
 
 
 rule recon_lowcount:
-    conda:
-        "../envs/data.yaml"
     input:
         counts=f"{RESULTS}/{{site}}/{{subject}}/listmode/counts.json",
         mumap=f"{RESULTS}/{{site}}/{{subject}}/mumap.nii.gz",
     output:
         f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
-    params:
-        listmode=lambda w: f"{subject_dir(w.site, w.subject)}/listmode/{w.level}_r{w.real}.petsird",
-        percent=lambda w: percent_of(w.level),
-        site=site_json,
-    wildcard_constraints:
-        subject=f"(?:{SIMULATED})|(?:{OWN_LISTMODE})",
     log:
         "logs/recon/{site}/{subject}/lc_{level}_r{real}.log",
     benchmark:
         f"{RESULTS}/benchmarks/recon/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.tsv"
+    wildcard_constraints:
+        subject=f"(?:{SIMULATED})|(?:{OWN_LISTMODE})",
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         **job_resources(4000, 60),
         gpu=recon_resources,
+    params:
+        listmode=lambda w: f"{subject_dir(w.site, w.subject)}/listmode/{w.level}_r{w.real}.petsird",
+        percent=lambda w: percent_of(w.level),
+        site=site_json,
     shell:
         "{AMDIFF} recon --config {CONFIG_FILE:q} --site {wildcards.site} --listmode {params.listmode:q}"
         " --mumap {input.mumap:q} --count-percent {params.percent} --out {output:q} > {log:q} 2>&1"

@@ -8,27 +8,33 @@ rule train_amdiff:
         manifest=f"{RESULTS}/manifest_{{train_site}}.tsv",
     output:
         best=f"{RESULTS}/models/{{model}}/{{train_site}}/best.pt",
-        log=report(f"{RESULTS}/models/{{model}}/{{train_site}}/log.csv", category="Training",
-                   caption="../reports/captions/training_log.rst",
-                   labels={"model": "{model}", "site": "{train_site}"}),
-        progress=report(f"{RESULTS}/models/{{model}}/{{train_site}}/progress.png", category="Training progress",
-                        caption="../reports/captions/training_progress.rst",
-                        labels={"model": "{model}", "site": "{train_site}"}),
-    params:
-        training=amdiff_params,
-        outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
-    wildcard_constraints:
-        model=never(DIFFUSION_MODELS),
-        train_site="|".join(TRAIN_SITES),
+        log=report(
+            f"{RESULTS}/models/{{model}}/{{train_site}}/log.csv",
+            category="Training",
+            caption="../reports/captions/training_log.rst",
+            labels={"model": "{model}", "site": "{train_site}"},
+        ),
+        progress=report(
+            f"{RESULTS}/models/{{model}}/{{train_site}}/progress.png",
+            category="Training progress",
+            caption="../reports/captions/training_progress.rst",
+            labels={"model": "{model}", "site": "{train_site}"},
+        ),
     log:
         "logs/train/{model}/{train_site}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{model}}/{{train_site}}.tsv"
+    wildcard_constraints:
+        model=never(DIFFUSION_MODELS),
+        train_site="|".join(TRAIN_SITES),
+    conda:
+        "../envs/learning.yaml"
     threads: TRAINING["threads"]
     resources:
         **network_resources("train", training_device()),
-    conda:
-        "../envs/learning.yaml"
+    params:
+        training=amdiff_params,
+        outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
     shell:
         "{AMDIFF} train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
         " --variant {wildcards.model} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
@@ -39,30 +45,37 @@ rule train_baseline:
         unpack(baseline_inputs),
     output:
         best=f"{RESULTS}/models/{{model}}/{{train_site}}/best.pt",
-        log=report(f"{RESULTS}/models/{{model}}/{{train_site}}/log.csv", category="Training",
-                   caption="../reports/captions/training_log.rst",
-                   labels={"model": "{model}", "site": "{train_site}"}),
-        progress=report(f"{RESULTS}/models/{{model}}/{{train_site}}/progress.png", category="Training progress",
-                        caption="../reports/captions/training_progress.rst",
-                        labels={"model": "{model}", "site": "{train_site}"}),
-    params:
-        training=json.dumps({k: config.get(k) for k in ("training", "baselines", "inference")}),
-        outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
-        # flag and shell-quoted path, or nothing (the rule leaves the param unquoted)
-        denoiser=lambda w, input: (f"--denoiser-checkpoint {shlex.quote(str(input.denoiser))}"
-                                   if "denoiser" in input.keys() else ""),
-    wildcard_constraints:
-        model=never(OTHER_BASELINES),
-        train_site="|".join(TRAIN_SITES),
+        log=report(
+            f"{RESULTS}/models/{{model}}/{{train_site}}/log.csv",
+            category="Training",
+            caption="../reports/captions/training_log.rst",
+            labels={"model": "{model}", "site": "{train_site}"},
+        ),
+        progress=report(
+            f"{RESULTS}/models/{{model}}/{{train_site}}/progress.png",
+            category="Training progress",
+            caption="../reports/captions/training_progress.rst",
+            labels={"model": "{model}", "site": "{train_site}"},
+        ),
     log:
         "logs/train/{model}/{train_site}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{model}}/{{train_site}}.tsv"
+    wildcard_constraints:
+        model=never(OTHER_BASELINES),
+        train_site="|".join(TRAIN_SITES),
+    conda:
+        "../envs/learning.yaml"
     threads: TRAINING["threads"]
     resources:
         **network_resources("train", training_device()),
-    conda:
-        "../envs/learning.yaml"
+    params:
+        training=json.dumps({k: config.get(k) for k in ("training", "baselines", "inference")}),
+        outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
+        # flag and shell-quoted path, or nothing (the rule leaves the param unquoted)
+        denoiser=lambda w, input: (
+            f"--denoiser-checkpoint {shlex.quote(str(input.denoiser))}" if "denoiser" in input.keys() else ""
+        ),
     shell:
         "{AMDIFF} train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
         " --variant {wildcards.model} {params.denoiser} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
@@ -75,23 +88,23 @@ rule fit_gaussian_filter:
         manifest=f"{RESULTS}/manifest_{{train_site}}.tsv",
     output:
         f"{RESULTS}/models/gaussian_filter/{{train_site}}/fit.json",
+    log:
+        "logs/train/gaussian_filter/{train_site}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/gaussian_filter/{{train_site}}.tsv"
+    wildcard_constraints:
+        train_site="|".join(TRAIN_SITES),
+    conda:
+        "../envs/evaluate.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=120,
     params:
         # evaluation.gaussian_filter.fwhm_mm_grid
         grid=",".join(f"{v:g}" for v in GAUSSIAN_GRID),
         # the criterion reads the whole-image NRMSE as the evaluation does
         nrmse_whole=config["evaluation"]["nrmse_whole"],
-    wildcard_constraints:
-        train_site="|".join(TRAIN_SITES),
-    log:
-        "logs/train/gaussian_filter/{train_site}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train/gaussian_filter/{{train_site}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=8000,
-        runtime=120,
-    conda:
-        "../envs/evaluate.yaml"
     shell:
         "{AMDIFF} fit-gaussian --manifest {input.manifest:q} --site {wildcards.train_site} --fwhm-grid {params.grid}"
         " --nrmse-whole {params.nrmse_whole} --out {output:q} > {log:q} 2>&1"
