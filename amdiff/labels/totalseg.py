@@ -189,6 +189,24 @@ def _no_usage_stats():
         api.send_usage_stats = original
 
 
+@contextlib.contextmanager
+def _workers_from_a_fork_server():
+    """nnU-Net (2.8) starts a worker pool with the platform's default start method, fork on Linux.
+    A child forked from a process whose torch thread pool is running can deadlock on a lock it
+    inherited held (seen: a labels job hanging in futex_wait). For the duration of the call,
+    workers start from a fresh fork server instead, which preloads nnU-Net's worker module so
+    each worker starts at the cost of a fork."""
+    import multiprocessing
+
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_forkserver_preload(["nnunetv2.utilities.utils"])
+    multiprocessing.set_start_method("forkserver", force=True)
+    try:
+        yield
+    finally:
+        multiprocessing.set_start_method(before, force=True)
+
+
 def _run_totalsegmentator(ct: Volume, fast: bool, device: str) -> nib.Nifti1Image:
     import totalsegmentator.python_api as api
 
@@ -197,7 +215,7 @@ def _run_totalsegmentator(ct: Volume, fast: bool, device: str) -> nib.Nifti1Imag
     except ValueError as exc:
         raise InputError("labels.totalsegmentator.device", str(exc)) from None
     ct_img = nib.Nifti1Image(ct.data.astype(np.float32), ct.affine)
-    with _no_usage_stats():
+    with _no_usage_stats(), _workers_from_a_fork_server():
         return api.totalsegmentator(ct_img, None, ml=True, fast=fast, roi_subset=roi_subset(),
                                     device=device, task=TS_TASK, quiet=True, skip_saving=True)
 
