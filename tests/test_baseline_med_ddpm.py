@@ -113,7 +113,7 @@ def test_med_ddpm_cutoff_survives_the_checkpoint_into_inference(tmp_path, monkey
 
     seen = {}
 
-    def fake_predict_volume(model, lc, inference, seed, device="cpu"):
+    def fake_predict_volume(model, lc, inference, seed, device="cpu", progress=False):
         seen["cutoff"] = model.suv_cutoff
         return Prediction(denoised=lc, lesion=None, organs=None)
 

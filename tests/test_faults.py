@@ -171,10 +171,11 @@ def test_job_killed_mid_epoch_resumes_from_last_checkpoint(job, reference, tmp_p
     second = job(out)
     assert second.wait() == 0, second.output()
     # it resumed: epoch 0 was not trained again (its log row, wall time included, is the one
-    # the killed run wrote) and the progress bar started at epoch 1
+    # the killed run wrote) and the progress lines (amdiff.joblog) count on from epoch 1: the
+    # first one the re-run writes is at 2 of 3 epochs, none at 1
     log = pd.read_csv(out / "log.csv")
     pd.testing.assert_series_equal(log.iloc[0], at_kill.iloc[0])
-    assert f"| 1/{EPOCHS} [" in second.output() and f"| 0/{EPOCHS} [" not in second.output()
+    assert f"(2/{EPOCHS} epoch)" in second.output() and f"(1/{EPOCHS} epoch)" not in second.output()
     assert leftovers(out) == [], "temporary or partial files remain"
     for name in DECLARED + RESUME_STATE:
         if name.endswith(".pt"):
