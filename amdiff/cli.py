@@ -33,6 +33,12 @@ def _levels(text: str) -> list[float]:
     if not levels:
         raise argparse.ArgumentTypeError("count levels must be comma-separated percents in "
                                          f"(0, 100], got {text!r}")
+    from amdiff.levels import level_name
+
+    names = [level_name(v) for v in levels]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:   # one list per level: a repeated level would silently become one output
+        raise argparse.ArgumentTypeError(f"count level {twice[0]} is given twice in {text!r}")
     return levels
 
 

@@ -17,6 +17,16 @@ def test_missing_list_mode_file_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+
+@pytest.mark.parametrize("levels", ["5,5", "5,5.0", "10,5,10.00"])
+def test_a_level_given_twice_is_refused_not_merged(tmp_path, capsys, levels):
+    with pytest.raises(SystemExit) as stop:
+        main(["downsample", "--input", str(tmp_path / "in.petsird"), "--levels", levels,
+              "--seed", "1", "--outdir", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "count level p0" in err[0] and "given twice" in err[0]
+
 def test_corrupt_ct_leaves_no_output(tmp_path, capsys):
     bad = tmp_path / "ct.nii.gz"
     bad.write_bytes(b"\x1f\x8b not really gzip")

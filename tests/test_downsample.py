@@ -4,6 +4,7 @@ Input events carry unique ids: event i is the detection-bin pair (a, b) with
 i = a (a + 1) / 2 + b, b <= a (triangular numbering), so ids survive the round trip.
 """
 
+import logging
 from fractions import Fraction
 
 import numpy as np
@@ -98,11 +99,19 @@ def test_all_outputs_disjoint_when_fractions_sum_to_at_most_one(tmp_path):
     assert seen.min() >= 0 and seen.max() < 3001
 
 
-def test_levels_overlap_but_realizations_stay_disjoint_when_sum_exceeds_one(tmp_path):
+def test_levels_overlap_but_realizations_stay_disjoint_when_sum_exceeds_one(tmp_path, caplog):
     n = 2003
     src = write_input(tmp_path / "in.petsird", n)
     outs = outputs_for(tmp_path, {40: 2, 50: 2})                   # 0.8 + 1.0 > 1
-    counts = downsample(src, outs, seed=5, block_events=100)
+    with caplog.at_level(logging.WARNING, logger="amdiff.listmode.downsample"):
+        counts = downsample(src, outs, seed=5, block_events=100)
+    # the overlap is said, once, with the share the lists hold together
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "hold 180 % of the events" in warning and "may share events" in warning
+    caplog.clear()
+    (tmp_path / "disjoint").mkdir()
+    downsample(src, outputs_for(tmp_path / "disjoint", {40: 1, 50: 1}), seed=5, block_events=100)
+    assert caplog.records == []                                    # 90 %: disjoint, nothing to say
     r40 = [set(all_ids(p).tolist()) for p in outs[40]]
     r50 = [set(all_ids(p).tolist()) for p in outs[50]]
     assert not r40[0] & r40[1] and not r50[0] & r50[1]

@@ -38,6 +38,7 @@ level and realization. Semantics:
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections import deque
 from fractions import Fraction
@@ -50,6 +51,7 @@ from amdiff.io.atomic import atomic_path
 from amdiff.levels import level_fraction, level_name
 from amdiff.listmode.petsird_io import RawEventBlock, RawReader, RawWriter
 
+log = logging.getLogger(__name__)
 MIN_SEGMENT = 100_000
 MAX_SEGMENT = 10_000_000
 _PROMPT, _DELAYED = 0, 1
@@ -89,8 +91,12 @@ def _plan(outputs: dict) -> list[list[_Output]]:
     resolved = [o.path.resolve() for o in outs]
     if len(set(resolved)) != len(resolved):
         raise InputError("downsample outputs", "the same output path is given twice")
-    if sum(o.fraction for o in outs) <= 1:
+    total = sum(o.fraction for o in outs)
+    if total <= 1:
         return [outs]
+    log.warning("the requested lists hold %s %% of the events together (levels x realizations): "
+                "lists of different levels may share events; each level's realizations stay "
+                "disjoint", f"{float(total) * 100:g}")
     groups = {}
     for o in outs:
         groups.setdefault(o.fraction, []).append(o)
