@@ -150,7 +150,8 @@ def recon(args) -> None:
     mu = read_volume(args.mumap, "mumap")
     recon_cfg = dict(site["recon"])
     if recon_cfg.pop("engine", "internal") == "external":
-        from amdiff.listmode.petsird_io import acquisition_from_header, read_header
+        from amdiff.listmode.header import acquisition_from_header
+        from amdiff.listmode.petsird_io import read_header
         from amdiff.recon.external import reconstruct_external
 
         check_input_file(args.listmode)

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from amdiff.listmode.downsample import downsample
-from amdiff.listmode.petsird_io import EventBlock, iter_event_blocks, make_header, write_listmode
+from amdiff.listmode.header import make_header
+from amdiff.listmode.petsird_io import EventBlock, iter_event_blocks, write_listmode
 from amdiff.physics.scanner import CylindricalScanner
 
 SCANNER = CylindricalScanner(name="mct-demo", n_crystals=96, n_rings=96, radius_mm=300.0,

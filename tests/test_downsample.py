@@ -12,13 +12,14 @@ import petsird
 import pytest
 
 from amdiff.errors import InputError
+from amdiff.listmode import header as petsird_header
 from amdiff.listmode import petsird_io as pio
 from amdiff.listmode.downsample import downsample, round_half_up
 from amdiff.physics.scanner import CylindricalScanner
 
 SCANNER = CylindricalScanner(name="ids", n_crystals=64, n_rings=64, radius_mm=300.0,
                              ring_pitch_mm=4.0, max_ring_difference=5, fov_radius_mm=250.0)
-HEADER = pio.make_header(SCANNER, subject_id="s", weight_kg=70.0, height_m=1.7,
+HEADER = petsird_header.make_header(SCANNER, subject_id="s", weight_kg=70.0, height_m=1.7,
                          injected_mbq=300.0, calibration_factor=1.0)
 
 

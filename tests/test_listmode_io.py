@@ -13,6 +13,7 @@ from petsird import _binary
 from petsird.helpers import get_detection_efficiency
 
 from amdiff.errors import InputError
+from amdiff.listmode import header as petsird_header
 from amdiff.listmode import petsird_io as pio
 from amdiff.levels import clinical_percent, level_fraction, level_name, parse_level_name
 from amdiff.physics.scanner import CylindricalScanner
@@ -25,7 +26,7 @@ ACQ = dict(subject_id="sub-007", weight_kg=70.3, height_m=1.72, injected_mbq=256
 
 
 def header(scanner=SCANNER):
-    return pio.make_header(scanner, **ACQ)
+    return petsird_header.make_header(scanner, **ACQ)
 
 
 def random_blocks(scanner, sizes, seed=0):
@@ -80,8 +81,8 @@ def test_header_round_trip_scanner_and_acquisition(tmp_path):
     assert pio.write_listmode(path, h, []) == 0
     back = pio.read_header(path)
     assert back == h
-    assert pio.scanner_from_header(back) == SCANNER          # 4.07 mm pitch survives float32
-    acq = pio.acquisition_from_header(back)
+    assert petsird_header.scanner_from_header(back) == SCANNER          # 4.07 mm pitch survives float32
+    acq = petsird_header.acquisition_from_header(back)
     assert acq == ACQ | {"height_m": 1.72}
     geom = back.scanner.scanner_geometry.replicated_modules[0]
     assert len(geom.transforms) == SCANNER.n_crystals
@@ -122,7 +123,7 @@ def test_detection_efficiency_is_calibration_on_lors_and_zero_elsewhere():
 def test_acceptance_derived_from_efficiencies_when_json_missing():
     h = header()
     h.scanner.detection_efficiencies.method_description = "measured"
-    derived = pio.scanner_from_header(h)
+    derived = petsird_header.scanner_from_header(h)
     assert derived.max_ring_difference == SCANNER.max_ring_difference
     assert derived.n_lors == SCANNER.n_lors
     for got, want in zip(derived.lor_detectors(), SCANNER.lor_detectors()):
@@ -132,15 +133,15 @@ def test_acceptance_derived_from_efficiencies_when_json_missing():
 def test_foreign_headers_raise_input_error(tmp_path):
     gen = pio.read_header(generator_file(tmp_path / "gen.petsird"))
     with pytest.raises(InputError, match="PETSIRD_TEST.*2 module types"):
-        pio.scanner_from_header(gen, source="gen.petsird")
+        petsird_header.scanner_from_header(gen, source="gen.petsird")
     h = header()
     h.scanner.scanner_geometry.replicated_modules[0].transforms[3].matrix[0, 3] = 5.0
     with pytest.raises(InputError, match="'tiny'.*rotations"):
-        pio.scanner_from_header(h)
+        petsird_header.scanner_from_header(h)
     h = header()
     h.exam = None
     with pytest.raises(InputError, match="radiopharmaceutical"):
-        pio.acquisition_from_header(h)
+        petsird_header.acquisition_from_header(h)
 
 
 # ---- events ----------------------------------------------------------------------------

@@ -158,7 +158,7 @@ def test_eta_is_activity_over_summed_line_integrals_of_the_calibration_cylinder(
 
 def test_too_few_counts_for_the_subsets_is_a_clear_error(tmp_path):
     """MLEM's zero is absorbing: 30 events over 8 subsets zero every voxel; say so."""
-    from amdiff.listmode.petsird_io import make_header
+    from amdiff.listmode.header import make_header
     rng = np.random.default_rng(0)
     lors = rng.choice(SCANNER.n_lors, size=30, replace=False)
     bin_a, bin_b = SCANNER.lor_detectors(lors)

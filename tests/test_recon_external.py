@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from amdiff.io.nifti import centered_affine, read_volume, write_volume
-from amdiff.listmode.petsird_io import acquisition_from_header, read_header
+from amdiff.listmode.header import acquisition_from_header
+from amdiff.listmode.petsird_io import read_header
 from amdiff.listmode.simulate import simulate_listmode
 from amdiff.physics.suv import concentration_to_suv
 from amdiff.physics.scanner import CylindricalScanner

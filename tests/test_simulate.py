@@ -9,8 +9,8 @@ import pytest
 from amdiff.errors import InputError
 from amdiff.io.nifti import centered_affine
 from amdiff.recon.histogram import histogram_blocks, histogram_listmode
-from amdiff.listmode.petsird_io import (EventBlock, acquisition_from_header, iter_event_blocks,
-                                        read_header, scanner_from_header)
+from amdiff.listmode.header import acquisition_from_header, scanner_from_header
+from amdiff.listmode.petsird_io import EventBlock, iter_event_blocks, read_header
 from amdiff.listmode.simulate import event_blocks, expected_counts, simulate_listmode
 from amdiff.physics.suv import suv_to_concentration
 from amdiff.physics.scanner import CylindricalScanner
@@ -156,7 +156,8 @@ def test_histogram_counts_and_reports_events_without_lor(tmp_path, caplog):
     assert hist.n_events == 5 and hist.n_without_lor == 2 and hist.n_counted == 3
     assert hist.counts[0] == 1 and hist.counts[5] == 2 and hist.counts.sum() == 3
 
-    from amdiff.listmode.petsird_io import make_header, write_listmode
+    from amdiff.listmode.header import make_header
+    from amdiff.listmode.petsird_io import write_listmode
     header = make_header(SCANNER, subject_id="x", weight_kg=70, height_m=1.7, injected_mbq=300,
                          calibration_factor=1.0)
     write_listmode(tmp_path / "x.petsird", header, blocks)

@@ -115,7 +115,8 @@ def simulate_listmode(path, suv, mu, affine, scanner: CylindricalScanner, acquis
     count_scale, background_fraction, psf_fwhm_mm. Returns dict(events, duration_s,
     calibration_factor, expected_trues, expected_background[, counts]).
     """
-    from amdiff.listmode.petsird_io import make_header, write_listmode
+    from amdiff.listmode.header import make_header
+    from amdiff.listmode.petsird_io import write_listmode
 
     model = expected_counts(suv, mu, affine, scanner, acquisition, weight_kg, device)
     ybar = model["trues"] + model["background"]

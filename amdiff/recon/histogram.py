@@ -5,7 +5,7 @@ transaxial FOV or beyond the maximum ring difference) are counted and reported a
 with the number lost, not silently dropped. A file with detector ids beyond its header's
 scanner gives no histogram: its reader raises InputError at the end of the stream
 (``petsird_io.RawReader``); recon refuses a list whose header describes another geometry
-than the configured one before reading events (``petsird_io.check_scanner``).
+than the configured one before reading events (``amdiff.listmode.header.check_scanner``).
 """
 
 from __future__ import annotations

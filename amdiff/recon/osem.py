@@ -138,8 +138,8 @@ def reconstruct_listmode(listmode_path, mu_path_or_array, affine, recon_cfg: dic
     The image grid is the mu-map's; its affine is written unchanged.
     """
     from amdiff.recon.histogram import histogram_listmode_info
-    from amdiff.listmode.petsird_io import (acquisition_from_header, check_scanner, read_header,
-                                            scanner_from_header)
+    from amdiff.listmode.header import acquisition_from_header, check_scanner, scanner_from_header
+    from amdiff.listmode.petsird_io import read_header
 
     listmode_path = Path(listmode_path)
     if not 0.0 < float(count_fraction) <= 1.0:
