@@ -1,9 +1,10 @@
-# Training: every AMDiff variant per training site. The job writes last.pt every epoch (not a
-# declared output), so a killed job resumes from it when re-run; best.pt is the best-validation
-# checkpoint that inference uses.
+# Training, per training site: train_diffusion trains every diffusion model (AMDiff, its
+# ablations, Med-DDPM and their seed replicates: one trainer), train_baseline the other
+# comparison models. A job writes last.pt every epoch (not a declared output), so a killed job
+# resumes from it when re-run; best.pt is the best-validation checkpoint that inference uses.
 
 
-rule train_amdiff:
+rule train_diffusion:
     input:
         manifest=f"{RESULTS}/manifest_{{train_site}}.tsv",
     output:

@@ -1,7 +1,7 @@
 """Faults during training: a job killed mid-epoch resumes, a damaged checkpoint stops with one line.
 
 The killed job is a real ``amdiff train`` process started with the command line of the Snakemake
-rule ``train_amdiff`` (read from rules/train.smk) and killed with SIGKILL, as a cluster scheduler
+rule ``train_diffusion`` (read from rules/train.smk) and killed with SIGKILL, as a cluster scheduler
 or the OOM killer would. Before re-running a job Snakemake deletes its declared outputs (best.pt,
 log.csv; ``Job.remove_existing_output``), and after a failed job it deletes them too; only the
 undeclared resume state (last.pt, resume_best.pt) survives. The tests do the same.
@@ -29,7 +29,7 @@ from amdiff.train.trainer import Trainer
 from tests.test_train import manifest  # noqa: F401  (module fixture: a 3-subject cohort)
 
 REPO = Path(__file__).resolve().parent.parent
-DECLARED = ("best.pt", "log.csv", "progress.png")                     # outputs of rule train_amdiff
+DECLARED = ("best.pt", "log.csv", "progress.png")                     # outputs of rule train_diffusion
 RESUME_STATE = ("last.pt", "resume_best.pt")          # undeclared: survive a Snakemake re-run
 EPOCHS = tt.CONFIG["training"]["epochs"]
 # more patches per epoch than test_train (4) so that an epoch lasts seconds and a kill lands in one
@@ -119,7 +119,7 @@ def job(manifest, tmp_path_factory, train_env):  # noqa: F811
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     def start(out: Path) -> Job:
-        argv = rule_argv("train_amdiff", CONFIG_FILE=config, **{
+        argv = rule_argv("train_diffusion", CONFIG_FILE=config, **{
             "input.manifest": manifest, "wildcards.train_site": "mct", "wildcards.model": "amdiff",
             "params.outdir": out, "threads": 1})
         return Job(argv, out, train_env)

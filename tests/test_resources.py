@@ -35,5 +35,5 @@ def test_the_training_rule_takes_its_resources_from_these_functions(repo, tmp_pa
                              "--printshellcmds", "results/models/amdiff/mct/best.pt"],
                             env=venv_env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    block = result.stdout.split("rule train_amdiff:", 1)[1].split("\n\n", 1)[0]
+    block = result.stdout.split("rule train_diffusion:", 1)[1].split("\n\n", 1)[0]
     assert "mem_mb=8000" in block and "runtime=120" in block, block

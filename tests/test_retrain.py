@@ -2,7 +2,7 @@
 
 Snakemake re-runs a training job when its params (the config sections) change, after deleting
 the declared outputs (best.pt, log.csv); the undeclared last.pt / resume_best.pt survive. The
-tests re-run ``amdiff train`` with the command line of rule ``train_amdiff`` (in this process,
+tests re-run ``amdiff train`` with the command line of rule ``train_diffusion`` (in this process,
 for speed) the same way: a changed weight setting must train from scratch with one log line, an
 unchanged or run-only setting must resume, and nothing may end in a traceback.
 """
@@ -56,8 +56,8 @@ def write_config(path: Path, changes: dict | None = None) -> Path:
 
 
 def rule_args(config: Path, manifest, out: Path) -> list[str]:  # noqa: F811
-    """Rule train_amdiff's command line for AMDiff on site mct, without the leading ``amdiff``."""
-    argv = rule_argv("train_amdiff", CONFIG_FILE=config, **{
+    """Rule train_diffusion's command line for AMDiff on site mct, without the leading ``amdiff``."""
+    argv = rule_argv("train_diffusion", CONFIG_FILE=config, **{
         "input.manifest": manifest, "wildcards.train_site": "mct", "wildcards.model": "amdiff",
         "params.outdir": out, "threads": 1})
     assert argv[0] == "amdiff"

@@ -224,7 +224,7 @@ def test_second_long_jobs_run_in_snakemake_instead_of_the_queue(repo, venv_env, 
     assert local <= set(counts), local - set(counts)
     assert {"evaluate_subject", "qc_subject", "subject_stats"} <= local
     heavy = {"phantom", "simulate_listmode", "downsample", "recon_highcount", "recon_lowcount", "organ_labels",
-             "train_amdiff", "train_baseline", "predict_amdiff", "predict_denoiser_baseline",
+             "train_diffusion", "train_baseline", "predict_amdiff", "predict_denoiser_baseline",
              "predict_segmenter_baseline", "tables", "figure_slices"}
     assert not heavy & local, heavy & local
     before = sum(n for rule, n in counts.items() if rule != "all")    # `all` runs nothing

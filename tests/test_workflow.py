@@ -245,7 +245,7 @@ def test_paper_config_plans_the_full_study(repo, venv_env, tmp_path):
     assert any(line.split()[:2] == ["recon_lowcount", str(195 * 3 + 29 * 2 + 10 + 10 * 3)] for line in out.splitlines())
     # AMDiff and its 5 ablations + Med-DDPM, and the five other comparison models, per training site;
     # predictions of every test image: mct 29x2 + vision 10x1 (mct models) + uexplorer 5x3
-    assert any(line.split()[:2] == ["train_amdiff", "14"] for line in out.splitlines())
+    assert any(line.split()[:2] == ["train_diffusion", "14"] for line in out.splitlines())
     assert any(line.split()[:2] == ["train_baseline", "10"] for line in out.splitlines())
     images = 29 * 2 + 10 + 5 * 3
     # the training-free rows: one FWHM fit per training site, both "models" on every test image
