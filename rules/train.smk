@@ -28,6 +28,9 @@ rule train_diffusion:
     wildcard_constraints:
         model=never(DIFFUSION_MODELS),
         train_site="|".join(TRAIN_SITES),
+    # before predictions that are ready: a training gates every job after it (Snakemake would
+    # otherwise prefer jobs with larger inputs and leave the last trainings to the end)
+    priority: 10
     conda:
         "../envs/learning.yaml"
     threads: TRAINING["threads"]
@@ -65,6 +68,9 @@ rule train_baseline:
     wildcard_constraints:
         model=never(OTHER_BASELINES),
         train_site="|".join(TRAIN_SITES),
+    # before predictions that are ready: a training gates every job after it (Snakemake would
+    # otherwise prefer jobs with larger inputs and leave the last trainings to the end)
+    priority: 10
     conda:
         "../envs/learning.yaml"
     threads: TRAINING["threads"]
