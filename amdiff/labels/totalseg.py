@@ -195,7 +195,8 @@ def _workers_from_a_fork_server():
     A child forked from a process whose torch thread pool is running can deadlock on a lock it
     inherited held (seen: a labels job hanging in futex_wait). For the duration of the call,
     workers start from a fresh fork server instead, which preloads nnU-Net's worker module so
-    each worker starts at the cost of a fork."""
+    each worker starts at the cost of a fork. The start method is restored afterwards; the
+    fork server's preload list stays set (it only matters to a later fork server)."""
     import multiprocessing
 
     before = multiprocessing.get_start_method(allow_none=True)
