@@ -369,6 +369,20 @@ def load_config(path: str | os.PathLike) -> dict:
     return validate_config(read_config(path), str(Path(path)))
 
 
+def site_config(config: dict, site: str, source) -> dict:
+    """``sites.<site>`` of a config; an unconfigured site is one-line InputError naming ``source``."""
+    if site not in config["sites"]:
+        raise InputError(source, f"site {site!r} is not configured (sites: {', '.join(config['sites'])})")
+    return config["sites"][site]
+
+
+def require_sections(config: dict, source, sections) -> None:
+    """One-line InputError naming ``source`` when the config lacks a section a command needs."""
+    missing = [s for s in sections if s not in config]
+    if missing:
+        raise InputError(source, f"config lacks the section(s) {', '.join(missing)} needed here")
+
+
 # A seed replicate of model M is the model "M_seedK" (K = 1, 2, ...): the same variant and
 # settings, trained with the seed derived from that name instead of from "M".
 _REPLICATE = re.compile(r"^(?P<base>.+)_seed(?P<k>[1-9][0-9]*)$")

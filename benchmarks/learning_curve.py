@@ -40,7 +40,7 @@ from amdiff.infer.predict import predict_volume
 from amdiff.io.atomic import atomic_path, write_text
 from amdiff.labels.totalseg import ORGAN_CLASSES
 from amdiff.provenance import config_sha256, git_state, machine, package_versions
-from amdiff.stages import model_of_checkpoint
+from amdiff.train.checkpoint import model_of_checkpoint
 from amdiff.train.checkpoint import load_checkpoint, load_weights
 
 ORGANS_SCORED = ("liver", "lung")

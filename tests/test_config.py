@@ -206,6 +206,26 @@ def _parser_default(parser, command: str, option: str):
     return next(a for a in sub._actions if option in a.option_strings).default
 
 
+def _parser_choices(parser, command: str, option: str):
+    sub = next(a for a in parser._actions if a.dest == "verb").choices[command]
+    return tuple(next(a for a in sub._actions if option in a.option_strings).choices)
+
+
+def test_cli_choices_mirror_the_library_and_the_schema():
+    """The command line names the NRMSE readings and run kinds without importing their homes
+    (building the parser stays fast and torch-free): they must be the same lists."""
+    from amdiff.cli import build_parser
+    from amdiff.config import _schema
+    from amdiff.evaluate.metrics import NRMSE_WHOLE_READINGS
+
+    parser = build_parser()
+    for verb in ("evaluate", "fit-gaussian"):
+        assert _parser_choices(parser, verb, "--nrmse-whole") == NRMSE_WHOLE_READINGS
+    run_kinds = tuple(_schema()["properties"]["run_kind"]["enum"])
+    for verb in ("tables", "figure-regression", "figure-slices", "figure-training", "study-checks"):
+        assert _parser_choices(parser, verb, "--run-kind") == run_kinds
+
+
 def test_cli_and_library_defaults_mirror_the_schema():
     """The schema is the home of every default; the CLI (kept free of the schema so that --help is
     fast) and the library functions repeat a few, and must say the same."""

@@ -1,8 +1,8 @@
 """The conda environments (`--sdm conda`): one per rule family, each holding what its rules import.
 
 Conda channels are not reachable here, so no environment is created in this test. Instead each
-rule's `amdiff` verb is followed through the source: the imports of the verb's handler in
-amdiff/stages.py and of the stages helpers it calls (lazy ones included), then, through every
+rule's `amdiff` verb is followed through the source: the imports of the verb's handler in its
+amdiff/commands/ module and of that module's helpers it calls (lazy ones included), then, through every
 amdiff module reached, the imports that loading that module runs. The third-party modules
 reached are mapped to their distributions, which must all be in the rule's environment file,
 at the version pyproject.toml pins. Not seen: a lazy import inside a library function (today
@@ -103,7 +103,14 @@ def is_module(name: str) -> bool:
         return False
 
 
-DISPATCH = {"amdiff.cli", "amdiff.stages", "amdiff.__main__"}
+def _command_modules() -> set[str]:
+    return {f"amdiff.commands.{p.stem}" for p in (REPO / "amdiff" / "commands").glob("*.py")
+            if p.stem not in ("__init__", "args")}
+
+
+# The command line: building the parser imports every stage's command module (whose handlers
+# import that stage's code lazily). A verb reaches only its own handler's imports: verb_modules.
+DISPATCH = {"amdiff.cli", "amdiff.__main__", "amdiff.commands", *_command_modules()}
 
 
 def third_party_modules(start: set[str]) -> set[str]:
@@ -122,34 +129,43 @@ def third_party_modules(start: set[str]) -> set[str]:
             continue
         origin = importlib.util.find_spec(name).origin
         tree = ast.parse(Path(origin).read_text())
-        # amdiff's own lazy imports are followed too, except back into the dispatch layer (cli's
-        # main imports stages, which imports every stage's code): verb_modules covers that
+        # amdiff's own lazy imports are followed too, except back into the command line (every
+        # command module's handlers): verb_modules covers the verb's own handler
         own_lazy = {n for n in imported_names(tree) if n.split(".")[0] == "amdiff"} - DISPATCH
         for sub in imported_names(tree, on_import_only=True) | own_lazy:
-            if is_module(sub):
+            if is_module(sub) and sub not in DISPATCH:
                 todo.append(sub)
     return outside
 
 
+def verb_handler(verb: str):
+    """The handler function the command line runs for ``verb``."""
+    from amdiff.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "verb").choices
+    assert verb in commands, f"amdiff has no verb {verb!r}"
+    return commands[verb].get_default("handler")
+
+
 def verb_modules(verb: str) -> set[str]:
-    """Modules a verb imports: the module-level imports of cli and stages, and the imports of the
-    handler and of the stages helpers it calls (cli's main imports stages, followed here)."""
-    stages = ast.parse((REPO / "amdiff" / "stages.py").read_text())
-    functions = {f.name: f for f in stages.body if isinstance(f, ast.FunctionDef)}
-    handler = verb.replace("-", "_")
-    assert handler in functions, f"no handler amdiff.stages.{handler} for verb {verb!r}"
-    todo, used = [handler], set()
+    """Modules a verb imports: the module-level imports of the command line (cli, and every
+    command module, which building the parser imports), and the imports of the verb's handler and
+    of the helpers of its module that it calls."""
+    handler = verb_handler(verb)
+    source = Path(importlib.util.find_spec(handler.__module__).origin)
+    tree = ast.parse(source.read_text())
+    functions = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+    todo, used = [handler.__name__], set()
     while todo:
         name = todo.pop()
         if name in used:
             continue
         used.add(name)
         todo += [n.id for n in ast.walk(functions[name]) if isinstance(n, ast.Name) and n.id in functions]
-    top_level = ast.Module(body=[s for s in stages.body if isinstance(s, (ast.Import, ast.ImportFrom))],
-                           type_ignores=[])
-    cli = ast.parse((REPO / "amdiff" / "cli.py").read_text())
-    cli_top = ast.Module(body=[s for s in cli.body if isinstance(s, (ast.Import, ast.ImportFrom))], type_ignores=[])
-    modules = imported_names(top_level) | imported_names(cli_top)
+    modules = set()
+    for module in ("amdiff.cli", "amdiff.commands", *_command_modules()):
+        module_tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+        modules |= imported_names(module_tree, on_import_only=True)
     for name in used:
         modules |= imported_names(functions[name])
     return modules - DISPATCH

@@ -59,14 +59,14 @@ def test_on_a_terminal_it_is_tqdm_and_disabled_it_says_nothing(records, monkeypa
 def test_the_cli_writes_timestamped_lines_without_carriage_returns(tmp_path):
     script = (
         "import logging\n"
-        "import amdiff.stages as stages\n"
+        "import amdiff.commands.workflow as workflow\n"
         "from amdiff.cli import main\n"
         "from amdiff.joblog import progress\n"
         "def fake(args):\n"
         "    logging.getLogger('amdiff.recon.osem').info('summary of %s', args.config)\n"
         "    for _ in progress(range(4), desc='demo', unit='item'):\n"
         "        pass\n"
-        "stages.check_config = fake\n"
+        "workflow.check_config = fake\n"
         "raise SystemExit(main(['check-config', 'some.yaml']))\n")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr

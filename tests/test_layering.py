@@ -20,7 +20,7 @@ FLOORS = (
     ("recon", "data", "models"),                                  # reconstruction, patches, networks
     ("train", "infer", "qc", "evaluate"),                         # training, inference, reports
     ("provenance", "config_table"),
-    ("stages",),                                                  # the verbs' handlers
+    ("commands",),                                                # the verbs, one module per stage
     ("cli",),                                                     # the command line
     ("__main__",),                                                # python -m amdiff
 )
@@ -69,6 +69,6 @@ def test_every_module_imports_only_from_lower_floors():
 
 def test_the_check_sees_imports_inside_functions(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text("def f():\n    from amdiff.stages import train\n    import amdiff.cli\n")
-    assert _imports(probe) == {"amdiff.stages", "amdiff.cli"}
-    assert FLOOR[_unit("amdiff.stages")] > FLOOR[_unit("amdiff.io.nifti")]
+    probe.write_text("def f():\n    from amdiff.commands.train import train\n    import amdiff.cli\n")
+    assert _imports(probe) == {"amdiff.commands.train", "amdiff.cli"}
+    assert FLOOR[_unit("amdiff.commands.train")] > FLOOR[_unit("amdiff.io.nifti")]

@@ -57,7 +57,7 @@ sys.exit(main(sys.argv[1:]))
 
 CHECKPOINT = PRELUDE + """
 import torch
-from amdiff import stages
+from amdiff.commands import train as train_commands
 from amdiff.train.checkpoint import save_checkpoint
 
 save = torch.save
@@ -68,7 +68,7 @@ torch.save = stalling_save
 
 def train(args):
     save_checkpoint(Path(args.out_dir) / "last.pt", {"epoch": 1, "weights": torch.zeros(1000)})
-stages.train = train
+train_commands.train = train
 sys.exit(main(sys.argv[1:]))
 """
 

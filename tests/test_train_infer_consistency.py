@@ -157,9 +157,9 @@ def test_inference_window_must_be_the_training_patch(tmp_path):
 
 
 def test_predict_refuses_windows_other_than_the_training_patches():
-    from amdiff.stages import _check_window
+    from amdiff.infer.predict import check_window
 
     state = {"config": {"training": {"patch_size": [32, 32, 32]}}}
-    _check_window(state, {"inference": {"patch_size": [32, 32, 32]}}, "best.pt")
+    check_window(state, {"inference": {"patch_size": [32, 32, 32]}}, "best.pt")
     with pytest.raises(InputError, match=r"best.pt.*trained on \[32, 32, 32\] patches"):
-        _check_window(state, {"inference": {"patch_size": [64, 64, 64]}}, "best.pt")
+        check_window(state, {"inference": {"patch_size": [64, 64, 64]}}, "best.pt")

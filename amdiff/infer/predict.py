@@ -25,7 +25,18 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from amdiff.diffusion.samplers import sample
+from amdiff.errors import InputError
 from amdiff.models.amdiff import AMDiff
+
+
+def check_window(state: dict, config: dict, checkpoint) -> None:
+    """Inference windows must be the patches the model trained on (same normalisation statistics):
+    one-line InputError naming the checkpoint otherwise."""
+    trained = ((state.get("config") or {}).get("training") or {}).get("patch_size")
+    window = config["inference"]["patch_size"]
+    if trained is not None and list(trained) != list(window):
+        raise InputError(checkpoint, f"trained on {list(trained)} patches, but inference.patch_size is "
+                                     f"{list(window)}; set it to the training patch size")
 
 
 @dataclass

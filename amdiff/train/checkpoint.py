@@ -100,3 +100,48 @@ def load_weights(model: torch.nn.Module, state_dict: dict, source,
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
         raise InputError(source, f"its weights do not fit {network}: {few([first], width=200)}") from None
+
+
+def model_of_checkpoint(state: dict, path):
+    """(network, variant name) that a checkpoint's weights belong to, built from what it records:
+    its ``kind``, ``variant`` and the ``config`` (AMDiff variants, Med-DDPM) or ``baseline_kwargs``
+    (comparison models) it was trained with. A record that is missing or names no known model
+    raises one-line InputError naming the checkpoint."""
+    import copy
+
+    from amdiff.config import fill_defaults
+    from amdiff.contracts import VARIANTS
+    from amdiff.models.amdiff import build_model
+    from amdiff.models.baselines import NAMES, get
+
+    kind, variant = state.get("kind", "amdiff"), state.get("variant")
+    if kind not in ("amdiff", "baseline"):
+        raise InputError(path, f"records the unknown kind {kind!r} (amdiff or baseline); not a checkpoint "
+                               "of amdiff train")
+    if not isinstance(variant, str) or not variant:
+        raise InputError(path, "does not record its model ('variant'); not a checkpoint of amdiff train")
+    known = NAMES if kind == "baseline" else tuple(VARIANTS)
+    if variant not in known:
+        raise InputError(path, f"records the unknown model {variant!r} (known {kind} models: {few(known, 8)})")
+    if kind == "baseline":
+        kwargs = state.get("baseline_kwargs")
+        if not isinstance(kwargs, dict):
+            raise InputError(path, f"does not record the settings of its {variant} network "
+                                   "('baseline_kwargs')")
+        build = lambda: get(variant).build(**kwargs)   # noqa: E731
+    else:
+        cfg = state.get("config")
+        lacking = [k for k in ("models", "diffusion") if not isinstance((cfg or {}).get(k), dict)]
+        if not isinstance(cfg, dict) or lacking:
+            raise InputError(path, f"does not record the config its {variant} network was trained with "
+                                   f"(lacks {', '.join(lacking) if isinstance(cfg, dict) else 'config'})")
+        # a checkpoint written before a key had its schema default may lack it: fill it in, as
+        # validation fills the config of a run
+        cfg = fill_defaults(copy.deepcopy(cfg))
+        build = lambda: build_model(variant, cfg)   # noqa: E731
+    try:
+        return build(), variant
+    except (KeyError, TypeError, ValueError) as exc:
+        detail = few([" ".join(str(exc).split())], width=160)
+        raise InputError(path, f"its recorded settings do not build a {variant} network "
+                               f"({type(exc).__name__}: {detail})") from None

@@ -1,0 +1,101 @@
+"""What the verbs' command lines share: argument types, NAME=PATH pairs, the run-kind options.
+
+Import-light on purpose (argparse and amdiff.levels only): every verb module registers its
+arguments from here when the parser is built, also in the torch-free evaluation environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from amdiff.errors import InputError
+
+
+def percent(text: str) -> float:
+    """A percent of the full list in (0, 100] (the rule of a count level's name)."""
+    from amdiff.levels import percent_decimal
+
+    try:
+        value = float(text)
+        percent_decimal(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a percent in (0, 100], got {text!r}") from None
+    return value
+
+
+def count_levels(text: str) -> list[float]:
+    """Comma-separated percents, each level once."""
+    try:
+        levels = [percent(v) for v in text.split(",") if v.strip()]
+    except argparse.ArgumentTypeError:
+        levels = []
+    if not levels:
+        raise argparse.ArgumentTypeError("count levels must be comma-separated percents in "
+                                         f"(0, 100], got {text!r}")
+    from amdiff.levels import level_name
+
+    names = [level_name(v) for v in levels]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:   # one list per level: a repeated level would silently become one output
+        raise argparse.ArgumentTypeError(f"count level {twice[0]} is given twice in {text!r}")
+    return levels
+
+
+def natural(text: str) -> int:
+    """A non-negative integer (a seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def positive(text: str) -> int:
+    """A positive integer (a number of realizations)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def fwhm_grid(text: str) -> list[float]:
+    """Comma-separated FWHMs in mm, none negative."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"FWHM grid must be comma-separated mm, none negative, got {text!r}")
+    return values
+
+
+def pairs(items) -> dict:
+    """NAME=PATH arguments; a malformed one is bad input (one line), not a traceback."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise InputError("command line", f"expected NAME=PATH, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key] = value
+    return out
+
+
+def add_run_kind(p: argparse.ArgumentParser) -> None:
+    """--budget and --run-kind: a demo run's outputs say they come from an untrained smoke test."""
+    p.add_argument("--budget", default=None, help="training budget TSV (amdiff training-budget)")
+    # the config's run_kind values (amdiff/schemas/config.schema.yaml; not imported: keeps --help fast)
+    p.add_argument("--run-kind", choices=("demo", "study", "paper"), default="study",
+                   help="demo: mark every output as an untrained smoke test (needs --budget)")
+
+
+def set_torch_threads(n) -> None:
+    """torch's intra-op threads (None or 0: torch's default)."""
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))

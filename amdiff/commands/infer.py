@@ -1,0 +1,73 @@
+"""The predict verb: denoise and segment one low-count image with a trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from amdiff.commands.args import set_torch_threads
+from amdiff.errors import InputError
+from amdiff.io.atomic import refuse_overwriting_inputs
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="denoise and segment low-count images with a trained model")
+    p.add_argument("--config", required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--lc", required=True, help="low-count PET in SUV")
+    p.add_argument("--denoised", default=None, help="Med-DDPM output (comparison segmenters' second input)")
+    p.add_argument("--subject", required=True, help="case id; with the level it seeds the sampler")
+    p.add_argument("--level", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(handler=predict)
+
+
+def predict(args) -> None:
+    """Write denoised.nii.gz (SUV), lesion.nii.gz, organs.nii.gz (and uncertainty.nii.gz)."""
+    import numpy as np
+
+    from amdiff.config import derived_seed, load_config, require_sections
+    from amdiff.infer.predict import check_window, predict_volume
+    from amdiff.io.nifti import check_same_grid, read_volume, write_volume
+    from amdiff.train.base import device_of
+    from amdiff.train.checkpoint import load_checkpoint, load_weights, model_of_checkpoint
+
+    out = Path(args.out_dir)
+    refuse_overwriting_inputs([args.config, args.checkpoint, args.lc, args.denoised],
+                              [out / f"{name}.nii.gz"
+                               for name in ("denoised", "lesion", "organs", "uncertainty")])
+    config = load_config(args.config)
+    require_sections(config, args.config, ("inference",))
+    device = device_of(args.device or config["inference"]["device"],
+                       "--device" if args.device else "inference.device")
+    set_torch_threads(args.threads)
+    state = load_checkpoint(args.checkpoint)
+    check_window(state, config, args.checkpoint)
+    lc = read_volume(args.lc, "suv")
+    # the network is rebuilt exactly as it was trained, from what the checkpoint records
+    model, variant = model_of_checkpoint(state, args.checkpoint)
+    load_weights(model, state["model"], args.checkpoint,   # a mismatch: one line naming the file
+                 network=f"the {variant} network rebuilt from the settings it records")
+    if state.get("kind") == "baseline":
+        from amdiff.infer.predict import predict_baseline
+        from amdiff.models.baselines import SEGMENTERS
+
+        denoised = None
+        if variant in SEGMENTERS:
+            if not args.denoised:
+                raise InputError(args.checkpoint, f"{variant} needs --denoised (the Med-DDPM output)")
+            den = read_volume(args.denoised, "suv")
+            check_same_grid(lc, den)
+            denoised = den.data
+        pred = predict_baseline(model.to(device), lc.data, config["inference"], denoised, device=device)
+    else:
+        seed = derived_seed(config["seed"], "predict", args.subject, args.level)
+        pred = predict_volume(model.to(device), lc.data, config["inference"], seed, device=device, progress=True)
+    if not (state.get("kind") == "baseline" and pred.lesion is not None):
+        write_volume(out / "denoised.nii.gz", pred.denoised, lc.affine)
+    if pred.lesion is not None:   # denoiser-only models (med_ddpm) write no masks
+        write_volume(out / "lesion.nii.gz", pred.lesion, lc.affine, dtype=np.uint8)
+        write_volume(out / "organs.nii.gz", pred.organs, lc.affine, dtype=np.uint8)
+    if pred.uncertainty is not None:
+        write_volume(out / "uncertainty.nii.gz", pred.uncertainty, lc.affine)
