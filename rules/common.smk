@@ -2,6 +2,7 @@
 # the rule files hold rules only (one section per rule file below).
 
 import json
+import os
 import re
 import shlex
 import sys
@@ -36,22 +37,30 @@ except InputError as _err:
 RESULTS = config["results_dir"]
 
 
-def amdiff_command():
-    """How every rule's shell command calls the package.
-
-    The interpreter that runs Snakemake, as ``<python> -m amdiff``: a job then finds the package
-    whether or not the virtual environment is activated (PATH plays no part). With
+def call_amdiff_through_this_interpreter():
+    """Every rule's shell command calls ``amdiff <verb>``; this makes ``amdiff`` the package of the
+    interpreter that runs Snakemake (a shell function in front of each command running
+    ``<python> -m amdiff``), so a job finds it whether or not the virtual environment is activated:
+    PATH plays no part, and the Snakefile itself imports amdiff, so that interpreter has it. With
     ``--sdm conda`` each job runs in its rule's environment, whose ``amdiff`` comes first on PATH.
+
+    A shell prefix rather than a param: the interpreter's path as a param would re-run every job
+    when the environment moves, and as a global in the commands it is an undeclared input
+    (``snakemake --lint``).
     """
     from snakemake.settings.types import DeploymentMethod
 
+    # what Snakemake puts in front of every command when it runs them with bash
+    strict = "set -euo pipefail; " if os.path.basename(shell.get_executable() or "") == "bash" else ""
     methods = getattr(getattr(workflow, "deployment_settings", None), "deployment_method", ()) or ()
     if DeploymentMethod.CONDA in methods:
-        return "amdiff"
-    return f"{shlex.quote(sys.executable)} -m amdiff"
+        return
+    # shell.prefix formats its text like a command: braces doubled
+    python = shlex.quote(sys.executable).replace("{", "{{").replace("}", "}}")
+    shell.prefix(f'{strict}amdiff() {{{{ {python} -m amdiff "$@"; }}}}; ')
 
 
-AMDIFF = amdiff_command()
+call_amdiff_through_this_interpreter()
 
 # The merged config (config files plus --config overrides) that the `amdiff` verbs read, written
 # by onstart below; its hash is a param of the provenance rule, so a changed config re-runs it.

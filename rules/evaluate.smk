@@ -40,7 +40,7 @@ rule evaluate_subject:
         # the whole-image NRMSE's reading (evaluation.nrmse_whole)
         nrmse_whole=config["evaluation"]["nrmse_whole"],
     shell:
-        "{AMDIFF} evaluate --model {wildcards.model} --site {wildcards.site} --subject {wildcards.subject}"
+        "amdiff evaluate --model {wildcards.model} --site {wildcards.site} --subject {wildcards.subject}"
         " --hc {input.hc:q} --lesion {input.lesion:q} --organs {input.organs:q} --ct {input.ct:q}"
         " --nrmse-whole {params.nrmse_whole} --outputs {params.outputs}"
         " {params.images} --standard-count-percent {params.standard} {params.lesion_match}"
@@ -66,7 +66,7 @@ rule collect_metrics:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{AMDIFF} collect-metrics --out {output:q} {input:q} > {log:q} 2>&1"
+        "amdiff collect-metrics --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule study_checks:
@@ -99,7 +99,7 @@ rule study_checks:
     params:
         run_kind=run_kind(config),
     shell:
-        "{AMDIFF} study-checks --metrics {input.metrics:q} --budget {input.budget:q} --run-kind {params.run_kind}"
+        "amdiff study-checks --metrics {input.metrics:q} --budget {input.budget:q} --run-kind {params.run_kind}"
         " --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
@@ -135,7 +135,7 @@ rule seed_variance:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{AMDIFF} seed-variance --config {CONFIG_FILE:q} --metrics {input:q}"
+        "amdiff seed-variance --config {CONFIG_FILE:q} --metrics {input:q}"
         " --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
@@ -165,13 +165,13 @@ rule tables:
         mem_mb=2000,
         runtime=30,
     params:
-        out_dir=f"{REPORTS}/tables",
+        out_dir=lambda w, output: os.path.dirname(output[0]),
         seed=config["seed"],
         # site=path words, each shell-quoted (the rule leaves the param unquoted)
         fits=" ".join(shlex.quote(f"{site}={path}") for site, path in gaussian_fits().items()),
         run_kind=run_kind(config),
     shell:
-        "{AMDIFF} tables --metrics {input.metrics:q} --gaussian-fit {params.fits} --out-dir {params.out_dir:q}"
+        "amdiff tables --metrics {input.metrics:q} --gaussian-fit {params.fits} --out-dir {params.out_dir:q}"
         " --seed {params.seed} --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
 
 
@@ -205,7 +205,7 @@ rule figure_regression:
         models=" ".join(VARIANTS),
         run_kind=run_kind(config),
     shell:
-        "{AMDIFF} figure-regression --metrics {input.metrics:q} --models {params.models}"
+        "amdiff figure-regression --metrics {input.metrics:q} --models {params.models}"
         " --png {output.png:q} --pdf {output.pdf:q} --stats {output.stats:q}"
         " --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
 
@@ -239,10 +239,12 @@ rule figure_slices:
         runtime=10,
     params:
         models=" ".join(VARIANTS + BASELINES),
-        prefix=f"{REPORTS}/figures",
+        # the results folder its images are read from (path contract), that of the pooled metrics
+        results=lambda w, input: os.path.dirname(os.path.dirname(input.metrics)),
+        prefix=lambda w, output: os.path.dirname(output[0]),
         run_kind=run_kind(config),
     shell:
-        "{AMDIFF} figure-slices --metrics {input.metrics:q} --results {RESULTS:q} --site {wildcards.site}"
+        "amdiff figure-slices --metrics {input.metrics:q} --results {params.results:q} --site {wildcards.site}"
         " --models {params.models} --out-dir {params.prefix:q}"
         " --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
 
@@ -271,7 +273,7 @@ rule figure_training:
         logs=lambda w, input: " ".join(shlex.quote(f"{name}={input[name]}") for name in training_logs()),
         run_kind=run_kind(config),
     shell:
-        "{AMDIFF} figure-training --log {params.logs} --png {output.png:q} --pdf {output.pdf:q}"
+        "amdiff figure-training --log {params.logs} --png {output.png:q} --pdf {output.pdf:q}"
         " --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
 
 
@@ -297,4 +299,4 @@ rule training_budget:
         logs=lambda w, input: " ".join(shlex.quote(f"{name}={input[name]}") for name in training_logs()),
     shell:
         # patches per epoch and batch size: the config the models trained with (a change re-trains them)
-        "{AMDIFF} training-budget --config {CONFIG_FILE:q} --log {params.logs} --out {output:q} > {log:q} 2>&1"
+        "amdiff training-budget --config {CONFIG_FILE:q} --log {params.logs} --out {output:q} > {log:q} 2>&1"

@@ -31,5 +31,5 @@ rule organ_labels:
         ts=("--fast " if LABELS["totalsegmentator"]["fast"] else "")
         + f"--device {LABELS['totalsegmentator']['device']}",
     shell:
-        "{AMDIFF} labels --method {params.method} --ct {input.ct:q} {params.source} {params.ts}"
+        "amdiff labels --method {params.method} --ct {input.ct:q} {params.source} {params.ts}"
         " --out {output:q} > {log:q} 2>&1"

@@ -24,13 +24,13 @@ rule simulate_listmode:
         # the split picks sites.<site>.acquisition_by_split (e.g. mCT Group II test scans)
         split=lambda w: subject_of(w)["split"],
     shell:
-        "{AMDIFF} simulate --config {CONFIG_FILE:q} --site {wildcards.site} --subject {wildcards.subject}"
+        "amdiff simulate --config {CONFIG_FILE:q} --site {wildcards.site} --subject {wildcards.subject}"
         " --split {params.split} --suv {input.suv:q} --mumap {input.mumap:q} {params.body}"
         " --out {output.listmode:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
-# The number of low-count lists depends on the subject's split, so the rule declares
-# counts.json as its output; the lists beside it are written in the same atomic step.
+# The number of low-count lists depends on the subject's split, so the rule declares the folder
+# that holds them (one list per level and realization) and counts.json (the events of each).
 
 
 rule downsample:
@@ -38,6 +38,7 @@ rule downsample:
         full_listmode,
     output:
         counts=f"{RESULTS}/{{site}}/{{subject}}/listmode/counts.json",
+        lists=directory(f"{RESULTS}/{{site}}/{{subject}}/listmode/lowcount"),
     log:
         "logs/downsample/{site}/{subject}.log",
     benchmark:
@@ -52,7 +53,6 @@ rule downsample:
         levels=lambda w: ",".join(f"{p:g}" for p in count_levels(config, w.site, subject_of(w)["split"])),
         realizations=lambda w: config["sites"][w.site]["realizations"],
         seed=lambda w: derived_seed(config["seed"], "downsample", w.site, w.subject),
-        outdir=lambda w: f"{subject_dir(w.site, w.subject)}/listmode",
     shell:
-        "{AMDIFF} downsample --input {input:q} --levels {params.levels} --realizations {params.realizations}"
-        " --seed {params.seed} --outdir {params.outdir:q} --counts {output.counts:q} > {log:q} 2>&1"
+        "amdiff downsample --input {input:q} --levels {params.levels} --realizations {params.realizations}"
+        " --seed {params.seed} --outdir {output.lists:q} --counts {output.counts:q} > {log:q} 2>&1"

@@ -13,7 +13,7 @@ rule import_ct:
     conda:
         "../envs/data.yaml"
     shell:
-        "{AMDIFF} import-image --kind ct --input {input:q} --out {output:q} > {log:q} 2>&1"
+        "amdiff import-image --kind ct --input {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule import_lesion:
@@ -28,7 +28,7 @@ rule import_lesion:
     conda:
         "../envs/data.yaml"
     shell:
-        "{AMDIFF} import-image --kind labels --input {input.mask:q} --reference {input.reference:q}"
+        "amdiff import-image --kind labels --input {input.mask:q} --reference {input.reference:q}"
         " --out {output:q} > {log:q} 2>&1"
 
 
@@ -46,7 +46,7 @@ rule mumap_from_ct:
         mem_mb=2000,
         runtime=5,
     shell:
-        "{AMDIFF} mumap --ct {input:q} --out {output:q} > {log:q} 2>&1"
+        "amdiff mumap --ct {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule import_highcount:
@@ -63,7 +63,7 @@ rule import_highcount:
     conda:
         "../envs/data.yaml"
     shell:
-        "{AMDIFF} import-image --kind suv --input {input.image:q} --reference {input.reference:q}"
+        "amdiff import-image --kind suv --input {input.image:q} --reference {input.reference:q}"
         " --out {output:q} > {log:q} 2>&1"
 
 
@@ -81,5 +81,5 @@ rule import_lowcount:
     conda:
         "../envs/data.yaml"
     shell:
-        "{AMDIFF} import-image --kind suv --input {input.image:q} --reference {input.reference:q}"
+        "amdiff import-image --kind suv --input {input.image:q} --reference {input.reference:q}"
         " --out {output:q} > {log:q} 2>&1"

@@ -25,6 +25,7 @@ rule phantom:
         site=site_json,
         phantom=json.dumps(config["phantom"]),
         seed=config["seed"],
+        outdir=lambda w, output: os.path.dirname(output.meta),
     shell:
-        "{AMDIFF} phantom --config {CONFIG_FILE:q} --site {wildcards.site} --subject {wildcards.subject}"
-        " --outdir {RESULTS:q}/{wildcards.site}/{wildcards.subject} > {log:q} 2>&1"
+        "amdiff phantom --config {CONFIG_FILE:q} --site {wildcards.site} --subject {wildcards.subject}"
+        " --outdir {params.outdir:q} > {log:q} 2>&1"

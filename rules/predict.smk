@@ -1,6 +1,8 @@
 # Inference: every trained variant predicts every test subject at every count level of the
 # sites it is evaluated on (training.train_sites), writing the denoised SUV image, the lesion
-# mask and the organ label map on the input's grid.
+# mask and the organ label map on the input's grid. What a model writes differs (AMDiff: all
+# three; a denoiser: the image; a segmenter: the masks, from the image and the Med-DDPM output),
+# so each kind has its rule; the two baseline rules are predict_amdiff with other files.
 
 
 rule predict_amdiff:
@@ -25,39 +27,21 @@ rule predict_amdiff:
     params:
         inference=json.dumps(INFERENCE),
         outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
+        second_input="",
     shell:
-        "{AMDIFF} predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
-        " --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
+        "amdiff predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
+        "{params.second_input} --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
         " --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 
-rule predict_denoiser_baseline:
-    input:
-        model=lambda w: f"{RESULTS}/models/{w.model}/{TRAINED_ON[w.site]}/best.pt",
-        lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
+use rule predict_amdiff as predict_denoiser_baseline with:
     output:
         denoised=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",
-    log:
-        "logs/predict/{model}/{site}/{subject}/{level}_r{real}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/predict/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
     wildcard_constraints:
         model=never(DENOISER_BASELINES + REPLICATES.get("med_ddpm", [])),
-    conda:
-        "../envs/learning.yaml"
-    threads: 1
-    resources:
-        **network_resources("predict", INFERENCE["device"]),
-    params:
-        inference=json.dumps(INFERENCE),
-        outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
-    shell:
-        "{AMDIFF} predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
-        " --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
-        " --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 
-rule predict_segmenter_baseline:
+use rule predict_amdiff as predict_segmenter_baseline with:
     # Input: I_LC and the Med-DDPM output for the same image (paper Sec. 4.2).
     input:
         model=lambda w: f"{RESULTS}/models/{w.model}/{TRAINED_ON[w.site]}/best.pt",
@@ -66,49 +50,14 @@ rule predict_segmenter_baseline:
     output:
         lesion=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/lesion.nii.gz",
         organs=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/organs.nii.gz",
-    log:
-        "logs/predict/{model}/{site}/{subject}/{level}_r{real}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/predict/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
     wildcard_constraints:
         model=never(COMPARISON_SEGMENTERS),
-    conda:
-        "../envs/learning.yaml"
-    threads: 1
-    resources:
-        **network_resources("predict", INFERENCE["device"]),
     params:
-        inference=json.dumps(INFERENCE),
-        outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
-    shell:
-        "{AMDIFF} predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
-        " --denoised {input.denoised:q} --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
-        " --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
-
-
-rule predict_lowcount_input:
-    # the input itself as a "denoised" image: FWHM 0 writes its voxels unchanged
-    input:
-        lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
-    output:
-        denoised=f"{RESULTS}/predictions/lowcount_input/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",
-    log:
-        "logs/predict/lowcount_input/{site}/{subject}/{level}_r{real}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/predict/lowcount_input/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
-    conda:
-        "../envs/evaluate.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    params:
-        outdir=lambda w: f"{RESULTS}/predictions/lowcount_input/{w.site}/{w.subject}/{w.level}_r{w.real}",
-    shell:
-        "{AMDIFF} gaussian-filter --lc {input.lc:q} --fwhm-mm 0 --out-dir {params.outdir:q} > {log:q} 2>&1"
+        second_input=lambda w, input: f" --denoised {shlex.quote(input.denoised)}",
 
 
 rule predict_gaussian_filter:
+    # the training-free row: the low-count image smoothed by the FWHM fitted on validation images
     input:
         fit=lambda w: f"{RESULTS}/models/gaussian_filter/{TRAINED_ON[w.site]}/fit.json",
         lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
@@ -126,5 +75,24 @@ rule predict_gaussian_filter:
         runtime=10,
     params:
         outdir=lambda w: f"{RESULTS}/predictions/gaussian_filter/{w.site}/{w.subject}/{w.level}_r{w.real}",
+        fwhm=lambda w, input: f"--fit {shlex.quote(input.fit)}",
     shell:
-        "{AMDIFF} gaussian-filter --lc {input.lc:q} --fit {input.fit:q} --out-dir {params.outdir:q} > {log:q} 2>&1"
+        "amdiff gaussian-filter --lc {input.lc:q} {params.fwhm} --out-dir {params.outdir:q} > {log:q} 2>&1"
+
+
+use rule predict_gaussian_filter as predict_lowcount_input with:
+    # the input itself as a "denoised" image: FWHM 0 writes its voxels unchanged
+    input:
+        lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
+    output:
+        denoised=f"{RESULTS}/predictions/lowcount_input/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",
+    log:
+        "logs/predict/lowcount_input/{site}/{subject}/{level}_r{real}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict/lowcount_input/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        outdir=lambda w: f"{RESULTS}/predictions/lowcount_input/{w.site}/{w.subject}/{w.level}_r{w.real}",
+        fwhm="--fwhm-mm 0",

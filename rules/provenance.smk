@@ -25,5 +25,5 @@ rule provenance:
         benchmarks=f"{RESULTS}/benchmarks",
         source=workflow.basedir,
     shell:
-        "{AMDIFF} provenance --config {params.config:q} --benchmarks {params.benchmarks:q}"
+        "amdiff provenance --config {params.config:q} --benchmarks {params.benchmarks:q}"
         " --source-dir {params.source:q} --out {output:q} > {log:q} 2>&1"

@@ -40,7 +40,7 @@ rule qc_subject:
         # name=path words, each shell-quoted (the rule leaves the param unquoted)
         lc=lambda w, input: " ".join(shlex.quote(f"{name}={input[name]}") for name in lc_images(w)),
     shell:
-        "{AMDIFF} qc --hc {input.hc:q} --lc {params.lc} --lesion {input.lesion:q} --organs {input.organs:q}"
+        "amdiff qc --hc {input.hc:q} --lc {params.lc} --lesion {input.lesion:q} --organs {input.organs:q}"
         " --title '{wildcards.site} {wildcards.subject}' --out {output:q} > {log:q} 2>&1"
 
 
@@ -63,7 +63,7 @@ rule subject_stats:
             f"--{k} {shlex.quote(str(input[k]))}" for k in ("acquisition", "counts") if k in input.keys()
         ),
     shell:
-        "{AMDIFF} subject-stats --site {wildcards.site} --subject {wildcards.subject} --split {params.split}"
+        "amdiff subject-stats --site {wildcards.site} --subject {wildcards.subject} --split {params.split}"
         " --hc {input.hc:q} --lesion {input.lesion:q} {params.extra} --out {output:q} > {log:q} 2>&1"
 
 
@@ -86,7 +86,7 @@ rule cohort_summary:
         mem_mb=1000,
         runtime=5,
     shell:
-        "{AMDIFF} summary {input:q} --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
+        "amdiff summary {input:q} --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
 rule manifest:
@@ -103,7 +103,7 @@ rule manifest:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{AMDIFF} manifest --config {CONFIG_FILE:q} --out {output:q} --validate > {log:q} 2>&1"
+        "amdiff manifest --config {CONFIG_FILE:q} --out {output:q} --validate > {log:q} 2>&1"
 
 
 # What one site's models train on: its train and validation subjects only, so a broken test
@@ -128,5 +128,5 @@ rule training_manifest:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{AMDIFF} manifest --config {CONFIG_FILE:q} --site {wildcards.train_site} --splits train,val"
+        "amdiff manifest --config {CONFIG_FILE:q} --site {wildcards.train_site} --splits train,val"
         " --out {output:q} --validate > {log:q} 2>&1"

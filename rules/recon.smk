@@ -23,13 +23,13 @@ rule recon_highcount:
     params:
         site=site_json,
     shell:
-        "{AMDIFF} recon --config {CONFIG_FILE:q} --site {wildcards.site} --listmode {input.listmode:q}"
+        "amdiff recon --config {CONFIG_FILE:q} --site {wildcards.site} --listmode {input.listmode:q}"
         " --mumap {input.mumap:q} --count-percent 100 --out {output:q} > {log:q} 2>&1"
 
 
 rule recon_lowcount:
     input:
-        counts=f"{RESULTS}/{{site}}/{{subject}}/listmode/counts.json",
+        lists=f"{RESULTS}/{{site}}/{{subject}}/listmode/lowcount",
         mumap=f"{RESULTS}/{{site}}/{{subject}}/mumap.nii.gz",
     output:
         f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
@@ -46,9 +46,9 @@ rule recon_lowcount:
         **job_resources(4000, 60),
         gpu=recon_resources,
     params:
-        listmode=lambda w: f"{subject_dir(w.site, w.subject)}/listmode/{w.level}_r{w.real}.petsird",
+        listmode=lambda w, input: f"{input.lists}/{w.level}_r{w.real}.petsird",
         percent=lambda w: percent_of(w.level),
         site=site_json,
     shell:
-        "{AMDIFF} recon --config {CONFIG_FILE:q} --site {wildcards.site} --listmode {params.listmode:q}"
+        "amdiff recon --config {CONFIG_FILE:q} --site {wildcards.site} --listmode {params.listmode:q}"
         " --mumap {input.mumap:q} --count-percent {params.percent} --out {output:q} > {log:q} 2>&1"

@@ -40,7 +40,7 @@ rule train_diffusion:
         training=amdiff_params,
         outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
     shell:
-        "{AMDIFF} train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
+        "amdiff train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
         " --variant {wildcards.model} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -84,7 +84,7 @@ rule train_baseline:
             f"--denoiser-checkpoint {shlex.quote(str(input.denoiser))}" if "denoiser" in input.keys() else ""
         ),
     shell:
-        "{AMDIFF} train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
+        "amdiff train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
         " --variant {wildcards.model} {params.denoiser} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -113,5 +113,5 @@ rule fit_gaussian_filter:
         # the criterion reads the whole-image NRMSE as the evaluation does
         nrmse_whole=config["evaluation"]["nrmse_whole"],
     shell:
-        "{AMDIFF} fit-gaussian --manifest {input.manifest:q} --site {wildcards.train_site} --fwhm-grid {params.grid}"
+        "amdiff fit-gaussian --manifest {input.manifest:q} --site {wildcards.train_site} --fwhm-grid {params.grid}"
         " --nrmse-whole {params.nrmse_whole} --out {output:q} > {log:q} 2>&1"

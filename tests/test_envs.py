@@ -53,7 +53,7 @@ def rule_envs_and_verbs() -> dict[str, tuple[str, str]]:
             if not head:
                 continue
             env = re.search(r'conda:\s*\n\s*"\.\./envs/([\w-]+\.yaml)"', block)
-            verb = re.search(r'"\{AMDIFF\} ([\w-]+)', block)
+            verb = re.search(r'"amdiff ([\w-]+)', block)
             assert env and verb, f"{smk.name}: rule {head.group(1)} lacks a conda env or an amdiff verb"
             found[head.group(1)] = (env.group(1), verb.group(1))
     return found

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -255,19 +256,36 @@ def test_paper_config_plans_the_full_study(repo, venv_env, tmp_path):
         assert any(line.split()[:2] == [rule, str(models * images)] for line in out.splitlines()), rule
 
 
+def _venv_at_an_odd_path(root: Path) -> str:
+    """This venv's interpreter seen from a folder whose name a shell must quote (space, braces,
+    quote): a symlinked bin/python, lib and pyvenv.cfg. The interpreter itself where this runs
+    outside a venv."""
+    venv = Path(sys.prefix)
+    if not (venv / "pyvenv.cfg").is_file():
+        return sys.executable
+    odd = root / "a venv {here}'s"
+    (odd / "bin").mkdir(parents=True)
+    (odd / "bin" / "python").symlink_to(sys.executable)
+    (odd / "lib").symlink_to(venv / "lib")
+    shutil.copy(venv / "pyvenv.cfg", odd / "pyvenv.cfg")
+    return str(odd / "bin" / "python")
+
+
 def test_jobs_find_the_package_when_the_environment_is_not_activated(repo, tmp_path):
     """`.venv/bin/snakemake` without activating the venv: no `amdiff` on PATH, yet the jobs run,
-    because the rules call the package through the interpreter that runs Snakemake."""
+    because the rules call the package through the interpreter that runs Snakemake, also where
+    that interpreter's path needs quoting."""
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env.update(PATH="/usr/bin:/bin", OMP_NUM_THREADS="1")
     assert shutil.which("amdiff", path=env["PATH"]) is None
+    python = _venv_at_an_odd_path(tmp_path / "env")
     target = "results/mct/mct001/phantom.json"
-    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"),
-                             "--directory", str(tmp_path), "--configfile", str(repo / ".test/config/config.yaml"),
+    result = subprocess.run([python, "-m", "snakemake", "-s", str(repo / "Snakefile"),
+                             "--directory", str(tmp_path / "run"), "--configfile", str(repo / ".test/config/config.yaml"),
                              "--cores", "1", target], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((tmp_path / target).read_text())
-    assert f"{sys.executable} -m amdiff phantom" in result.stdout + result.stderr
+    assert json.loads((tmp_path / "run" / target).read_text())
+    assert "Shell command: amdiff phantom" in result.stdout + result.stderr
 
 
 def test_bad_config_key_stops_with_one_line(repo, venv_env, tmp_path):
