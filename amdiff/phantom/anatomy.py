@@ -290,11 +290,29 @@ class AnatomyBuilder:
 
     # ------------------------------------------------------------------ build
     def build(self) -> Anatomy:
-        f, body = self.f, self.body
+        """Every structure in painting order (later ones paint over earlier ones), the lesion
+        host regions and node stations, and the fitting record."""
         S: list[Structure] = []
-        add = S.append
+        outer = self._outline(S)
+        cavity = self._cavity(S)
+        lungs, liver = self._trunk_organs(S, cavity)
+        bone_hosts = self._skeleton(S)
+        self._head(S)
+        hosts = {
+            "lung": [("lung_left", lungs["lung_left"], "lung"),
+                     ("lung_right", lungs["lung_right"], "lung")],
+            "liver": [("liver", liver, "liver")],
+            "bone": bone_hosts,
+        }
+        body_all = Union(*outer)
+        return Anatomy(structures=S, hosts=hosts, stations=self._node_stations(outer, cavity, body_all),
+                       body=body_all, meta=self._meta())
 
-        # 1. skin outline filled with subcutaneous fat; 2. breasts; 3. lean body (muscle).
+    def _outline(self, S: list) -> list[Shape]:
+        """1. skin outline filled with subcutaneous fat; 2. breasts; 3. lean body (muscle).
+        Returns the outer tubes (torso, neck, head, then limbs)."""
+        f, body = self.f, self.body
+        add = S.append
         outer = self._outer_tubes(f, self.arms)
         torso_o, neck_o, head = outer[:3]
         for i, sh in enumerate(outer):
@@ -332,7 +350,12 @@ class AnatomyBuilder:
                 delt = Ellipsoid(f.p(side * (xa - 18) / f.sx, -10, 1382), f.ax(48, 50, 42))
                 add(Structure("deltoid", delt, "muscle", MUSCLE, avoid=False))
 
-        # 4. body cavity (visceral soft tissue) and psoas muscles.
+        return outer
+
+    def _cavity(self, S: list) -> Shape:
+        """4. body cavity (visceral soft tissue) and psoas muscles. Returns the cavity."""
+        f = self.f
+        add = S.append
         cavity = self.cavity_tube()
         add(Structure("cavity", cavity, "soft", avoid=False))
         for side in (-1, 1):
@@ -340,7 +363,13 @@ class AnatomyBuilder:
                    f.p(side * 56, -12, 960), f.p(side * 66, 18, 900), f.p(side * 70, 34, 865)]
             add(Structure("psoas", Tube(pts, 15.0 * f.sx), "muscle", MUSCLE, avoid=False))
 
-        # 5. thorax: diaphragm domes, heart, aorta, airway, lungs.
+        return cavity
+
+    def _trunk_organs(self, S: list, cavity: Shape) -> tuple[dict, Shape]:
+        """5. thorax: diaphragm domes, heart, aorta, airway, lungs; 6. abdomen and pelvis organs.
+        Returns the lungs and the liver (lesion hosts)."""
+        f, body = self.f, self.body
+        add = S.append
         jb = self._jit("heart")
         dome_r = Ellipsoid(f.p(-50, 5, 1045), f.ax(128, 108, 135))
         dome_l = Ellipsoid(f.p(50, 5, 1030), f.ax(128, 108, 130))
@@ -422,7 +451,17 @@ class AnatomyBuilder:
             add(Structure("renal_pelvis", pel, "renal_urine", KIDNEY))
         add(Structure("bladder", bladder, "urine"))
 
-        # 7. skeleton.
+        return lungs, liver
+
+    def _skeleton(self, S: list) -> list[tuple[str, Shape, str]]:
+        """7. skeleton: spine and ribs, shoulder girdle, pelvis and femurs, arm bones. Returns the
+        bones that host lesions (name, shape, tissue)."""
+        return self._spine(S) + self._shoulder_girdle(S) + self._pelvis(S) + self._arm_bones(S)
+
+    def _spine(self, S: list) -> list[tuple[str, Shape, str]]:
+        """Vertebrae (body, arch, spinous and transverse processes), ribs, spinal canal."""
+        f = self.f
+        add = S.append
         bone_hosts: list[tuple[str, Shape, str]] = []
         jbone = self._jit("bone")["scale"]
         canal_pts = []
@@ -463,7 +502,13 @@ class AnatomyBuilder:
         canal_pts = [canal_pts[0] + f.ax(0, 0, 20)] + canal_pts
         add(Structure("spinal_canal", Tube(canal_pts, 7.0 * f.sx), "cord"))
 
-        # sternum (three tubes make it ~30 mm wide and ~16 mm thick), clavicles, scapulae.
+        return bone_hosts
+
+    def _shoulder_girdle(self, S: list) -> list[tuple[str, Shape, str]]:
+        """Sternum (three tubes make it ~30 mm wide and ~16 mm thick), clavicles, scapulae."""
+        f = self.f
+        add = S.append
+        bone_hosts: list[tuple[str, Shape, str]] = []
         st_h = np.array([1382, 1340, 1290, 1240, 1198])
         for dx in (-7.0, 0.0, 7.0):
             pts = [f.p(dx, self.cavity_at(h)[1] + self.cavity_at(h)[2] + 7.0, h) for h in st_h]
@@ -479,7 +524,13 @@ class AnatomyBuilder:
                              rotation_matrix(0, 0, ang))
             add(Structure("scapula", scap, "bone_mixed", BONE))
 
-        # pelvis and proximal femurs.
+        return bone_hosts
+
+    def _pelvis(self, S: list) -> list[tuple[str, Shape, str]]:
+        """Iliac wings, pubic rings, acetabula, sacrum and proximal femurs."""
+        f = self.f
+        add = S.append
+        bone_hosts: list[tuple[str, Shape, str]] = []
         for side in (-1, 1):
             wing = Ellipsoid(f.p(side * 80, -15, 995), f.ax(9, 57, 50),
                              rotation_matrix(0, 0, -side * 37.7))
@@ -507,6 +558,13 @@ class AnatomyBuilder:
             canal = [f.p(side * 119.3, -3.6, 850), f.p(side * 100, 8, 560)]
             add(Structure("femur_canal", Tube(canal, 7.0 * f.sx), "yellow_marrow", BONE))
 
+        return bone_hosts
+
+    def _arm_bones(self, S: list) -> list[tuple[str, Shape, str]]:
+        """Humeri and forearm bones, where the arms are in the field."""
+        f = self.f
+        add = S.append
+        bone_hosts: list[tuple[str, Shape, str]] = []
         if self.arms:
             xa = self._arm_x(f) / f.sx
             for side in (-1, 1):
@@ -521,7 +579,12 @@ class AnatomyBuilder:
                     fa = [f.p(side * xa + dx, 2, 1062), f.p(side * xa + dx * 1.2, 10, 825)]
                     add(Structure("forearm_bone", Tube(fa, 7.0 * f.sx), "cortical", BONE))
 
-        # 8. head: brain (grey shell, white core, deep nuclei), skull vault and base, mandible.
+        return bone_hosts
+
+    def _head(self, S: list) -> None:
+        """8. head: brain (grey shell, white core, deep nuclei), skull vault and base, mandible."""
+        f = self.f
+        add = S.append
         jbr = self._jit("brain")
         bc = f.p(0, 5, 1620) + jbr["shift"]
         bax = f.ax(65, 80, 58) * jbr["scale"]
@@ -541,14 +604,11 @@ class AnatomyBuilder:
                 f.p(24, 62, 1486), f.p(44, 30, 1500), f.p(46, -12, 1532)]
         add(Structure("mandible", Tube(mand, 7.0 * f.sx), "cortical", BONE))
 
-        # lesion host regions and node stations.
-        hosts = {
-            "lung": [("lung_left", lungs["lung_left"], "lung"),
-                     ("lung_right", lungs["lung_right"], "lung")],
-            "liver": [("liver", liver, "liver")],
-            "bone": bone_hosts,
-        }
-        body_all = Union(*outer)
+
+    def _node_stations(self, outer: list[Shape], cavity: Shape, body_all: Shape) -> dict:
+        """Regions where nodal and soft-tissue lesions are placed."""
+        f, sp = self.f, self.spine_y
+        torso_o, neck_o = outer[0], outer[1]
         ab_lo, ab_hi = f.z(905), f.z(1085)
         stations = {
             "node_mediastinal": [Ellipsoid(f.p(0, 6, 1305), f.ax(34, 40, 52))],
@@ -562,7 +622,12 @@ class AnatomyBuilder:
             "soft_tissue": [Intersection(cavity, HalfSpace([0, 0, -1], [0, 0, ab_lo]),
                                          HalfSpace([0, 0, 1], [0, 0, ab_hi]))],
         }
-        meta = {
+        return stations
+
+    def _meta(self) -> dict:
+        """How the body was fitted to the grid."""
+        f = self.f
+        return {
             "placement": self.placement,
             "arms": "sides" if self.arms else "none",
             "xy_fit_scale": round(self.xy_fit_scale, 4),
@@ -573,7 +638,6 @@ class AnatomyBuilder:
             "fov_height_range_mm": [round(float(-self.grid.half_extent_mm[2] - self.z0), 1),
                                     round(float(self.grid.half_extent_mm[2] - self.z0), 1)],
         }
-        return Anatomy(structures=S, hosts=hosts, stations=stations, body=body_all, meta=meta)
 
     def _rib(self, S, n: int, hc: float, rx: float, yb: float) -> None:
         """Rib n runs from the costovertebral joint round the cavity wall, dropping anteriorly."""
