@@ -5,6 +5,13 @@ format stores every CoincidenceEvent as three LEB128 varints (bin, bin, tof_idx)
 lists are decoded and encoded with vectorised numpy on petsird's own buffered stream
 (header and rare time-block types still go through petsird's serializers). Tests check
 the result against petsird's reader and writer byte for byte and event for event.
+
+That fast path relies on petsird's private internals (its stream's buffer fields, the
+serializers' field layout, the order of the time-block types), verified for petsird
+``VERIFIED_PETSIRD``. Before first use, ``fast_path_problem`` checks the installed version
+and round-trips one block of every time-block type through both paths; where either differs,
+``RawReader`` and ``RawWriter`` use petsird's own reader and writer instead (slower, correct),
+and one log line says why.
 Detector ids beyond the header's scanner are corrupt data, refused by every reader
 (``RawReader``); ``amdiff.listmode.header.check_scanner`` refuses a list whose geometry is
 not the configured one.
@@ -13,6 +20,11 @@ not the configured one.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.metadata
+import io
+import logging
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +40,9 @@ from amdiff.io.atomic import atomic_path
 from amdiff.io.files import check_input_file
 
 _MAX_VARINT_BYTES = 5             # uint32
+log = logging.getLogger(__name__)
+# the petsird release whose internals the fast reader and writer were written and tested against
+VERIFIED_PETSIRD = "0.12.0"
 
 
 @dataclass
@@ -256,16 +271,18 @@ class RawReader:
     stream ends, ``time_blocks()`` raises one InputError with their count and the first one.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, fast: bool | None = None):
         self.path = Path(path)
+        self.fast = use_fast_path() if fast is None else fast
         _check_file(self.path)
         self._size = self.path.stat().st_size
         self._file = open(self.path, "rb")
         try:
             self._reader = petsird.BinaryPETSIRDReader(self._file)
             self.header = self._reader.read_header()
-            stream = self._reader._stream
-            self._header_end = self._file.tell() - (stream._last_read_count - stream._offset)
+            if self.fast:
+                stream = self._reader._stream
+                self._header_end = self._file.tell() - (stream._last_read_count - stream._offset)
         except RuntimeError as err:
             self._file.close()
             if "schema" in str(err):
@@ -282,7 +299,11 @@ class RawReader:
             raise
 
     def header_bytes(self) -> bytes:
-        """The file's bytes up to the time blocks (magic, schema, header), for copying."""
+        """The file's bytes up to the time blocks (magic, schema, header), for copying. Without
+        the fast path: the header serialised again by petsird, the same bytes for a file
+        written with this schema."""
+        if not self.fast:
+            return _serialised_header(self.header)
         with open(self.path, "rb") as f:
             return f.read(self._header_end)
 
@@ -296,24 +317,13 @@ class RawReader:
         self.close()
 
     def time_blocks(self) -> Iterator:
-        stream = self._reader._stream
         check = _BinCheck(self._n_bins)
-        index = 0
         try:
-            while (count := stream.read_unsigned_varint()) > 0:
-                for _ in range(count):
-                    tag = stream.read_byte()
-                    if tag == _EVENT_TAG:
-                        block = _read_event_block(stream, self._size)
-                        check.add("prompt", block.prompts, index)
-                        check.add("delayed", block.delayeds, index)
-                        yield block
-                    elif tag < len(_TIME_BLOCK_CASES):
-                        case_type, serializer = _TIME_BLOCK_CASES[tag]
-                        yield case_type(serializer.read(stream))
-                    else:
-                        raise ValueError(f"unknown time-block type {tag}")
-                    index += 1
+            for index, block in enumerate(self._blocks()):
+                if isinstance(block, RawEventBlock):
+                    check.add("prompt", block.prompts, index)
+                    check.add("delayed", block.delayeds, index)
+                yield block
         except InputError:
             raise
         except Exception as err:
@@ -321,6 +331,24 @@ class RawReader:
         # after the whole stream, so that the error counts every bad event
         if (error := check.error(self.path)) is not None:
             raise error
+
+    def _blocks(self) -> Iterator:
+        if not self.fast:
+            for block in self._reader.read_time_blocks():
+                yield (_raw_event_block(block.value) if isinstance(block, petsird.TimeBlock.EventTimeBlock)
+                       else block)
+            return
+        stream = self._reader._stream
+        while (count := stream.read_unsigned_varint()) > 0:
+            for _ in range(count):
+                tag = stream.read_byte()
+                if tag == _EVENT_TAG:
+                    yield _read_event_block(stream, self._size)
+                elif tag < len(_TIME_BLOCK_CASES):
+                    case_type, serializer = _TIME_BLOCK_CASES[tag]
+                    yield case_type(serializer.read(stream))
+                else:
+                    raise ValueError(f"unknown time-block type {tag}")
 
 
 class RawWriter:
@@ -332,8 +360,16 @@ class RawWriter:
     """
 
     def __init__(self, path, header: petsird.Header | None = None, *,
-                 header_bytes: bytes | None = None):
+                 header_bytes: bytes | None = None, fast: bool | None = None):
+        self.fast = use_fast_path() if fast is None else fast
         self._file = open(path, "wb")
+        if not self.fast:
+            if header_bytes is not None:
+                header = petsird.BinaryPETSIRDReader(io.BytesIO(header_bytes)).read_header()
+            self._writer = petsird.BinaryPETSIRDWriter(self._file)
+            self._writer.write_header(header)
+            self._blocks_written = False
+            return
         self._stream = _binary.CodedOutputStream(self._file, buffer_size=1 << 20)
         if header_bytes is not None:
             self._stream.write_bytes(header_bytes)
@@ -347,6 +383,10 @@ class RawWriter:
                           delayeds: list = ()) -> None:
         if not 0 <= start_ms <= stop_ms < 2 ** 32:
             raise ValueError(f"bad time interval [{start_ms}, {stop_ms}] ms")
+        if not self.fast:
+            self._write_library_block(petsird.TimeBlock.EventTimeBlock(
+                _library_event_block(start_ms, stop_ms, prompts, delayeds)))
+            return
         # chunk of 1 item, union tag, interval, no singles; all of these are varints
         head = [1, _EVENT_TAG, start_ms, stop_ms, 0]
         for matrix in (prompts, delayeds):
@@ -366,15 +406,161 @@ class RawWriter:
         self._stream.write_bytes(memoryview(encode_varints(values)))
 
     def write_time_block(self, block: petsird.TimeBlock) -> None:
+        if not self.fast:
+            self._write_library_block(block)
+            return
         self._stream.write_unsigned_varint(1)
         _TIME_BLOCK.write(self._stream, block)
 
+    def _write_library_block(self, block: petsird.TimeBlock) -> None:
+        self._writer.write_time_blocks([block])   # one block per stream chunk, as the fast path
+        self._blocks_written = True
+
     def close(self) -> None:
         try:
+            if not self.fast:
+                if not self._blocks_written:      # petsird's writer needs the (empty) stream
+                    self._writer.write_time_blocks([])
+                self._writer.close()
+                return
             self._stream.write_unsigned_varint(0)                   # end of the stream
             self._stream.flush()
         finally:
             self._file.close()
+
+
+# ---------------------------------------------------------------------------------------
+# petsird's own reader and writer: the fallback, and the reference the fast path is probed on
+# ---------------------------------------------------------------------------------------
+def _event_array(events) -> np.ndarray:
+    """petsird CoincidenceEvents as (n, 3) uint32 [bin_1, bin_2, tof_idx]."""
+    out = np.zeros((len(events), 3), dtype=np.uint32)
+    for k, e in enumerate(events):
+        out[k] = (e.detection_bins[0], e.detection_bins[1], e.tof_idx)
+    return out
+
+
+def _raw_event_block(block: petsird.EventTimeBlock) -> RawEventBlock:
+    def nonempty(x):
+        return any(nonempty(y) for y in x) if isinstance(x, list) else True
+    return RawEventBlock(
+        block.time_interval.start, block.time_interval.stop,
+        [[_event_array(ev) for ev in row] for row in block.prompt_events],
+        [[_event_array(ev) for ev in row] for row in block.delayed_events],
+        nonempty(block.single_events) or nonempty(block.triple_events)
+        or nonempty(block.quadruple_events))
+
+
+def _library_event_block(start_ms: int, stop_ms: int, prompts, delayeds) -> petsird.EventTimeBlock:
+    def events(matrix):
+        return [[[petsird.CoincidenceEvent(detection_bins=[int(a), int(b)], tof_idx=int(t))
+                  for a, b, t in np.asarray(ev).reshape(-1, 3)] for ev in row] for row in matrix]
+    return petsird.EventTimeBlock(time_interval=petsird.TimeInterval(start=int(start_ms), stop=int(stop_ms)),
+                                  prompt_events=events(prompts), delayed_events=events(delayeds))
+
+
+def _serialised_header(header: petsird.Header) -> bytes:
+    """What petsird's writer puts before the time blocks (magic, schema, header)."""
+    buf = io.BytesIO()
+    writer = petsird.BinaryPETSIRDWriter(buf)
+    writer.write_header(header)
+    writer.write_time_blocks([])
+    writer.close()
+    return buf.getvalue()[:-1]           # less the end-of-stream marker of the empty stream
+
+
+def _probe_blocks() -> list:
+    """One block of every time-block type, with values that need multi-byte varints."""
+    tv = petsird.TimeInterval
+    coincidence = petsird.CoincidenceEvent
+    return [
+        petsird.TimeBlock.EventTimeBlock(petsird.EventTimeBlock(
+            time_interval=tv(start=5, stop=300),
+            prompt_events=[[[coincidence(detection_bins=[300, 2], tof_idx=3),
+                             coincidence(detection_bins=[130, 129], tof_idx=0)]]],
+            delayed_events=[[[coincidence(detection_bins=[7, 1], tof_idx=0)]]])),
+        petsird.TimeBlock.ExternalSignalTimeBlock(petsird.ExternalSignalTimeBlock(
+            time_interval=tv(start=300, stop=301), signal_id=3,
+            signal_values=[1.5, -2.0])),   # float32-exact
+        petsird.TimeBlock.BedMovementTimeBlock(petsird.BedMovementTimeBlock(time_interval=tv(start=301, stop=302))),
+        petsird.TimeBlock.GantryMovementTimeBlock(petsird.GantryMovementTimeBlock(time_interval=tv(start=302, stop=303))),
+        petsird.TimeBlock.DeadTimeTimeBlock(petsird.DeadTimeTimeBlock(time_interval=tv(start=303, stop=304))),
+        petsird.TimeBlock.SinglesHistogramTimeBlock(petsird.SinglesHistogramTimeBlock(
+            time_interval=tv(start=304, stop=400))),
+    ]
+
+
+def _probe(folder: Path) -> str | None:
+    """Round-trip one block of every time-block type between petsird's writer and the fast
+    reader, and the fast writer and petsird's bytes; what differs, or None."""
+    from amdiff.listmode.header import make_header
+    from amdiff.physics.scanner import CylindricalScanner
+
+    scanner = CylindricalScanner.from_config({
+        "name": "probe", "n_crystals": 32, "n_rings": 16, "radius_mm": 300.0, "ring_pitch_mm": 4.0,
+        "max_ring_difference": 15, "fov_radius_mm": 250.0})
+    header = make_header(scanner, subject_id="probe", weight_kg=70.0, height_m=1.75,
+                         injected_mbq=300.0, calibration_factor=1.0)
+    blocks = _probe_blocks()
+    reference = folder / "reference.petsird"
+    with open(reference, "wb") as f:
+        writer = petsird.BinaryPETSIRDWriter(f)
+        writer.write_header(header)
+        for block in blocks:
+            writer.write_time_blocks([block])
+        writer.close()
+    with RawReader(reference, fast=True) as reader:
+        if _serialised_header(reader.header) != _serialised_header(header):
+            return "the fast reader reads another header than petsird wrote"
+        got = list(reader.time_blocks())
+        header_bytes = reader.header_bytes()
+    expected = [_raw_event_block(b.value) if isinstance(b, petsird.TimeBlock.EventTimeBlock) else b
+                for b in blocks]
+    for k, (ours, theirs) in enumerate(zip(got, expected)):
+        same = (type(ours) is type(theirs)) and (
+            repr(ours) == repr(theirs) if not isinstance(ours, RawEventBlock) else
+            (ours.start_ms, ours.stop_ms) == (theirs.start_ms, theirs.stop_ms)
+            and all(np.array_equal(a, b) for m, n in ((ours.prompts, theirs.prompts), (ours.delayeds, theirs.delayeds))
+                    for r, q in zip(m, n) for a, b in zip(r, q)))
+        if not same:
+            return f"the fast reader reads time block {k} ({type(theirs).__name__}) differently"
+    if len(got) != len(expected):
+        return f"the fast reader reads {len(got)} time blocks of {len(expected)}"
+    ours_path = folder / "fast.petsird"
+    writer = RawWriter(ours_path, header_bytes=header_bytes, fast=True)
+    for block, raw in zip(blocks, expected):
+        if isinstance(raw, RawEventBlock):
+            writer.write_event_block(raw.start_ms, raw.stop_ms, raw.prompts, raw.delayeds)
+        else:
+            writer.write_time_block(block)
+    writer.close()
+    if ours_path.read_bytes() != reference.read_bytes():
+        return "the fast writer's bytes differ from petsird's"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def fast_path_problem() -> str | None:
+    """Why the fast reader and writer cannot be used with the installed petsird (a version
+    other than VERIFIED_PETSIRD, or a failed round trip), or None when they can."""
+    installed = importlib.metadata.version("petsird")
+    if installed != VERIFIED_PETSIRD:
+        return f"petsird {installed} is installed, the fast list-mode path was verified with {VERIFIED_PETSIRD}"
+    try:
+        with tempfile.TemporaryDirectory(prefix="amdiff-petsird-probe-") as folder:
+            return _probe(Path(folder))
+    except Exception as err:   # internals renamed or moved: that is the answer too
+        return f"the fast list-mode path's layout check failed ({type(err).__name__}: {err})"
+
+
+@functools.lru_cache(maxsize=None)
+def use_fast_path() -> bool:
+    """True when the fast path agrees with petsird; otherwise logs, once, why petsird's own
+    (slower) reader and writer are used."""
+    problem = fast_path_problem()
+    if problem is not None:
+        log.warning("%s; using petsird's own reader and writer (slower, correct)", problem)
+    return problem is None
 
 
 # ---------------------------------------------------------------------------------------
