@@ -36,6 +36,7 @@ report: "reports/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/config.smk"
 include: "rules/phantom.smk"
 
 

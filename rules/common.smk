@@ -62,36 +62,61 @@ def call_amdiff_through_this_interpreter():
 
 call_amdiff_through_this_interpreter()
 
-# The merged config (config files plus --config overrides) that the `amdiff` verbs read, written
-# by onstart below; its hash is a param of the provenance rule, so a changed config re-runs it.
-CONFIG_FILE = f"{RESULTS}/.effective_config.yaml"
+# The merged config (config files plus --config overrides) that the `amdiff` verbs read, one copy
+# per config scope: {CONFIG_DIR}/{scope}.yaml, written by rule job_config (rules/config.smk) when
+# the settings of its scope change. A job takes its scope's file as input, so it re-runs exactly
+# when the settings it uses change, and the rule graph shows the dependency.
+CONFIG_DIR = f"{RESULTS}/config"
 CONFIG_SHA256 = config_sha256(config)
 
 
-def write_effective_config():
-    """Write CONFIG_FILE (atomically) unless it already holds this config.
-
-    Rewritten only when its content changes, so file times stay stable between runs; rules
-    also carry their site's settings as params, so a changed setting re-runs its jobs.
-    """
-    import os
-
+def effective_config_text():
+    """A scope file's content: the whole merged config as YAML, keys sorted. A job reads only its
+    scope's settings from it; the rest is the config as it was when the scope last changed."""
     import yaml
 
-    text = yaml.safe_dump(dict(config), sort_keys=True)
-    if not os.path.exists(CONFIG_FILE) or open(CONFIG_FILE).read() != text:
-        os.makedirs(RESULTS, exist_ok=True)
-        tmp = f"{CONFIG_FILE}.tmp{os.getpid()}"
-        with open(tmp, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, CONFIG_FILE)
+    return yaml.safe_dump(dict(config), sort_keys=True)
 
 
-# Written when jobs are about to run, not while the Snakefile is parsed: a dry run (-n),
-# --list-rules or --lint must write nothing, and Snakemake runs onstart in none of them.
-# Jobs only name CONFIG_FILE in their shell commands, so the DAG never needs the file.
-onstart:
-    write_effective_config()
+def config_of(scope):
+    """The config file of ``scope`` (a string, or a function of the wildcards giving one)."""
+    if callable(scope):
+        return lambda w: f"{CONFIG_DIR}/{scope(w)}.yaml"
+    return f"{CONFIG_DIR}/{scope}.yaml"
+
+
+def scope_settings(scope):
+    """The settings a scope's jobs use, as JSON: rule job_config rewrites the scope's file when
+    they change. Scopes: phantom_<site>, acquisition_<site> (list-mode simulation), recon_<site>,
+    cohort (manifests), diffusion_<model> (AMDiff's variants, Med-DDPM), baselines (comparison
+    models), inference, training (its budget), seed_replicates, all (provenance)."""
+    kind, _, name = scope.partition("_")
+    site = config["sites"].get(name, {}) if kind in ("phantom", "acquisition", "recon") else None
+    if kind == "phantom":
+        settings = {"image": site["image"], "phantom": config["phantom"], "seed": config["seed"]}
+    elif kind == "acquisition":
+        keys = ("scanner", "acquisition", "acquisition_by_split")
+        settings = {**{k: site.get(k) for k in keys}, "seed": config["seed"]}
+    elif kind == "recon":
+        # the flat randoms+scatter fraction of the acquisition is part of the system model
+        settings = {
+            "recon": site["recon"],
+            "scanner": site["scanner"],
+            "background_fraction": site["acquisition"]["background_fraction"],
+        }
+    elif scope == "cohort":
+        settings = {"cohort": config["cohort"], "results_dir": RESULTS}
+    elif kind == "diffusion":
+        settings = diffusion_settings(name)
+    elif scope == "baselines":
+        settings = {k: config.get(k) for k in ("training", "baselines", "inference")}
+    elif scope in ("inference", "training", "seed_replicates"):
+        settings = config.get(scope)
+    elif scope == "all":
+        settings = CONFIG_SHA256
+    else:
+        raise ValueError(f"unknown config scope {scope!r}")
+    return json.dumps(settings, sort_keys=True)
 
 
 def _load_subjects():
@@ -164,10 +189,6 @@ def percent_of(level):
     from amdiff.levels import parse_level_name
 
     return parse_level_name(level)
-
-
-def site_json(wildcards):
-    return json.dumps(config["sites"][wildcards.site])
 
 
 def data_targets():
@@ -279,18 +300,17 @@ def training_device():
     return TRAINING["device"]
 
 
-def amdiff_params(wildcards):
-    """The settings that determine a diffusion model's weights, as JSON (a change re-runs it).
+def diffusion_settings(model):
+    """The settings that determine a diffusion model's weights (its config scope).
 
     Med-DDPM's own SUV cutoff (baselines.med_ddpm.suv_cutoff) counts for med_ddpm only, so
-    lifting it does not re-train AMDiff and its ablations; left unset, the params are those of
-    before the key existed, so existing results are not re-run.
+    lifting it does not re-train AMDiff and its ablations.
     """
     sections = {k: config[k] for k in ("models", "training", "diffusion")}
     own = ((config.get("baselines") or {}).get("med_ddpm") or {}).get("suv_cutoff")
-    if replicate_base(wildcards.model) == "med_ddpm" and own is not None:
+    if replicate_base(model) == "med_ddpm" and own is not None:
         sections["med_ddpm"] = {"suv_cutoff": own}
-    return json.dumps(sections)
+    return sections
 
 
 def baseline_inputs(wildcards):

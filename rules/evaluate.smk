@@ -107,7 +107,8 @@ rule seed_variance:
     # the reference model (first of seed_replicates.models) against each other one, with the
     # spread between training seeds (amdiff.evaluate.seeds)
     input:
-        [
+        config=f"{CONFIG_DIR}/seed_replicates.yaml",
+        metrics=[
             f"{RESULTS}/metrics/cases/{name}/{site}/{subject}.tsv"
             for model, names in REPLICATES.items()
             for name in [model, *names]
@@ -135,7 +136,7 @@ rule seed_variance:
         mem_mb=2000,
         runtime=10,
     shell:
-        "amdiff seed-variance --config {CONFIG_FILE:q} --metrics {input:q}"
+        "amdiff seed-variance --config {input.config:q} --metrics {input.metrics:q}"
         " --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
@@ -280,6 +281,7 @@ rule figure_training:
 rule training_budget:
     input:
         **training_logs(),
+        config=f"{CONFIG_DIR}/training.yaml",
     output:
         report(
             BUDGET,
@@ -299,4 +301,4 @@ rule training_budget:
         logs=lambda w, input: " ".join(shlex.quote(f"{name}={input[name]}") for name in training_logs()),
     shell:
         # patches per epoch and batch size: the config the models trained with (a change re-trains them)
-        "amdiff training-budget --config {CONFIG_FILE:q} --log {params.logs} --out {output:q} > {log:q} 2>&1"
+        "amdiff training-budget --config {input.config:q} --log {params.logs} --out {output:q} > {log:q} 2>&1"

@@ -4,6 +4,7 @@
 rule simulate_listmode:
     input:
         unpack(simulate_inputs),
+        config=f"{CONFIG_DIR}/acquisition_{{site}}.yaml",
     output:
         listmode=f"{RESULTS}/{{site}}/{{subject}}/listmode/full.petsird",
         summary=f"{RESULTS}/{{site}}/{{subject}}/listmode/acquisition.json",
@@ -19,12 +20,11 @@ rule simulate_listmode:
     resources:
         **job_resources(4000, 60),
     params:
-        site=site_json,
         body=body_size,
         # the split picks sites.<site>.acquisition_by_split (e.g. mCT Group II test scans)
         split=lambda w: subject_of(w)["split"],
     shell:
-        "amdiff simulate --config {CONFIG_FILE:q} --site {wildcards.site} --subject {wildcards.subject}"
+        "amdiff simulate --config {input.config:q} --site {wildcards.site} --subject {wildcards.subject}"
         " --split {params.split} --suv {input.suv:q} --mumap {input.mumap:q} {params.body}"
         " --out {output.listmode:q} --summary {output.summary:q} > {log:q} 2>&1"
 

@@ -2,6 +2,8 @@
 
 
 rule phantom:
+    input:
+        config=f"{CONFIG_DIR}/phantom_{{site}}.yaml",
     output:
         suv=f"{RESULTS}/{{site}}/{{subject}}/truth_suv.nii.gz",
         ct=f"{RESULTS}/{{site}}/{{subject}}/ct.nii.gz",
@@ -22,10 +24,7 @@ rule phantom:
         mem_mb=2000,
         runtime=10,
     params:
-        site=site_json,
-        phantom=json.dumps(config["phantom"]),
-        seed=config["seed"],
         outdir=lambda w, output: os.path.dirname(output.meta),
     shell:
-        "amdiff phantom --config {CONFIG_FILE:q} --site {wildcards.site} --subject {wildcards.subject}"
+        "amdiff phantom --config {input.config:q} --site {wildcards.site} --subject {wildcards.subject}"
         " --outdir {params.outdir:q} > {log:q} 2>&1"

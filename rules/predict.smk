@@ -7,6 +7,7 @@
 
 rule predict_amdiff:
     input:
+        config=f"{CONFIG_DIR}/inference.yaml",
         model=lambda w: f"{RESULTS}/models/{w.model}/{TRAINED_ON[w.site]}/best.pt",
         lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
     output:
@@ -25,11 +26,10 @@ rule predict_amdiff:
     resources:
         **network_resources("predict", INFERENCE["device"]),
     params:
-        inference=json.dumps(INFERENCE),
         outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
         second_input="",
     shell:
-        "amdiff predict --config {CONFIG_FILE:q} --checkpoint {input.model:q} --lc {input.lc:q}"
+        "amdiff predict --config {input.config:q} --checkpoint {input.model:q} --lc {input.lc:q}"
         "{params.second_input} --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
         " --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
@@ -44,6 +44,7 @@ use rule predict_amdiff as predict_denoiser_baseline with:
 use rule predict_amdiff as predict_segmenter_baseline with:
     # Input: I_LC and the Med-DDPM output for the same image (paper Sec. 4.2).
     input:
+        config=f"{CONFIG_DIR}/inference.yaml",
         model=lambda w: f"{RESULTS}/models/{w.model}/{TRAINED_ON[w.site]}/best.pt",
         lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
         denoised=f"{RESULTS}/predictions/med_ddpm/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",

@@ -5,6 +5,8 @@
 
 rule provenance:
     input:
+        # the whole config: its scope file is written again whenever any setting changes
+        config=f"{CONFIG_DIR}/all.yaml",
         targets=run_targets(),
     output:
         report(PROVENANCE, caption="../reports/captions/provenance.rst", category="Provenance"),
@@ -18,12 +20,8 @@ rule provenance:
         mem_mb=2000,
         runtime=10,
     params:
-        # the config as a param, not an input: a changed config re-runs this job, while the
-        # file (written by onstart, rules/common.smk) need not exist when a dry run plans it
-        config=CONFIG_FILE,
-        config_sha256=CONFIG_SHA256,
         benchmarks=f"{RESULTS}/benchmarks",
         source=workflow.basedir,
     shell:
-        "amdiff provenance --config {params.config:q} --benchmarks {params.benchmarks:q}"
+        "amdiff provenance --config {input.config:q} --benchmarks {params.benchmarks:q}"
         " --source-dir {params.source:q} --out {output:q} > {log:q} 2>&1"

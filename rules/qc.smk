@@ -92,6 +92,7 @@ rule cohort_summary:
 rule manifest:
     input:
         manifest_images(SUBJECTS),
+        config=f"{CONFIG_DIR}/cohort.yaml",
     output:
         f"{RESULTS}/manifest.tsv",
     log:
@@ -103,7 +104,7 @@ rule manifest:
         mem_mb=2000,
         runtime=10,
     shell:
-        "amdiff manifest --config {CONFIG_FILE:q} --out {output:q} --validate > {log:q} 2>&1"
+        "amdiff manifest --config {input.config:q} --out {output:q} --validate > {log:q} 2>&1"
 
 
 # What one site's models train on: its train and validation subjects only, so a broken test
@@ -115,6 +116,7 @@ rule training_manifest:
         lambda w: manifest_images(
             [s for s in SUBJECTS if s["site"] == w.train_site and s["split"] in ("train", "val")]
         ),
+        config=f"{CONFIG_DIR}/cohort.yaml",
     output:
         f"{RESULTS}/manifest_{{train_site}}.tsv",
     log:
@@ -128,5 +130,5 @@ rule training_manifest:
         mem_mb=2000,
         runtime=10,
     shell:
-        "amdiff manifest --config {CONFIG_FILE:q} --site {wildcards.train_site} --splits train,val"
+        "amdiff manifest --config {input.config:q} --site {wildcards.train_site} --splits train,val"
         " --out {output:q} --validate > {log:q} 2>&1"

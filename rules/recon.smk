@@ -4,6 +4,7 @@
 
 rule recon_highcount:
     input:
+        config=f"{CONFIG_DIR}/recon_{{site}}.yaml",
         listmode=full_listmode,
         mumap=f"{RESULTS}/{{site}}/{{subject}}/mumap.nii.gz",
     output:
@@ -20,15 +21,14 @@ rule recon_highcount:
     resources:
         **job_resources(4000, 60),
         gpu=recon_resources,
-    params:
-        site=site_json,
     shell:
-        "amdiff recon --config {CONFIG_FILE:q} --site {wildcards.site} --listmode {input.listmode:q}"
+        "amdiff recon --config {input.config:q} --site {wildcards.site} --listmode {input.listmode:q}"
         " --mumap {input.mumap:q} --count-percent 100 --out {output:q} > {log:q} 2>&1"
 
 
 rule recon_lowcount:
     input:
+        config=f"{CONFIG_DIR}/recon_{{site}}.yaml",
         lists=f"{RESULTS}/{{site}}/{{subject}}/listmode/lowcount",
         mumap=f"{RESULTS}/{{site}}/{{subject}}/mumap.nii.gz",
     output:
@@ -48,7 +48,6 @@ rule recon_lowcount:
     params:
         listmode=lambda w, input: f"{input.lists}/{w.level}_r{w.real}.petsird",
         percent=lambda w: percent_of(w.level),
-        site=site_json,
     shell:
-        "amdiff recon --config {CONFIG_FILE:q} --site {wildcards.site} --listmode {params.listmode:q}"
+        "amdiff recon --config {input.config:q} --site {wildcards.site} --listmode {params.listmode:q}"
         " --mumap {input.mumap:q} --count-percent {params.percent} --out {output:q} > {log:q} 2>&1"

@@ -6,6 +6,7 @@
 
 rule train_diffusion:
     input:
+        config=f"{CONFIG_DIR}/diffusion_{{model}}.yaml",
         manifest=f"{RESULTS}/manifest_{{train_site}}.tsv",
     output:
         best=f"{RESULTS}/models/{{model}}/{{train_site}}/best.pt",
@@ -37,16 +38,16 @@ rule train_diffusion:
     resources:
         **network_resources("train", training_device()),
     params:
-        training=amdiff_params,
         outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
     shell:
-        "amdiff train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
+        "amdiff train --config {input.config:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
         " --variant {wildcards.model} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule train_baseline:
     input:
         unpack(baseline_inputs),
+        config=f"{CONFIG_DIR}/baselines.yaml",
     output:
         best=f"{RESULTS}/models/{{model}}/{{train_site}}/best.pt",
         log=report(
@@ -77,14 +78,13 @@ rule train_baseline:
     resources:
         **network_resources("train", training_device()),
     params:
-        training=json.dumps({k: config.get(k) for k in ("training", "baselines", "inference")}),
         outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
         # flag and shell-quoted path, or nothing (the rule leaves the param unquoted)
         denoiser=lambda w, input: (
             f"--denoiser-checkpoint {shlex.quote(str(input.denoiser))}" if "denoiser" in input.keys() else ""
         ),
     shell:
-        "amdiff train --config {CONFIG_FILE:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
+        "amdiff train --config {input.config:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
         " --variant {wildcards.model} {params.denoiser} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 

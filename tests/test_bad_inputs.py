@@ -1539,7 +1539,7 @@ def test_console_script_exit_status_and_single_line(tmp_path, venv_env, case):
 # A manifest path such as `a$(id>x).nii.gz` or one with a space reaches the rules' shell
 # commands; Snakemake's `:q` quotes a placeholder (each item of a list). Params holding several
 # words (flags and paths) are quoted inside their functions with shlex.quote instead.
-PATH_PLACEHOLDER = re.compile(r"\{((?:input|output|log)(?:\.\w+)?|CONFIG_FILE|RESULTS)(:[^}]*)?\}")
+PATH_PLACEHOLDER = re.compile(r"\{((?:input|output|log)(?:\.\w+)?|RESULTS)(:[^}]*)?\}")
 
 
 def _shell_blocks():

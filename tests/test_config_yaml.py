@@ -185,7 +185,8 @@ def _snakemake(repo, workdir, env, *args):
 
 
 def test_a_dry_run_writes_nothing(repo, venv_env, tmp_path):
-    """Not even results/.effective_config.yaml: onstart writes it when jobs run."""
+    """Not even the config files the jobs read (results/config/<scope>.yaml): rule job_config
+    writes them when jobs run."""
     work, results = tmp_path / "work", tmp_path / "elsewhere" / "results"
     work.mkdir()
     result = _snakemake(repo, work, venv_env, "-n", "--quiet", "rules", "--config", f"results_dir={results}")

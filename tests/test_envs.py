@@ -50,7 +50,7 @@ def rule_envs_and_verbs() -> dict[str, tuple[str, str]]:
     for smk in sorted((REPO / "rules").glob("*.smk")):
         for block in re.split(r"\n(?=rule \w+:)", smk.read_text()):
             head = re.match(r"rule (\w+):", block)
-            if not head:
+            if not head or "\n    run:\n" in block:   # run: code runs in Snakemake's own process
                 continue
             env = re.search(r'conda:\s*\n\s*"\.\./envs/([\w-]+\.yaml)"', block)
             verb = re.search(r'"amdiff ([\w-]+)', block)

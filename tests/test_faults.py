@@ -119,8 +119,8 @@ def job(manifest, tmp_path_factory, train_env):  # noqa: F811
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     def start(out: Path) -> Job:
-        argv = rule_argv("train_diffusion", CONFIG_FILE=config, **{
-            "input.manifest": manifest, "wildcards.train_site": "mct", "wildcards.model": "amdiff",
+        argv = rule_argv("train_diffusion", **{
+            "input.config": config, "input.manifest": manifest, "wildcards.train_site": "mct", "wildcards.model": "amdiff",
             "params.outdir": out, "threads": 1})
         return Job(argv, out, train_env)
     return start

@@ -71,8 +71,9 @@ CONFIG = {"seed": 7, "run_kind": "demo", "results_dir": "results",
 
 def _provenance_command(results, config: dict) -> dict:
     """Run `amdiff provenance` on the fake tree with ``config`` as the effective config."""
-    path = results / "results" / ".effective_config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=True))   # as rules/common.smk writes it
+    path = results / "results" / "config" / "all.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=True))   # as rule job_config writes it
     out = results / "reports" / "provenance.json"
     assert main(["provenance", "--config", str(path), "--benchmarks", str(results / "results" / "benchmarks"),
                  "--source-dir", str(results), "--out", str(out)]) == 0

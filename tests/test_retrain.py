@@ -57,8 +57,8 @@ def write_config(path: Path, changes: dict | None = None) -> Path:
 
 def rule_args(config: Path, manifest, out: Path) -> list[str]:  # noqa: F811
     """Rule train_diffusion's command line for AMDiff on site mct, without the leading ``amdiff``."""
-    argv = rule_argv("train_diffusion", CONFIG_FILE=config, **{
-        "input.manifest": manifest, "wildcards.train_site": "mct", "wildcards.model": "amdiff",
+    argv = rule_argv("train_diffusion", **{
+        "input.config": config, "input.manifest": manifest, "wildcards.train_site": "mct", "wildcards.model": "amdiff",
         "params.outdir": out, "threads": 1})
     assert argv[0] == "amdiff"
     return argv[1:]

@@ -171,6 +171,40 @@ def test_rerun_has_nothing_to_do(tiny_run, repo, venv_env):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+def _planned_jobs(out: str) -> dict:
+    """{rule: jobs} from the job table of `snakemake -n --quiet rules`."""
+    table = out.split("Job stats:", 1)[1]
+    return {parts[0]: int(parts[1]) for parts in (line.split() for line in table.splitlines())
+            if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override, reruns, spared", [
+    # inference settings: the trained models' predictions and what follows, not the training
+    ("inference={steps: 3}", {"predict_amdiff", "predict_denoiser_baseline", "predict_segmenter_baseline"},
+     {"train_diffusion", "recon_lowcount", "phantom", "predict_gaussian_filter"}),
+    # one site's reconstruction: that site's images and what follows, no training (it trains on mct)
+    ("sites={vision: {recon: {postfilter_fwhm_mm: 3.0}}}", {"recon_highcount", "recon_lowcount", "predict_amdiff"},
+     {"train_diffusion", "train_baseline", "phantom", "simulate_listmode"}),
+    # the training budget: every trained model, not the data
+    ("training={epochs: 3}", {"train_diffusion", "train_baseline", "predict_amdiff"},
+     {"phantom", "recon_lowcount", "fit_gaussian_filter", "predict_lowcount_input"}),
+])
+def test_a_changed_setting_reruns_the_jobs_that_use_it(tiny_run, repo, venv_env, override, reruns, spared):
+    """Each job reads its config scope's file (rule job_config writes it again when the scope's
+    settings change): a changed key re-runs the jobs that use it and spares the others."""
+    result = snakemake(repo, tiny_run, venv_env, "--configfile", str(repo / ".test/config/config.yaml"),
+                       "--config", override, "-n", "--quiet", "rules", timeout=600)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    planned = _planned_jobs(out)
+    assert reruns <= set(planned), (override, planned)
+    assert not spared & set(planned), (override, planned)
+    if override.startswith("sites="):   # mct's images are not reconstructed again
+        assert planned["recon_highcount"] == 1
+    assert planned["job_config"] >= 1
+
+
 @pytest.mark.slow
 def test_crashed_run_resumed_with_rerun_incomplete_gives_identical_metrics(tiny_run, repo, venv_env, tmp_path):
     """A second run from scratch, killed (snakemake and its jobs) while models train, then
