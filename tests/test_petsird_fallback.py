@@ -7,6 +7,7 @@ import numpy as np
 import petsird
 import pytest
 
+from amdiff.listmode import fast_path
 from amdiff.listmode import petsird_io as pio
 from amdiff.listmode.downsample import downsample
 from tests.test_listmode_io import generator_file
@@ -15,22 +16,22 @@ from tests.test_listmode_io import generator_file
 @pytest.fixture
 def fresh_guard():
     """The guard's verdict is cached per process: start and end each test without it."""
-    pio.fast_path_problem.cache_clear()
-    pio.use_fast_path.cache_clear()
+    fast_path.fast_path_problem.cache_clear()
+    fast_path.use_fast_path.cache_clear()
     yield
-    pio.fast_path_problem.cache_clear()
-    pio.use_fast_path.cache_clear()
+    fast_path.fast_path_problem.cache_clear()
+    fast_path.use_fast_path.cache_clear()
 
 
 def test_the_fast_path_holds_for_the_pinned_petsird(fresh_guard):
-    assert pio.fast_path_problem() is None
-    assert pio.use_fast_path()
+    assert fast_path.fast_path_problem() is None
+    assert fast_path.use_fast_path()
 
 
 def test_another_petsird_version_is_not_trusted(fresh_guard, monkeypatch):
-    monkeypatch.setattr(pio.importlib.metadata, "version", lambda name: "0.13.0")
-    assert pio.fast_path_problem() == (f"petsird 0.13.0 is installed, the fast list-mode path was verified "
-                                       f"with {pio.VERIFIED_PETSIRD}")
+    monkeypatch.setattr(fast_path.importlib.metadata, "version", lambda name: "0.13.0")
+    assert fast_path.fast_path_problem() == (f"petsird 0.13.0 is installed, the fast list-mode path was verified "
+                                       f"with {fast_path.VERIFIED_PETSIRD}")
 
 
 def test_a_reordered_time_block_union_is_detected(fresh_guard, monkeypatch):
@@ -38,7 +39,7 @@ def test_a_reordered_time_block_union_is_detected(fresh_guard, monkeypatch):
     cases = list(pio._TIME_BLOCK_CASES)
     cases[1], cases[4] = cases[4], cases[1]
     monkeypatch.setattr(pio, "_TIME_BLOCK_CASES", cases)
-    problem = pio.fast_path_problem()
+    problem = fast_path.fast_path_problem()
     assert problem is not None and "time block 1" in problem
 
 
@@ -49,7 +50,7 @@ def test_a_changed_event_encoding_is_detected(fresh_guard, monkeypatch):
     def shifted(self, start_ms, stop_ms, prompts, delayeds=()):
         return write(self, start_ms, stop_ms + 1, prompts, delayeds)
     monkeypatch.setattr(pio.RawWriter, "write_event_block", shifted)
-    assert pio.fast_path_problem() == "the fast writer's bytes differ from petsird's"
+    assert fast_path.fast_path_problem() == "the fast writer's bytes differ from petsird's"
 
 
 def _every_block_type(path):
@@ -59,7 +60,7 @@ def _every_block_type(path):
     with petsird.BinaryPETSIRDReader(str(generator_file(path.with_suffix(".gen")))) as reader:
         header = reader.read_header()
         blocks = list(reader.read_time_blocks())
-    others = [b for b in pio._probe_blocks() if not isinstance(b, petsird.TimeBlock.EventTimeBlock)]
+    others = [b for b in fast_path.probe_blocks() if not isinstance(b, petsird.TimeBlock.EventTimeBlock)]
     with petsird.BinaryPETSIRDWriter(str(path)) as writer:
         writer.write_header(header)
         for k, block in enumerate(blocks):
@@ -81,9 +82,9 @@ def test_petsird_own_reader_and_writer_give_the_fast_paths_files(fresh_guard, tm
         fast_blocks = list(reader.time_blocks())
         fast_header = reader.header_bytes()
 
-    monkeypatch.setattr(pio, "fast_path_problem", lambda: "petsird 9.9 is installed (test)")
-    pio.use_fast_path.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="amdiff.listmode.petsird_io"):
+    monkeypatch.setattr(fast_path, "fast_path_problem", lambda: "petsird 9.9 is installed (test)")
+    fast_path.use_fast_path.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="amdiff.listmode.fast_path"):
         slow_outputs = {p: [tmp_path / f"slow_{q.name}" for q in paths] for p, paths in fast_outputs.items()}
         slow_counts = downsample(src, slow_outputs, seed=11)
         with pio.RawReader(src) as reader:

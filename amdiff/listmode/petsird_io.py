@@ -6,12 +6,9 @@ lists are decoded and encoded with vectorised numpy on petsird's own buffered st
 (header and rare time-block types still go through petsird's serializers). Tests check
 the result against petsird's reader and writer byte for byte and event for event.
 
-That fast path relies on petsird's private internals (its stream's buffer fields, the
-serializers' field layout, the order of the time-block types), verified for petsird
-``VERIFIED_PETSIRD``. Before first use, ``fast_path_problem`` checks the installed version
-and round-trips one block of every time-block type through both paths; where either differs,
-``RawReader`` and ``RawWriter`` use petsird's own reader and writer instead (slower, correct),
-and one log line says why.
+That fast path relies on petsird's private internals; amdiff.listmode.fast_path checks them
+before first use, and where they differ ``RawReader`` and ``RawWriter`` use petsird's own
+reader and writer instead (slower, correct; amdiff.listmode.blocks converts), with one log line.
 Detector ids beyond the header's scanner are corrupt data, refused by every reader
 (``RawReader``); ``amdiff.listmode.header.check_scanner`` refuses a list whose geometry is
 not the configured one.
@@ -20,13 +17,8 @@ not the configured one.
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib.metadata
 import io
-import logging
-import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,20 +30,11 @@ from petsird.helpers import get_num_detection_bins
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path
 from amdiff.io.files import check_input_file
+from amdiff.listmode import fast_path
+from amdiff.listmode.blocks import (EventBlock, RawEventBlock, petsird_event_block, raw_event_block,
+                                    serialised_header)
 
 _MAX_VARINT_BYTES = 5             # uint32
-log = logging.getLogger(__name__)
-# the petsird release whose internals the fast reader and writer were written and tested against
-VERIFIED_PETSIRD = "0.12.0"
-
-
-@dataclass
-class EventBlock:
-    """Prompt coincidences of one time block: bins (n, 2) uint32, bins[:, 0] >= bins[:, 1]."""
-
-    start_ms: int
-    stop_ms: int
-    bins: np.ndarray
 
 
 # ---------------------------------------------------------------------------------------
@@ -145,21 +128,6 @@ _SINGLES = _binary.VectorSerializer(_binary.VectorSerializer(_pb.SingleEventSeri
 _EVENT_FIELDS = dict(_pb.EventTimeBlockSerializer()._field_serializers)
 _TRIPLES = _EVENT_FIELDS["triple_events"]
 _QUADRUPLES = _EVENT_FIELDS["quadruple_events"]
-
-
-@dataclass
-class RawEventBlock:
-    """One EventTimeBlock with coincidence lists as (n, 3) uint32 [bin_1, bin_2, tof_idx].
-
-    ``prompts[i][j]`` / ``delayeds[i][j]`` keep the file's nesting (module-type pairs).
-    ``other_events`` says singles, triples or quadruples were present (not kept).
-    """
-
-    start_ms: int
-    stop_ms: int
-    prompts: list = field(default_factory=list)
-    delayeds: list = field(default_factory=list)
-    other_events: bool = False
 
 
 def _read_coincidence_matrix(stream, limit: int) -> list:
@@ -273,7 +241,7 @@ class RawReader:
 
     def __init__(self, path, fast: bool | None = None):
         self.path = Path(path)
-        self.fast = use_fast_path() if fast is None else fast
+        self.fast = fast_path.use_fast_path() if fast is None else fast
         _check_file(self.path)
         self._size = self.path.stat().st_size
         self._file = open(self.path, "rb")
@@ -303,7 +271,7 @@ class RawReader:
         the fast path: the header serialised again by petsird, the same bytes for a file
         written with this schema."""
         if not self.fast:
-            return _serialised_header(self.header)
+            return serialised_header(self.header)
         with open(self.path, "rb") as f:
             return f.read(self._header_end)
 
@@ -335,7 +303,7 @@ class RawReader:
     def _blocks(self) -> Iterator:
         if not self.fast:
             for block in self._reader.read_time_blocks():
-                yield (_raw_event_block(block.value) if isinstance(block, petsird.TimeBlock.EventTimeBlock)
+                yield (raw_event_block(block.value) if isinstance(block, petsird.TimeBlock.EventTimeBlock)
                        else block)
             return
         stream = self._reader._stream
@@ -361,7 +329,7 @@ class RawWriter:
 
     def __init__(self, path, header: petsird.Header | None = None, *,
                  header_bytes: bytes | None = None, fast: bool | None = None):
-        self.fast = use_fast_path() if fast is None else fast
+        self.fast = fast_path.use_fast_path() if fast is None else fast
         self._file = open(path, "wb")
         if not self.fast:
             if header_bytes is not None:
@@ -385,7 +353,7 @@ class RawWriter:
             raise ValueError(f"bad time interval [{start_ms}, {stop_ms}] ms")
         if not self.fast:
             self._write_library_block(petsird.TimeBlock.EventTimeBlock(
-                _library_event_block(start_ms, stop_ms, prompts, delayeds)))
+                petsird_event_block(start_ms, stop_ms, prompts, delayeds)))
             return
         # chunk of 1 item, union tag, interval, no singles; all of these are varints
         head = [1, _EVENT_TAG, start_ms, stop_ms, 0]
@@ -427,140 +395,6 @@ class RawWriter:
             self._stream.flush()
         finally:
             self._file.close()
-
-
-# ---------------------------------------------------------------------------------------
-# petsird's own reader and writer: the fallback, and the reference the fast path is probed on
-# ---------------------------------------------------------------------------------------
-def _event_array(events) -> np.ndarray:
-    """petsird CoincidenceEvents as (n, 3) uint32 [bin_1, bin_2, tof_idx]."""
-    out = np.zeros((len(events), 3), dtype=np.uint32)
-    for k, e in enumerate(events):
-        out[k] = (e.detection_bins[0], e.detection_bins[1], e.tof_idx)
-    return out
-
-
-def _raw_event_block(block: petsird.EventTimeBlock) -> RawEventBlock:
-    def nonempty(x):
-        return any(nonempty(y) for y in x) if isinstance(x, list) else True
-    return RawEventBlock(
-        block.time_interval.start, block.time_interval.stop,
-        [[_event_array(ev) for ev in row] for row in block.prompt_events],
-        [[_event_array(ev) for ev in row] for row in block.delayed_events],
-        nonempty(block.single_events) or nonempty(block.triple_events)
-        or nonempty(block.quadruple_events))
-
-
-def _library_event_block(start_ms: int, stop_ms: int, prompts, delayeds) -> petsird.EventTimeBlock:
-    def events(matrix):
-        return [[[petsird.CoincidenceEvent(detection_bins=[int(a), int(b)], tof_idx=int(t))
-                  for a, b, t in np.asarray(ev).reshape(-1, 3)] for ev in row] for row in matrix]
-    return petsird.EventTimeBlock(time_interval=petsird.TimeInterval(start=int(start_ms), stop=int(stop_ms)),
-                                  prompt_events=events(prompts), delayed_events=events(delayeds))
-
-
-def _serialised_header(header: petsird.Header) -> bytes:
-    """What petsird's writer puts before the time blocks (magic, schema, header)."""
-    buf = io.BytesIO()
-    writer = petsird.BinaryPETSIRDWriter(buf)
-    writer.write_header(header)
-    writer.write_time_blocks([])
-    writer.close()
-    return buf.getvalue()[:-1]           # less the end-of-stream marker of the empty stream
-
-
-def _probe_blocks() -> list:
-    """One block of every time-block type, with values that need multi-byte varints."""
-    tv = petsird.TimeInterval
-    coincidence = petsird.CoincidenceEvent
-    return [
-        petsird.TimeBlock.EventTimeBlock(petsird.EventTimeBlock(
-            time_interval=tv(start=5, stop=300),
-            prompt_events=[[[coincidence(detection_bins=[300, 2], tof_idx=3),
-                             coincidence(detection_bins=[130, 129], tof_idx=0)]]],
-            delayed_events=[[[coincidence(detection_bins=[7, 1], tof_idx=0)]]])),
-        petsird.TimeBlock.ExternalSignalTimeBlock(petsird.ExternalSignalTimeBlock(
-            time_interval=tv(start=300, stop=301), signal_id=3,
-            signal_values=[1.5, -2.0])),   # float32-exact
-        petsird.TimeBlock.BedMovementTimeBlock(petsird.BedMovementTimeBlock(time_interval=tv(start=301, stop=302))),
-        petsird.TimeBlock.GantryMovementTimeBlock(petsird.GantryMovementTimeBlock(time_interval=tv(start=302, stop=303))),
-        petsird.TimeBlock.DeadTimeTimeBlock(petsird.DeadTimeTimeBlock(time_interval=tv(start=303, stop=304))),
-        petsird.TimeBlock.SinglesHistogramTimeBlock(petsird.SinglesHistogramTimeBlock(
-            time_interval=tv(start=304, stop=400))),
-    ]
-
-
-def _probe(folder: Path) -> str | None:
-    """Round-trip one block of every time-block type between petsird's writer and the fast
-    reader, and the fast writer and petsird's bytes; what differs, or None."""
-    from amdiff.listmode.header import make_header
-    from amdiff.physics.scanner import CylindricalScanner
-
-    scanner = CylindricalScanner.from_config({
-        "name": "probe", "n_crystals": 32, "n_rings": 16, "radius_mm": 300.0, "ring_pitch_mm": 4.0,
-        "max_ring_difference": 15, "fov_radius_mm": 250.0})
-    header = make_header(scanner, subject_id="probe", weight_kg=70.0, height_m=1.75,
-                         injected_mbq=300.0, calibration_factor=1.0)
-    blocks = _probe_blocks()
-    reference = folder / "reference.petsird"
-    with open(reference, "wb") as f:
-        writer = petsird.BinaryPETSIRDWriter(f)
-        writer.write_header(header)
-        for block in blocks:
-            writer.write_time_blocks([block])
-        writer.close()
-    with RawReader(reference, fast=True) as reader:
-        if _serialised_header(reader.header) != _serialised_header(header):
-            return "the fast reader reads another header than petsird wrote"
-        got = list(reader.time_blocks())
-        header_bytes = reader.header_bytes()
-    expected = [_raw_event_block(b.value) if isinstance(b, petsird.TimeBlock.EventTimeBlock) else b
-                for b in blocks]
-    for k, (ours, theirs) in enumerate(zip(got, expected)):
-        same = (type(ours) is type(theirs)) and (
-            repr(ours) == repr(theirs) if not isinstance(ours, RawEventBlock) else
-            (ours.start_ms, ours.stop_ms) == (theirs.start_ms, theirs.stop_ms)
-            and all(np.array_equal(a, b) for m, n in ((ours.prompts, theirs.prompts), (ours.delayeds, theirs.delayeds))
-                    for r, q in zip(m, n) for a, b in zip(r, q)))
-        if not same:
-            return f"the fast reader reads time block {k} ({type(theirs).__name__}) differently"
-    if len(got) != len(expected):
-        return f"the fast reader reads {len(got)} time blocks of {len(expected)}"
-    ours_path = folder / "fast.petsird"
-    writer = RawWriter(ours_path, header_bytes=header_bytes, fast=True)
-    for block, raw in zip(blocks, expected):
-        if isinstance(raw, RawEventBlock):
-            writer.write_event_block(raw.start_ms, raw.stop_ms, raw.prompts, raw.delayeds)
-        else:
-            writer.write_time_block(block)
-    writer.close()
-    if ours_path.read_bytes() != reference.read_bytes():
-        return "the fast writer's bytes differ from petsird's"
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def fast_path_problem() -> str | None:
-    """Why the fast reader and writer cannot be used with the installed petsird (a version
-    other than VERIFIED_PETSIRD, or a failed round trip), or None when they can."""
-    installed = importlib.metadata.version("petsird")
-    if installed != VERIFIED_PETSIRD:
-        return f"petsird {installed} is installed, the fast list-mode path was verified with {VERIFIED_PETSIRD}"
-    try:
-        with tempfile.TemporaryDirectory(prefix="amdiff-petsird-probe-") as folder:
-            return _probe(Path(folder))
-    except Exception as err:   # internals renamed or moved: that is the answer too
-        return f"the fast list-mode path's layout check failed ({type(err).__name__}: {err})"
-
-
-@functools.lru_cache(maxsize=None)
-def use_fast_path() -> bool:
-    """True when the fast path agrees with petsird; otherwise logs, once, why petsird's own
-    (slower) reader and writer are used."""
-    problem = fast_path_problem()
-    if problem is not None:
-        log.warning("%s; using petsird's own reader and writer (slower, correct)", problem)
-    return problem is None
 
 
 # ---------------------------------------------------------------------------------------
