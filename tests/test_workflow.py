@@ -190,11 +190,15 @@ def _planned_jobs(out: str) -> dict:
     ("training={epochs: 3}", {"train_diffusion", "train_baseline", "predict_amdiff"},
      {"phantom", "recon_lowcount", "fit_gaussian_filter", "predict_lowcount_input"}),
 ])
-def test_a_changed_setting_reruns_the_jobs_that_use_it(tiny_run, repo, venv_env, override, reruns, spared):
+def test_a_changed_setting_reruns_the_jobs_that_use_it(tiny_run, repo, venv_env, tmp_path, override,
+                                                      reruns, spared):
     """Each job reads its config scope's file (rule job_config writes it again when the scope's
     settings change): a changed key re-runs the jobs that use it and spares the others."""
+    key, value = override.split("=", 1)
+    changed = tmp_path / "changed.yaml"   # merged over the tiny config (--config would pass strings)
+    changed.write_text(f"{key}: {value}\n")
     result = snakemake(repo, tiny_run, venv_env, "--configfile", str(repo / ".test/config/config.yaml"),
-                       "--config", override, "-n", "--quiet", "rules", timeout=600)
+                       str(changed), "-n", "--quiet", "rules", timeout=600)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     planned = _planned_jobs(out)
