@@ -78,20 +78,13 @@ def effective_config_text():
     return yaml.safe_dump(dict(config), sort_keys=True)
 
 
-def config_of(scope):
-    """The config file of ``scope`` (a string, or a function of the wildcards giving one)."""
-    if callable(scope):
-        return lambda w: f"{CONFIG_DIR}/{scope(w)}.yaml"
-    return f"{CONFIG_DIR}/{scope}.yaml"
-
-
 def scope_settings(scope):
     """The settings a scope's jobs use, as JSON: rule job_config rewrites the scope's file when
     they change. Scopes: phantom_<site>, acquisition_<site> (list-mode simulation), recon_<site>,
     cohort (manifests), diffusion_<model> (AMDiff's variants, Med-DDPM), baselines (comparison
     models), inference, training (its budget), seed_replicates, all (provenance)."""
     kind, _, name = scope.partition("_")
-    site = config["sites"].get(name, {}) if kind in ("phantom", "acquisition", "recon") else None
+    site = config["sites"][name] if kind in ("phantom", "acquisition", "recon") else None
     if kind == "phantom":
         settings = {"image": site["image"], "phantom": config["phantom"], "seed": config["seed"]}
     elif kind == "acquisition":
