@@ -1,13 +1,16 @@
 """Throughput and peak memory of PETSIRD reading and down-sampling.
 
     python benchmarks/downsample_throughput.py --events 50000000 --out-dir /tmp/lm_bench
+    python benchmarks/downsample_throughput.py --input my_scanner.petsird   # any PETSIRD file
 
 Writes synthetic PETSIRD lists of N/4 and N prompts (mCT-demo scanner, random LORs,
-time blocks of --block-events), then runs each measurement in a fresh subprocess and
+time blocks of --block-events), or takes the --input files as they are (any header: several
+module types, TOF, energy bins), then runs each measurement in a fresh subprocess and
 reports wall time (best of --repeat), events/s and peak RSS (the child's own ru_maxrss):
   petsird   petsird's per-event object reader (on the first --object-events only)
-  read      iter_event_blocks, the vectorised reader, over the whole file
+  read      the vectorised reader (RawReader), every event kind of every module-type pair
   downsample  levels 5/10/20 %, one realization each
+  header    opening the file: parsing its header only (every tool pays this)
   baseline  the interpreter with the same imports and no data (subtract for data memory)
 Flat memory = the same peak RSS for N/4 and N.
 """
@@ -28,7 +31,7 @@ import numpy as np
 
 from amdiff.listmode.downsample import downsample
 from amdiff.listmode.header import make_header
-from amdiff.listmode.petsird_io import EventBlock, iter_event_blocks, write_listmode
+from amdiff.listmode.petsird_io import EventBlock, RawEventBlock, RawReader, write_listmode
 from amdiff.physics.scanner import CylindricalScanner
 
 SCANNER = CylindricalScanner(name="mct-demo", n_crystals=96, n_rings=96, radius_mm=300.0,
@@ -51,7 +54,16 @@ def write_synthetic(path: Path, n: int, block_events: int, seed: int = 0) -> Non
 
 # ---- workers (run in a subprocess; print one JSON line) --------------------------------------
 def work_read(path: str) -> int:
-    return sum(len(b.bins) for b in iter_event_blocks(path))
+    """Prompts read, of every module-type pair (delayeds and singles are read too)."""
+    with RawReader(path) as reader:
+        return sum(len(ev) for b in reader.time_blocks() if isinstance(b, RawEventBlock)
+                   for row in b.prompts for ev in row)
+
+
+def work_header(path: str) -> int:
+    """Bytes of header parsed (the file is opened and closed, no time block read)."""
+    with RawReader(path) as reader:
+        return len(reader.header_bytes())
 
 
 def work_petsird(path: str, limit: int) -> int:
@@ -86,6 +98,8 @@ def worker(args) -> None:
         n = work_petsird(args.path, args.object_events)
     elif args.worker == "downsample":
         n = work_downsample(args.path, args.out_dir)
+    elif args.worker == "header":
+        n = work_header(args.path)
     else:
         n = 0
     seconds = time.perf_counter() - t0
@@ -116,6 +130,8 @@ def main(argv=None) -> None:
                     help="events read with petsird's object reader")
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (best time)")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic files")
+    ap.add_argument("--input", type=Path, nargs="+", help="benchmark these PETSIRD files instead "
+                    "of synthetic ones (any header)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -128,17 +144,22 @@ def main(argv=None) -> None:
     try:
         base = measure("baseline", None, args)
         rows = []
-        for n in (args.events // 4, args.events):
-            path = args.out_dir / f"synthetic_{n}.petsird"
-            t0 = time.perf_counter()
-            write_synthetic(path, n, args.block_events)
-            write_s = time.perf_counter() - t0
+        inputs = args.input or [args.events // 4, args.events]
+        for item in inputs:
+            if isinstance(item, Path):
+                path, write_s = item, float("nan")
+            else:
+                path = args.out_dir / f"synthetic_{item}.petsird"
+                t0 = time.perf_counter()
+                write_synthetic(path, item, args.block_events)
+                write_s = time.perf_counter() - t0
+            header = measure("header", path, args)
             read = measure("read", path, args)
             ds = measure("downsample", path, args)
-            rows.append((n, path.stat().st_size / 1e6, write_s, read, ds))
-            if n == args.events // 4:
+            rows.append((read["events"], path.stat().st_size / 1e6, write_s, header, read, ds))
+            if item is inputs[0]:
                 obj = measure("petsird", path, args)
-            if not args.keep:
+            if not args.keep and not isinstance(item, Path):
                 path.unlink()
     finally:
         if scratch and not args.keep:
@@ -147,10 +168,12 @@ def main(argv=None) -> None:
     print(f"baseline interpreter + imports: peak RSS {base['peak_rss_mb']:.0f} MB")
     print(f"petsird object reader: {obj['events'] / obj['seconds'] / 1e6:.2f} M events/s "
           f"({obj['events']} events)")
-    print(f"{'events':>11} {'MB':>7} {'write s':>8} | {'read s':>7} {'Mev/s':>6} {'RSS MB':>7} | "
-          f"{'ds s':>7} {'Mev/s':>6} {'RSS MB':>7} | {'ds/read':>7}")
-    for n, mb, write_s, read, ds in rows:
-        print(f"{n:>11} {mb:>7.0f} {write_s:>8.1f} | {read['seconds']:>7.2f} "
+    print(f"{'prompts':>11} {'MB':>7} {'write s':>8} | {'hdr MB':>6} {'hdr s':>6} {'RSS MB':>7} | "
+          f"{'read s':>7} {'Mev/s':>6} {'RSS MB':>7} | {'ds s':>7} {'Mev/s':>6} {'RSS MB':>7} | "
+          f"{'ds/read':>7}")
+    for n, mb, write_s, header, read, ds in rows:
+        print(f"{n:>11} {mb:>7.0f} {write_s:>8.1f} | {header['events'] / 1e6:>6.1f} "
+              f"{header['seconds']:>6.2f} {header['peak_rss_mb']:>7.0f} | {read['seconds']:>7.2f} "
               f"{n / read['seconds'] / 1e6:>6.1f} {read['peak_rss_mb']:>7.0f} | "
               f"{ds['seconds']:>7.2f} {n / ds['seconds'] / 1e6:>6.1f} {ds['peak_rss_mb']:>7.0f} | "
               f"{ds['seconds'] / read['seconds']:>7.2f}")

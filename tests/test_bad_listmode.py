@@ -98,6 +98,34 @@ def test_list_of_the_configured_scanner_still_reconstructs(tmp_path, capsys):
     assert [p.name for p in out.iterdir()] == ["recon.nii.gz"]
 
 
+def _downsampled_inputs(d):
+    """The inputs, with ``list`` a 10 % list that amdiff downsample made (its header records it)."""
+    files = _inputs(d)
+    assert main(["downsample", "--input", str(files["list"]), "--levels", "10", "--seed", "3",
+                 "--outdir", str(d / "ds")]) == 0
+    return files | {"list": d / "ds" / "p010_r0.petsird", "bad": d / "ds" / "p010_r0.petsird"}
+
+
+def test_recon_takes_the_count_share_from_a_downsampled_header(tmp_path, capsys):
+    """Without --count-percent a down-sampled list gets the SUV scale of the share its header
+    records: the same image as --count-percent 10; a percent the header contradicts is refused."""
+    d = tmp_path / "in"
+    d.mkdir()
+    files = _downsampled_inputs(d)
+    images = {}
+    for name, extra in (("recorded", []), ("ten", ["--count-percent", "10"])):
+        out = tmp_path / name
+        out.mkdir()
+        assert main([str(a) for a in _recon(files, out, *extra)]) == 0
+        images[name] = read_volume(out / "recon.nii.gz", kind="suv").data
+    np.testing.assert_array_equal(images["recorded"], images["ten"])
+    (tmp_path / "wrong").mkdir()
+    err = _assert_refused(tmp_path / "wrong", capsys, _downsampled_inputs,
+                          lambda f, out: _recon(f, out, "--count-percent", "100"),
+                          ["contradicts", "records 10 %"])
+    assert "--count-percent 100" in err
+
+
 # ---- list of another scanner geometry ------------------------------------------------------
 FOREIGN = [("n_crystals", 32, "32", "24"),
            ("n_rings", 6, "6", "5"),
@@ -130,11 +158,15 @@ def _list_with_bad_ids(path: Path, kind: str) -> None:
         events = np.zeros((len(block.bins), 3), np.uint32)
         events[:, :2] = block.bins
         delayeds = events[:10].copy()
-        if k == 1:
+        singles = np.stack([events[:4, 0], np.arange(4)], axis=1).astype(np.uint32)
+        if k == 1 and kind == "single":
+            singles[2, 0] = 125
+        elif k == 1:
             bad = events if kind == "prompt" else delayeds
             bad[5, :2] = (130, 4)
             bad[7, :2] = (119, 4000)
-        writer.write_event_block(block.start_ms, block.stop_ms, [[events]], [[delayeds]])
+        writer.write_event_block(block.start_ms, block.stop_ms, [[events]], [[delayeds]],
+                                 singles=[singles])
     writer.close()
 
 
@@ -147,15 +179,17 @@ def _inputs_with_bad_ids(kind):
 
 
 BAD_ID_WORDS = {
-    "prompt": [r"2 of 6030 events have detector ids out of range",
+    "prompt": [r"2 of 6042 events have detector ids out of range",
                r"the header's scanner has 120 detection bins",
                r"first: prompt event 2005 \(time block 1\) with detector ids 130, 4$"],
-    "delayed": [r"2 of 6030 events have detector ids out of range",
+    "delayed": [r"2 of 6042 events have detector ids out of range",
                 r"first: delayed event 15 \(time block 1\) with detector ids 130, 4$"],
+    "single": [r"1 of 6042 events have detector ids out of range",
+               r"first: single event 6 \(time block 1\) with detector id 125$"],
 }
 
 
-@pytest.mark.parametrize("kind", ["prompt", "delayed"])
+@pytest.mark.parametrize("kind", ["prompt", "delayed", "single"])
 @pytest.mark.parametrize("verb", ["recon", "downsample"])
 def test_detector_ids_out_of_range_are_refused(tmp_path, capsys, verb, kind):
     command = _recon if verb == "recon" else _downsample

@@ -59,6 +59,15 @@ def all_ids(path):
     return np.concatenate([ids for _, ids in blocks]) if blocks else np.zeros(0, np.int64)
 
 
+def without_record(header):
+    """The header with the down-sampling record taken out of its free text."""
+    text = header.scanner.detection_efficiencies.method_description
+    at = text.find(petsird_header.DOWNSAMPLED_MARK)
+    assert at >= 0, "no down-sampling record"
+    header.scanner.detection_efficiencies.method_description = text[:at].rstrip()
+    return header
+
+
 def outputs_for(tmp_path, spec):
     return {p: [tmp_path / f"p{p}_r{r}.petsird" for r in range(k)] for p, k in spec.items()}
 
@@ -152,14 +161,15 @@ def test_time_blocks_and_order_are_kept(tmp_path):
     for start, ids in read_ids(src):
         block_of.update(dict.fromkeys(ids.tolist(), start))
     src_intervals = [(b.start_ms, b.stop_ms) for b in pio.iter_event_blocks(src)]
+    p_of = {outs[10][0]: 10, outs[20][0]: 20}
     for p in (outs[10][0], outs[20][0]):
         assert [(b.start_ms, b.stop_ms) for b in pio.iter_event_blocks(p)] == src_intervals
         for start, ids in read_ids(p):
             assert np.all(np.diff(ids) > 0)                       # original time order
             assert all(block_of[i] == start for i in ids.tolist())
-        with pio.RawReader(p) as out, pio.RawReader(src) as inp:
-            assert out.header_bytes() == inp.header_bytes()        # header carried verbatim
-        assert pio.read_header(p) == HEADER
+        header = pio.read_header(p)
+        assert petsird_header.kept_fraction(header) == p_of[p] / 100
+        assert without_record(header) == HEADER                  # the rest of the header is carried
 
 
 def test_same_seed_same_files_other_seed_differs(tmp_path):
@@ -225,6 +235,103 @@ def test_delayeds_and_non_event_blocks_are_carried(tmp_path):
         assert abs(len(s) - 300) < 75 and max(s) < n_delayed
 
 
+def _every_event_kind(path, n_blocks=8):
+    """Prompts, delayeds, singles (unique time offsets), triples and quadruples (unique first
+    bins) in every event block, and singles-histogram and dead-time blocks between them."""
+    rng = np.random.default_rng(5)
+    histogram = rng.integers(0, 5000, 50)
+    writer = pio.RawWriter(path, HEADER)
+    for k in range(n_blocks):
+        prompts = np.zeros((400, 3), np.uint32)
+        prompts[:, :2] = ids_to_bins(np.arange(400 * k, 400 * (k + 1)))
+        singles = np.stack([rng.integers(0, SCANNER.n_detectors, 500),
+                            np.arange(500 * k, 500 * (k + 1))], axis=1).astype(np.uint32)
+        triples = [petsird.TripleEvent(detection_bins=[100 * k + i, 1, 0], tof_indices=[0, 0])
+                   for i in range(60)]
+        # petsird 0.12 stores quadruples with its triple serializer
+        quadruples = [petsird.TripleEvent(detection_bins=[100 * k + i, 2, 1], tof_indices=[3, 0])
+                      for i in range(40)]
+        writer.write_event_block(100 * k, 100 * (k + 1), [[prompts]], [[prompts[::3]]],
+                                 singles=[singles], triples=[[[triples]]],
+                                 quadruples=[[[[quadruples]]]])
+        interval = petsird.TimeInterval(start=100 * k, stop=100 * (k + 1))
+        writer.write_time_block(petsird.TimeBlock.SinglesHistogramTimeBlock(
+            petsird.SinglesHistogramTimeBlock(time_interval=interval,
+                                              singles_per_detection_bin_histogram=[histogram.tolist()])))
+        writer.write_time_block(petsird.TimeBlock.DeadTimeTimeBlock(petsird.DeadTimeTimeBlock(
+            time_interval=interval, alive_time_fractions=petsird.AliveTimeFractions(
+                singles_alive_time_fractions=[np.array([0.9, 0.8], np.float32)]))))
+    writer.close()
+    return histogram, n_blocks
+
+
+def _kinds(path):
+    """Per output: singles ids, triple and quadruple ids, histograms, dead-time blocks."""
+    singles, triples, quadruples, histograms, dead = [], [], [], [], []
+    with pio.RawReader(path) as reader:
+        for b in reader.time_blocks():
+            if isinstance(b, pio.RawEventBlock):
+                singles += b.singles[0][:, 1].tolist()
+                triples += [e.detection_bins[0] for e in b.triples[0][0][0]]
+                quadruples += [e.detection_bins[0] for e in b.quadruples[0][0][0][0]]
+            elif isinstance(b, petsird.TimeBlock.SinglesHistogramTimeBlock):
+                histograms.append(np.asarray(b.value.singles_per_detection_bin_histogram[0]))
+            else:
+                dead.append(b.value)
+    return set(singles), set(triples), set(quadruples), np.stack(histograms), dead
+
+
+@pytest.mark.parametrize("realizations", [2, 4])
+def test_every_event_kind_is_thinned_and_rates_are_carried(tmp_path, realizations):
+    """Singles, triples and quadruples are thinned per event and singles histograms per bin,
+    disjointly across realizations; 4 x 25 % partition every kind; dead time is carried."""
+    src = tmp_path / "in.petsird"
+    histogram, n_blocks = _every_event_kind(src)
+    outs = outputs_for(tmp_path, {25: realizations})
+    downsample(src, outs, seed=3, block_events=100)
+    source = _kinds(src)
+    parts = [_kinds(p) for p in outs[25]]
+    for kind, n in ((0, 500 * n_blocks), (1, 60 * n_blocks), (2, 40 * n_blocks)):
+        sets = [part[kind] for part in parts]
+        assert all(s <= source[kind] for s in sets)
+        assert sum(map(len, sets)) == len(set().union(*sets))           # disjoint
+        for s in sets:                                                  # binomial(n, 1/4)
+            assert abs(len(s) - n / 4) < 5 * np.sqrt(n * 3 / 16)
+        if realizations == 4:
+            assert set().union(*sets) == source[kind]
+    histograms = np.stack([part[3] for part in parts])                  # (outputs, blocks, bins)
+    total = histograms.sum(axis=0)
+    assert (total <= source[3]).all()
+    if realizations == 4:
+        np.testing.assert_array_equal(total, source[3])                 # a partition, bin by bin
+    else:
+        assert (total < source[3]).any()
+    big = histogram > 1000
+    mean = histograms[..., big].mean(axis=(0, 1))                       # binomial(c, 1/4)
+    sd = np.sqrt(histogram[big] * 3 / 16 / (realizations * n_blocks))
+    assert (np.abs(mean - histogram[big] / 4) < 5 * sd).all()
+    for part in parts:
+        assert [repr(d) for d in part[4]] == [repr(d) for d in source[4]]   # dead time carried
+
+
+def test_the_kept_fraction_is_recorded_and_compounds(tmp_path):
+    src = write_input(tmp_path / "in.petsird", 3000)
+    first = outputs_for(tmp_path / "a", {20: 2})
+    downsample(src, first, seed=1, block_events=100)
+    record = petsird_header.downsampling_record(pio.read_header(first[20][1]))
+    assert record["kept_fraction"] == 0.2 and record["realization"] == 1 and record["seed"] == 1
+    assert "singles histograms" in record["thinned"] and "dead time" in record["carried"]
+    second = outputs_for(tmp_path / "b", {50: 1})
+    downsample(first[20][1], second, seed=2, block_events=100)
+    header = pio.read_header(second[50][0])
+    record = petsird_header.downsampling_record(header)
+    assert (record["kept_fraction"], record["of_input"], record["level"]) == (0.1, 0.5, "p050")
+    assert header.scanner.detection_efficiencies.method_description.count(
+        petsird_header.DOWNSAMPLED_MARK) == 1
+    assert petsird_header.scanner_from_header(header) == SCANNER    # the acceptance record still reads
+    assert len(all_ids(second[50][0])) == 300
+
+
 def test_generator_file_with_two_module_types(tmp_path):
     from tests.test_listmode_io import generator_file
     src = generator_file(tmp_path / "gen.petsird")
@@ -238,7 +345,7 @@ def test_generator_file_with_two_module_types(tmp_path):
     parts = []
     for p in outs[50]:
         with pio.RawReader(p) as reader:
-            assert reader.header == header
+            assert without_record(reader.header) == header
             parts.append([b for b in reader.time_blocks() if isinstance(b, pio.RawEventBlock)])
     for k, block in enumerate(ref):
         for i, row in enumerate(block.prompts):

@@ -9,6 +9,7 @@ import pytest
 
 from amdiff.listmode import fast_path
 from amdiff.listmode import petsird_io as pio
+from amdiff.listmode.blocks import same_event_block
 from amdiff.listmode.downsample import downsample
 from tests.test_listmode_io import generator_file
 
@@ -47,15 +48,15 @@ def test_a_changed_event_encoding_is_detected(fresh_guard, monkeypatch):
     """As if the writer's layout were off (a field more after the time interval)."""
     write = pio.RawWriter.write_event_block
 
-    def shifted(self, start_ms, stop_ms, prompts, delayeds=()):
-        return write(self, start_ms, stop_ms + 1, prompts, delayeds)
+    def shifted(self, start_ms, stop_ms, prompts, delayeds=(), **kinds):
+        return write(self, start_ms, stop_ms + 1, prompts, delayeds, **kinds)
     monkeypatch.setattr(pio.RawWriter, "write_event_block", shifted)
     assert fast_path.fast_path_problem() == "the fast writer's bytes differ from petsird's"
 
 
 def _every_block_type(path):
-    """A list with prompts and delayeds of two module types (TOF indices set), and every other
-    time-block type in between, written by petsird's own writer."""
+    """A list with prompts, delayeds, singles and triples of two module types (TOF indices set),
+    and every other time-block type in between, written by petsird's own writer."""
     rng = np.random.default_rng(1)
     with petsird.BinaryPETSIRDReader(str(generator_file(path.with_suffix(".gen")))) as reader:
         header = reader.read_header()
@@ -67,6 +68,11 @@ def _every_block_type(path):
             value = block.value
             value.delayed_events = [[list(rng.permutation(ev))[: len(ev) // 2] for ev in row]
                                     for row in value.prompt_events]
+            value.single_events = [[petsird.SingleEvent(detection_bin=int(b), time_offset_in_time_block=int(t))
+                                    for b, t in zip(rng.integers(0, 40, 30), rng.integers(0, 2 ** 31, 30))]
+                                   for _ in range(2)]
+            triple = petsird.TripleEvent(detection_bins=[5, 200, 3], tof_indices=[1, 130])
+            value.triple_events = [[[[triple] * k]], [[[]], [[], [triple]]]]
             writer.write_time_blocks([block])
             if k < len(others):
                 writer.write_time_blocks([others[k]])
@@ -102,11 +108,6 @@ def test_petsird_own_reader_and_writer_give_the_fast_paths_files(fresh_guard, tm
     assert {type(b).__name__ for b in fast_blocks} >= {"TimeBlock.DeadTimeTimeBlock", "TimeBlock.SinglesHistogramTimeBlock"}
     for fast, slow in zip(fast_blocks, slow_blocks):
         if isinstance(fast, pio.RawEventBlock):
-            assert (slow.start_ms, slow.stop_ms, slow.other_events) == (fast.start_ms, fast.stop_ms, fast.other_events)
-            for mine, theirs in ((slow.prompts, fast.prompts), (slow.delayeds, fast.delayeds)):
-                assert [len(r) for r in mine] == [len(r) for r in theirs]
-                for row, other in zip(mine, theirs):
-                    for a, b in zip(row, other):
-                        np.testing.assert_array_equal(a, b)
+            assert same_event_block(slow, fast)
         else:
             assert repr(slow) == repr(fast)

@@ -3,11 +3,24 @@
 ``downsample(in_path, {percent: [path_r0, path_r1, ...]}, seed)`` writes one list per
 level and realization. Semantics:
 
-* Any PETSIRD file works (a real scanner's too, any module-type layout, TOF or not): the
-  header is carried over unchanged, every time block keeps its time interval and
-  position, and the events an output keeps stay in their original order and time block.
-  Non-event time blocks (bed/gantry motion, signals, dead time, singles histograms) are
-  copied to every output; singles, triples and quadruples inside event blocks are dropped.
+* Any PETSIRD file works (a real scanner's too, any module-type layout, TOF or not): every
+  time block keeps its time interval and position, and the events an output keeps stay in
+  their original order and time block.
+* What a thinned list is (our choice; PETSIRD is silent): an acquisition at the same count
+  rates that recorded the fraction f of everything, i.e. of f times the duration, spread over
+  the original time line. So every count is thinned with f and everything that is a rate or
+  a state is carried:
+    - prompts: exact counts (below);
+    - delayeds, singles, triples and quadruples inside event blocks: each event independently
+      (below), so their counts are binomial;
+    - singles histograms: each bin's count binomially (multinomially across the outputs that
+      share events, so that they stay disjoint);
+    - dead time (alive fractions), external signals, bed and gantry motion: copied unchanged.
+      The alive fraction is a property of the count rate, which thinning does not change.
+  A rate estimated from a thinned list (singles for randoms, say) divides by f times the
+  interval. f is therefore recorded in each output's header (the ``amdiff-downsampled:``
+  record, amdiff.listmode.header), relative to the original acquisition when the input was
+  itself down-sampled; the rest of the header is copied.
 * Prompts, exact counts: with N prompts in the file, the output of level f = percent/100
   gets exactly round_half_up(f * N) prompts, decided while streaming (N unknown up
   front). Prompts are cut into segments of B events, B a multiple of the LCM of the
@@ -27,9 +40,10 @@ level and realization. Semantics:
   their union is the whole input; each count then differs from f * N by less than 1.
   The same cumulative rule is the fallback when a file is too short for exact disjoint
   counts (e.g. three 30 % realizations of 5 events).
-* Delayed coincidences are thinned too, with the same fraction and the same disjointness,
-  but independently per event (a uniform draw picks the output), so their counts are
-  binomial rather than exact; this keeps randoms estimates proportional to the prompts.
+* Delayeds and the other event kinds are thinned with the same fraction and the same
+  disjointness, but independently per event (a uniform draw picks the output; one seeded
+  stream per kind), so their counts are binomial rather than exact; this keeps randoms
+  estimates proportional to the prompts.
 * Seeded: the same input, outputs and seed give identical files. Which events a level
   keeps depends on the whole set of requested outputs (they share permutations).
 * Outputs are written atomically; on any error no output file is created or replaced.
@@ -38,6 +52,7 @@ level and realization. Semantics:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 from collections import deque
@@ -45,16 +60,23 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import petsird
 
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path
 from amdiff.levels import level_fraction, level_name
+from amdiff.listmode.blocks import serialised_header
+from amdiff.listmode.header import downsampled_description, kept_fraction
 from amdiff.listmode.petsird_io import RawEventBlock, RawReader, RawWriter
 
 log = logging.getLogger(__name__)
 MIN_SEGMENT = 100_000
 MAX_SEGMENT = 10_000_000
-_PROMPT, _DELAYED = 0, 1
+# one seeded random stream per event kind (and group of outputs)
+_PROMPT, _DELAYED, _SINGLE, _TRIPLE, _QUADRUPLE, _HISTOGRAM = range(6)
+THINNED = ["prompts (exact counts)", "delayeds", "singles", "triples", "quadruples",
+           "singles histograms"]
+CARRIED = ["dead time", "external signals", "bed movement", "gantry movement"]
 
 
 def round_half_up(x: Fraction) -> int:
@@ -171,13 +193,13 @@ class _PromptSplitter:
         return [lab[start - self.base:stop - self.base] for lab in self.labels]
 
 
-def _flatten(matrix) -> tuple[np.ndarray, list[int], list[int]]:
-    """Concatenated (n, 3) events, row lengths, list lengths of a nested coincidence matrix."""
+def _flatten(matrix, width: int = 3) -> tuple[np.ndarray, list[int], list[int]]:
+    """Concatenated (n, width) events, row lengths, list lengths of a nested event matrix."""
     lists = [ev for row in matrix for ev in row]
     if len(lists) == 1:
         events = lists[0]
     else:
-        events = np.concatenate(lists) if lists else np.zeros((0, 3), dtype=np.uint32)
+        events = np.concatenate(lists) if lists else np.zeros((0, width), dtype=np.uint32)
     return events, [len(row) for row in matrix], [len(ev) for ev in lists]
 
 
@@ -188,21 +210,112 @@ def _nest(events: np.ndarray, selected: np.ndarray, shape: list[int], sizes: lis
     return [[next(parts) for _ in range(k)] for k in shape]
 
 
+def _leaves(nested, depth: int):
+    """The event lists at ``depth`` of petsird's nested lists (triples: 3, quadruples: 4)."""
+    if depth == 0:
+        yield nested
+        return
+    for item in nested:
+        yield from _leaves(item, depth - 1)
+
+
+def _select_nested(nested, depth: int, keep: np.ndarray):
+    """The same nesting, holding the events whose flat index has ``keep`` True."""
+    offset = 0
+
+    def pick(item, d):
+        nonlocal offset
+        if d:
+            return [pick(x, d - 1) for x in item]
+        chosen = [e for e, k in zip(item, keep[offset:offset + len(item)]) if k]
+        offset += len(item)
+        return chosen
+    return pick(nested, depth)
+
+
+class _Thinner:
+    """Independent thinning of every event kind but the prompts: one seeded stream per kind
+    and group of outputs; labels say which output of the group an event goes to (-1: none)."""
+
+    def __init__(self, groups, seed: int):
+        self.groups = groups
+        self.edges = [np.cumsum([float(o.fraction) for o in group]) for group in groups]
+        self.rngs = {kind: [np.random.default_rng([seed, kind, g]) for g in range(len(groups))]
+                     for kind in (_DELAYED, _SINGLE, _TRIPLE, _QUADRUPLE, _HISTOGRAM)}
+
+    def labels(self, kind: int, n: int) -> list[np.ndarray]:
+        out = []
+        for edges, rng in zip(self.edges, self.rngs[kind]):
+            lab = np.searchsorted(edges, rng.random(n), side="right").astype(np.int16)
+            lab[lab == len(edges)] = -1
+            out.append(lab)
+        return out
+
+    def histograms(self, block):
+        """A singles-histogram time block per output (group by group): each bin's count split
+        multinomially over the group's outputs and the events no output keeps."""
+        value = block.value
+        fields = ("singles_per_singles_unit_histogram", "singles_per_detection_bin_histogram")
+        out = []
+        for group, rng in zip(self.groups, self.rngs[_HISTOGRAM]):
+            shares = [float(o.fraction) for o in group]
+            pvals = shares + [max(0.0, 1.0 - sum(shares))]
+            split = {name: [rng.multinomial(np.asarray(row, dtype=np.int64), pvals)
+                            if len(row) else np.zeros((0, len(pvals)), np.int64)
+                            for row in getattr(value, name)] for name in fields}
+            for j in range(len(group)):
+                out.append(petsird.TimeBlock.SinglesHistogramTimeBlock(
+                    petsird.SinglesHistogramTimeBlock(
+                        time_interval=value.time_interval,
+                        **{name: [[int(c) for c in row[:, j]] for row in split[name]]
+                           for name in fields})))
+        return out
+
+
 class _PendingBlock:
-    def __init__(self, block: RawEventBlock, prompt_start: int, groups, rngs):
+    def __init__(self, block: RawEventBlock, prompt_start: int, thinner: _Thinner):
         self.block = block
         self.prompts, self.p_shape, self.p_sizes = _flatten(block.prompts)
         self.delayeds, self.d_shape, self.d_sizes = _flatten(block.delayeds)
-        block.prompts = block.delayeds = None      # keep one copy of the events
+        self.singles, _, self.s_sizes = _flatten([block.singles], width=2)
+        block.prompts = block.delayeds = block.singles = None      # keep one copy of the events
         self.start, self.stop = prompt_start, prompt_start + len(self.prompts)
-        # delayeds: independent uniform draw -> output by cumulative fraction intervals
-        self.d_labels = []
-        for group, rng in zip(groups, rngs):
-            edges = np.cumsum([float(o.fraction) for o in group])
-            u = rng.random(len(self.delayeds))
-            lab = np.searchsorted(edges, u, side="right").astype(np.int16)
-            lab[lab == len(group)] = -1
-            self.d_labels.append(lab)
+        self.d_labels = thinner.labels(_DELAYED, len(self.delayeds))
+        self.s_labels = thinner.labels(_SINGLE, len(self.singles))
+        self.t_labels = thinner.labels(_TRIPLE, sum(map(len, _leaves(block.triples, 3))))
+        self.q_labels = thinner.labels(_QUADRUPLE, sum(map(len, _leaves(block.quadruples, 4))))
+
+
+def _output_headers(reader: RawReader, outs: list, seed: int) -> list[bytes]:
+    """Each output's header bytes: the input's, with its down-sampling record.
+
+    The header is serialised once with a placeholder record, whose bytes are then replaced by
+    each output's record padded to the same length (so no length prefix changes): a scanner
+    header of tens of MB is not serialised once per output.
+    """
+    header = reader.header
+    efficiencies = header.scanner.detection_efficiencies
+    original = efficiencies.method_description
+    input_fraction = kept_fraction(header, reader.path)
+    records = [json.dumps({"kept_fraction": input_fraction * float(o.fraction),
+                           "of_input": float(o.fraction), "level": level_name(o.percent),
+                           "realization": o.realization, "seed": seed,
+                           "thinned": THINNED, "carried": CARRIED}) for o in outs]
+    width = max(map(len, records))
+    placeholder = "{" + "~" * (width - 2) + "}"
+    try:
+        efficiencies.method_description = downsampled_description(original, placeholder)
+        template = serialised_header(header)
+        if template.count(placeholder.encode()) != 1:      # never seen; serialise each then
+            out = []
+            for record in records:
+                efficiencies.method_description = downsampled_description(original, record)
+                out.append(serialised_header(header))
+            return out
+    finally:
+        efficiencies.method_description = original
+    return [template.replace(placeholder.encode(), record.ljust(width).encode())
+            for record in records]
 
 
 def downsample(in_path, outputs: dict, seed: int, block_events: int | None = None) -> dict:
@@ -222,13 +335,12 @@ def downsample(in_path, outputs: dict, seed: int, block_events: int | None = Non
         o.prompts_planned = 0
 
     splitter = _PromptSplitter(groups, segment, int(seed))
-    delayed_rngs = [np.random.default_rng([int(seed), _DELAYED, g]) for g in range(len(groups))]
+    thinner = _Thinner(groups, int(seed))
     pending: deque = deque()
 
     with RawReader(in_path) as reader, contextlib.ExitStack() as stack:
-        header = reader.header_bytes()           # carried over byte for byte
         writers = []
-        for o in all_outs:
+        for o, header in zip(all_outs, _output_headers(reader, all_outs, int(seed))):
             tmp = stack.enter_context(atomic_path(o.path))
             writer = RawWriter(tmp, header_bytes=header)
             stack.callback(writer.close)
@@ -241,6 +353,9 @@ def downsample(in_path, outputs: dict, seed: int, block_events: int | None = Non
                     if not ready_all and item.stop > splitter.done:
                         return
                     _write_block(item, splitter.take(item.start, item.stop), groups, writers)
+                elif isinstance(item, petsird.TimeBlock.SinglesHistogramTimeBlock):
+                    for w, histogram in zip(writers, thinner.histograms(item)):
+                        w.write_time_block(histogram)
                 else:
                     for w in writers:
                         w.write_time_block(item)
@@ -248,7 +363,7 @@ def downsample(in_path, outputs: dict, seed: int, block_events: int | None = Non
 
         for block in reader.time_blocks():
             if isinstance(block, RawEventBlock):
-                item = _PendingBlock(block, splitter.seen, groups, delayed_rngs)
+                item = _PendingBlock(block, splitter.seen, thinner)
                 pending.append(item)
                 splitter.add(len(item.prompts))
             else:
@@ -266,13 +381,16 @@ def downsample(in_path, outputs: dict, seed: int, block_events: int | None = Non
 
 def _write_block(item: _PendingBlock, prompt_labels, groups, writers) -> None:
     k = 0
-    for group, p_lab, d_lab in zip(groups, prompt_labels, item.d_labels):
+    for g, (group, p_lab) in enumerate(zip(groups, prompt_labels)):
         for j, out in enumerate(group):
             p_sel = np.flatnonzero(p_lab == j)
-            d_sel = np.flatnonzero(d_lab == j)
             writers[k].write_event_block(
                 item.block.start_ms, item.block.stop_ms,
                 _nest(item.prompts, p_sel, item.p_shape, item.p_sizes),
-                _nest(item.delayeds, d_sel, item.d_shape, item.d_sizes))
+                _nest(item.delayeds, np.flatnonzero(item.d_labels[g] == j), item.d_shape, item.d_sizes),
+                singles=_nest(item.singles, np.flatnonzero(item.s_labels[g] == j),
+                              [len(item.s_sizes)], item.s_sizes)[0],
+                triples=_select_nested(item.block.triples, 3, item.t_labels[g] == j),
+                quadruples=_select_nested(item.block.quadruples, 4, item.q_labels[g] == j))
             out.prompts += len(p_sel)
             k += 1

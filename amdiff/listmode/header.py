@@ -16,13 +16,16 @@ Header layout written by ``make_header`` (read back by ``scanner_from_header``):
     everything else 1, so PETSIRD tools see the same LORs), and exactly, as JSON after
     the marker ``amdiff-acceptance:`` in DetectionEfficiencies.method_description.
 Lengths read back from the float32 geometry are rounded to 0.1 um.
+
+A down-sampled list records what it keeps as JSON after ``amdiff-downsampled:`` at the end
+of the same text, PETSIRD's one free-text field of the header (``downsampled_description``,
+read by ``kept_fraction``); the calibration factor stays the scanner's.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 
 import numpy as np
 import petsird
@@ -34,6 +37,7 @@ from amdiff.physics.scanner import CylindricalScanner
 ENERGY_WINDOW_KEV = (435.0, 650.0)
 ENERGY_RESOLUTION_AT_511 = 0.12   # typical LSO/LYSO FWHM fraction; informational only
 _ACCEPTANCE_MARK = "amdiff-acceptance:"
+DOWNSAMPLED_MARK = "amdiff-downsampled:"
 _ROT_ATOL = 1e-5                  # float32 rotation entries
 _MM_ATOL = 1e-3                   # float32 positions, mm
 
@@ -205,11 +209,9 @@ def scanner_from_header(header: petsird.Header, source=None) -> CylindricalScann
             and pitch > 0 and np.allclose(z, ideal_z, atol=_MM_ATOL)):
         fail("detecting elements are not one axial column of equally spaced, centred rings")
     radius = _mm(face[0, 0])
-    match = re.search(re.escape(_ACCEPTANCE_MARK) + r"\s*(\{.*\})",
-                      info.detection_efficiencies.method_description or "")
     try:
-        acceptance = (json.loads(match.group(1)) if match else
-                      _acceptance_from_efficiencies(info, n_crystals, n_rings, radius))
+        acceptance = (_marked_json(info.detection_efficiencies.method_description, _ACCEPTANCE_MARK)
+                      or _acceptance_from_efficiencies(info, n_crystals, n_rings, radius))
         return CylindricalScanner(
             name=info.model_name, n_crystals=n_crystals, n_rings=n_rings, radius_mm=radius,
             ring_pitch_mm=_mm(pitch), max_ring_difference=int(acceptance["max_ring_difference"]),
@@ -217,6 +219,47 @@ def scanner_from_header(header: petsird.Header, source=None) -> CylindricalScann
             crystal_size_mm=tuple(_mm(v) for v in hi - lo))
     except (ValueError, KeyError, TypeError) as err:
         fail(str(err))
+
+
+def _marked_json(text: str | None, mark: str) -> dict | None:
+    """The JSON object written after ``mark`` in ``text`` (None when the mark is absent);
+    whatever follows the object (another mark) is not part of it."""
+    at = (text or "").find(mark)
+    if at < 0:
+        return None
+    rest = text[at + len(mark):]
+    found, _ = json.JSONDecoder().raw_decode(rest, len(rest) - len(rest.lstrip()))
+    if not isinstance(found, dict):
+        raise ValueError(f"{mark} is not followed by a JSON object")
+    return found
+
+
+def downsampled_description(description: str | None, record_json: str) -> str:
+    """``description`` with its down-sampling record (if any) replaced by ``record_json``."""
+    text = description or ""
+    at = text.find(DOWNSAMPLED_MARK)
+    kept = text[:at].rstrip() if at >= 0 else text
+    return f"{kept} {DOWNSAMPLED_MARK} {record_json}".lstrip()
+
+
+def downsampling_record(header: petsird.Header, source=None) -> dict | None:
+    """The record ``amdiff downsample`` wrote into a list it made (None for any other list)."""
+    try:
+        record = _marked_json(header.scanner.detection_efficiencies.method_description,
+                              DOWNSAMPLED_MARK)
+        if record is not None and not 0 < float(record["kept_fraction"]) <= 1:
+            raise ValueError(f"kept_fraction {record['kept_fraction']} is not in (0, 1]")
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(source or "PETSIRD header",
+                         f"unreadable {DOWNSAMPLED_MARK} record in the header: {err}") from None
+    return record
+
+
+def kept_fraction(header: petsird.Header, source=None) -> float:
+    """Share of the original acquisition's events this list holds: 1 unless it is a
+    down-sampled list, which records it."""
+    record = downsampling_record(header, source)
+    return 1.0 if record is None else float(record["kept_fraction"])
 
 
 def _geometry_value(value) -> str:

@@ -124,38 +124,35 @@ _TIME_BLOCK_CASES = [
     (petsird.TimeBlock.SinglesHistogramTimeBlock, _pb.SinglesHistogramTimeBlockSerializer()),
 ]
 _TIME_BLOCK = _binary.UnionSerializer(petsird.TimeBlock, _TIME_BLOCK_CASES)
-_SINGLES = _binary.VectorSerializer(_binary.VectorSerializer(_pb.SingleEventSerializer()))
 _EVENT_FIELDS = dict(_pb.EventTimeBlockSerializer()._field_serializers)
 _TRIPLES = _EVENT_FIELDS["triple_events"]
 _QUADRUPLES = _EVENT_FIELDS["quadruple_events"]
 
 
-def _read_coincidence_matrix(stream, limit: int) -> list:
-    rows = []
+def _read_event_lists(stream, limit: int, width: int) -> list:
+    """A vector of event lists, each as (n, width) uint32 (``width`` varints per event)."""
+    out = []
     for _ in range(stream.read_unsigned_varint()):
-        row = []
-        for _ in range(stream.read_unsigned_varint()):
-            n = stream.read_unsigned_varint()
-            if 3 * n > limit:
-                raise ValueError(f"corrupt event list length {n}")
-            row.append(_read_varints(stream, 3 * n).reshape(n, 3))
-        rows.append(row)
-    return rows
+        n = stream.read_unsigned_varint()
+        if width * n > limit:
+            raise ValueError(f"corrupt event list length {n}")
+        out.append(_read_varints(stream, width * n).reshape(n, width))
+    return out
+
+
+def _read_coincidence_matrix(stream, limit: int) -> list:
+    """Coincidences per module-type pair as (n, 3) uint32 [bin_1, bin_2, tof_idx]."""
+    return [_read_event_lists(stream, limit, 3) for _ in range(stream.read_unsigned_varint())]
 
 
 def _read_event_block(stream, limit: int) -> RawEventBlock:
     start = stream.read_unsigned_varint()
     stop = stream.read_unsigned_varint()
-    singles = _SINGLES.read(stream)
+    singles = _read_event_lists(stream, limit, 2)     # per module type: [detection_bin, time_offset]
     prompts = _read_coincidence_matrix(stream, limit)
     delayeds = _read_coincidence_matrix(stream, limit)
-    triples = _TRIPLES.read(stream)
-    quadruples = _QUADRUPLES.read(stream)
-
-    def nonempty(x):
-        return any(nonempty(y) for y in x) if isinstance(x, list) else True
-    return RawEventBlock(start, stop, prompts, delayeds,
-                         nonempty(singles) or nonempty(triples) or nonempty(quadruples))
+    return RawEventBlock(start, stop, prompts, delayeds, singles,
+                         _TRIPLES.read(stream), _QUADRUPLES.read(stream))
 
 
 def _check_file(path: Path) -> None:
@@ -195,7 +192,7 @@ class _BinCheck:
 
     def __init__(self, n_bins: list[int]):
         self.n_bins = n_bins
-        self.seen = {"prompt": 0, "delayed": 0}
+        self.seen = {"prompt": 0, "delayed": 0, "single": 0}
         self.bad = 0
         self.first = None
 
@@ -205,6 +202,16 @@ class _BinCheck:
                 if len(events):
                     self._add_list(kind, events, i, j, block_index)
                 self.seen[kind] += len(events)
+
+    def add_singles(self, singles: list, block_index: int) -> None:
+        for t, events in enumerate(singles):
+            if len(events) and t < len(self.n_bins) and events[:, 0].max() >= self.n_bins[t]:
+                k = int(np.flatnonzero(events[:, 0] >= self.n_bins[t])[0])
+                if self.first is None:
+                    self.first = (f"single event {self.seen['single'] + k} (time block {block_index}) "
+                                  f"with detector id {int(events[k, 0])}")
+                self.bad += int((events[:, 0] >= self.n_bins[t]).sum())
+            self.seen["single"] += len(events)
 
     def _add_list(self, kind, events, i, j, block_index) -> None:
         # List [i][j] holds bins of module types i and j. Rows beyond the header's types are
@@ -224,7 +231,7 @@ class _BinCheck:
     def error(self, path: Path) -> InputError | None:
         if not self.bad:
             return None
-        total = self.seen["prompt"] + self.seen["delayed"]
+        total = sum(self.seen.values())
         scanner = (f"{self.n_bins[0]} detection bins" if len(self.n_bins) == 1 else
                    f"detection bins per module type {', '.join(map(str, self.n_bins))}")
         return InputError(path, f"{self.bad} of {total} events have detector ids out of range "
@@ -291,6 +298,7 @@ class RawReader:
                 if isinstance(block, RawEventBlock):
                     check.add("prompt", block.prompts, index)
                     check.add("delayed", block.delayeds, index)
+                    check.add_singles(block.singles, index)
                 yield block
         except InputError:
             raise
@@ -348,27 +356,40 @@ class RawWriter:
             _pb.HeaderSerializer().write(self._stream, header)
 
     def write_event_block(self, start_ms: int, stop_ms: int, prompts: list,
-                          delayeds: list = ()) -> None:
+                          delayeds: list = (), *, singles: list = (), triples: list = (),
+                          quadruples: list = ()) -> None:
+        """One EventTimeBlock (the lists as in RawEventBlock)."""
         if not 0 <= start_ms <= stop_ms < 2 ** 32:
             raise ValueError(f"bad time interval [{start_ms}, {stop_ms}] ms")
         if not self.fast:
-            self._write_library_block(petsird.TimeBlock.EventTimeBlock(
-                petsird_event_block(start_ms, stop_ms, prompts, delayeds)))
+            self._write_library_block(petsird.TimeBlock.EventTimeBlock(petsird_event_block(
+                RawEventBlock(start_ms, stop_ms, prompts, delayeds, singles, triples, quadruples))))
             return
-        # chunk of 1 item, union tag, interval, no singles; all of these are varints
-        head = [1, _EVENT_TAG, start_ms, stop_ms, 0]
+        # chunk of 1 item, union tag, interval, singles, prompts, delayeds: all varints
+        head = self._write_lists([1, _EVENT_TAG, start_ms, stop_ms], singles)
         for matrix in (prompts, delayeds):
             head.append(len(matrix))
             for row in matrix:
-                head.append(len(row))
-                for events in row:
-                    head.append(len(events))
-                    if len(events):
-                        self._write_values(head)
-                        head = []
-                        self._write_values(events)
-        head += [0, 0]                                              # no triples, quadruples
+                head = self._write_lists(head, row)
         self._write_values(head)
+        _TRIPLES.write(self._stream, list(triples))      # rare kinds: petsird's serializers
+        _QUADRUPLES.write(self._stream, list(quadruples))
+
+    def _write_lists(self, head: list, lists) -> list:
+        """Write ``head`` and a vector of event lists; returns the varints still to write."""
+        head.append(len(lists))
+        for events in lists:
+            head.append(len(events))
+            if len(events):
+                self._write_values(head)
+                head = []
+                self._write_values(events)
+        return head
+
+    def write_raw_block(self, block: RawEventBlock) -> None:
+        self.write_event_block(block.start_ms, block.stop_ms, block.prompts, block.delayeds,
+                               singles=block.singles, triples=block.triples,
+                               quadruples=block.quadruples)
 
     def _write_values(self, values) -> None:
         self._stream.write_bytes(memoryview(encode_varints(values)))
