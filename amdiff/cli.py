@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     process with status 128 + the signal number.
     """
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # for a verb that relaunches itself
     from amdiff.io.atomic import remove_temporaries_on_signals
     from amdiff.joblog import configure_logging
 

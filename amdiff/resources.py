@@ -46,8 +46,9 @@ NETWORK_JOB = {"train": {"cpu": (8000, 120), "cuda": (32000, 2880)},
                "predict": {"cpu": (4000, 60), "cuda": (32000, 240)}}
 
 
-def network_resources(stage: str, device: str) -> dict:
-    """``resources:`` of a training (``stage="train"``) or inference job on ``device``."""
+def network_resources(stage: str, device: str, processes: int = 1) -> dict:
+    """``resources:`` of a training (``stage="train"``) or inference job on ``device``; a
+    data-parallel training of ``processes`` processes needs their memory and one GPU each."""
     sizes = NETWORK_JOB[stage]
     mem_mb, runtime = sizes["cpu" if device == "cpu" else "cuda"]
-    return job_resources(mem_mb, runtime, gpu=1 if device == "cuda" else 0)
+    return job_resources(mem_mb * processes, runtime, gpu=processes if device == "cuda" else 0)

@@ -34,9 +34,9 @@ rule train_diffusion:
     priority: 10
     conda:
         "../envs/learning.yaml"
-    threads: TRAINING["threads"]
+    threads: TRAINING["threads"] * TRAINING["gpus"]
     resources:
-        **network_resources("train", training_device()),
+        **network_resources("train", training_device(), TRAINING["gpus"]),
     params:
         outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
     shell:
@@ -74,9 +74,9 @@ rule train_baseline:
     priority: 10
     conda:
         "../envs/learning.yaml"
-    threads: TRAINING["threads"]
+    threads: TRAINING["threads"] * TRAINING["gpus"]
     resources:
-        **network_resources("train", training_device()),
+        **network_resources("train", training_device(), TRAINING["gpus"]),
     params:
         outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
         # flag and shell-quoted path, or nothing (the rule leaves the param unquoted)

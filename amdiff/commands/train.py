@@ -18,11 +18,28 @@ def register(sub) -> None:
     p.add_argument("--variant", default="amdiff")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the job, split over its data-parallel processes "
+                        "(default: training.threads each)")
     p.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs (resume later)")
     p.add_argument("--denoiser-checkpoint", default=None,
                    help="trained Med-DDPM whose outputs feed a comparison segmenter")
     p.set_defaults(handler=train)
+
+
+def relaunch_data_parallel(training: dict, argv: list[str]) -> None:
+    """With training.gpus > 1, replace this process by torchrun running that many copies of this
+    command (amdiff.train.parallel); exec, so a SIGTERM reaches torchrun, which stops them."""
+    import os
+    import sys
+
+    from amdiff.train.parallel import check_sizes, launched_by_torchrun
+
+    processes = int(training["gpus"])
+    if processes > 1 and not launched_by_torchrun():
+        check_sizes(training, processes)     # one line here rather than one per process
+        os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                  f"--nproc-per-node={processes}", "-m", "amdiff", *argv])
 
 
 def train(args) -> None:
@@ -48,7 +65,11 @@ def train(args) -> None:
     # before the manifest's images are read: a missing GPU is known at once
     device_of(args.device or config["training"]["device"],
               "--device" if args.device else "training.device")
-    set_torch_threads(args.threads or config["training"].get("threads"))
+    relaunch_data_parallel(config["training"], args.argv)
+    from amdiff.train.parallel import DataParallel
+
+    processes = DataParallel().world
+    set_torch_threads(max(1, args.threads // processes) if args.threads else config["training"]["threads"])
     if replicate_base(args.variant) in VARIANTS:   # AMDiff, its ablations, Med-DDPM, their seed replicates
         trainer = Trainer(config, args.variant, args.site, args.manifest, args.out_dir, device=args.device)
     else:

@@ -48,6 +48,7 @@ from amdiff.io.files import make_output_dir
 from amdiff.joblog import progress as progress_of
 from amdiff.train.checkpoint import (canonical_sha256, file_sha256, load_checkpoint, load_weights,
                                      save_checkpoint)
+from amdiff.train.parallel import DataParallel, check_sizes
 from amdiff.train.progress import write_progress
 
 
@@ -78,10 +79,10 @@ PROGRESS = "progress.png"      # the curves so far, redrawn every epoch (amdiff.
 
 # training keys that do not change the weights, so changing them resumes rather than retrains:
 # which sites a model predicts (its own site is in the fingerprint), where the job runs and on
-# how many threads, which epochs are also kept. Device and threads change float rounding, not the
-# model being trained; a job moved from CPU to GPU (or given more cores) should continue, not
-# start over.
-NOT_WEIGHTS = ("train_sites", "device", "threads", "checkpoint_every_epochs")
+# how many threads and processes, which epochs are also kept. Device, threads and data-parallel
+# processes change float rounding, not the model being trained; a job moved from CPU to GPU (or
+# given more cores or GPUs) should continue, not start over.
+NOT_WEIGHTS = ("train_sites", "device", "threads", "gpus", "checkpoint_every_epochs")
 
 
 def weight_settings(section: dict, drop=()) -> dict:
@@ -129,8 +130,10 @@ class EpochTrainer(ABC):
         self.variant_name = replicate_base(name)   # what is built; name (a seed replicate's own) seeds it
         self.tcfg = config["training"]
         self.out_dir = Path(out_dir)
-        self.device = device_of(device or self.tcfg["device"],
-                                "--device" if device else "training.device")
+        self.parallel = DataParallel()      # one process unless torchrun started several
+        check_sizes(self.tcfg, self.parallel.world)
+        self.device = self.parallel.start(device_of(device or self.tcfg["device"],
+                                                    "--device" if device else "training.device"))
         self.seed = derived_seed(config["seed"], "train", name, site)
         self.e_max = int(self.tcfg["epochs"])
         patch = tuple(self.tcfg["patch_size"])
@@ -252,7 +255,10 @@ class EpochTrainer(ABC):
 
     def discard(self, reason: str) -> None:
         """Say in one line why the kept training state goes, then delete it and the outputs made
-        from it. last.pt goes last: a kill mid-way leaves a last.pt that is discarded again."""
+        from it. last.pt goes last: a kill mid-way leaves a last.pt that is discarded again.
+        (Data-parallel: process 0 does this before the others resume.)"""
+        if not self.parallel.is_main:
+            return
         print(f"{reason}: training from scratch", file=sys.stderr)
         for name in ("best.pt", "log.csv", PROGRESS, BEST_KEPT, "last.pt"):
             (self.out_dir / name).unlink(missing_ok=True)
@@ -289,15 +295,24 @@ class EpochTrainer(ABC):
         ``max_epochs_this_run`` stops early (as a time-limited cluster job would); a later call
         resumes where it stopped.
         """
-        make_output_dir(self.out_dir)   # a file in its place, or no write access: one line
-        self.remove_temporaries()
-        if self.resume():
-            self.restore_outputs()
+        main = self.parallel.is_main    # data-parallel: process 0 writes every file
+        if main:
+            make_output_dir(self.out_dir)   # a file in its place, or no write access: one line
+            self.remove_temporaries()
+            if self.resume():
+                self.restore_outputs()
+        self.parallel.barrier()          # the others resume from what process 0 left
+        if not main:
+            self.resume()
+        if not getattr(self, "_gradients_averaged", False):
+            for opt in self.optimizers.values():
+                self.parallel.average_gradients(opt)
+            self._gradients_averaged = True
         n, bs = int(self.tcfg["patches_per_epoch"]), int(self.tcfg["batch_size"])
         end = self.e_max if max_epochs_this_run is None else min(self.e_max, self.start_epoch + max_epochs_this_run)
         self.model.train()
         bar = progress_of(range(self.start_epoch, end), desc=f"train {self.name}/{self.site}", unit="epoch",
-                          enabled=progress, initial=self.start_epoch, total=self.e_max)
+                          enabled=progress and main, initial=self.start_epoch, total=self.e_max)
         for epoch in bar:
             t0 = time.perf_counter()
             gen = torch.Generator().manual_seed(derived_seed(self.seed, "epoch", str(epoch)))
@@ -307,10 +322,14 @@ class EpochTrainer(ABC):
             patches = self.train_sampler.epoch(n, epoch)
             means = RunningMeans()
             for batch in batches(patches, bs):
-                means.add(self.train_batch(batch, epoch, gen), len(batch["hc"]))
+                local = self.parallel.shard(batch)
+                means.add(self.train_batch(local, epoch, gen), len(local["hc"]))
             row = {"epoch": epoch, **self.epoch_columns(epoch)}
             for sched in self.schedulers.values():
                 sched.step()
+            train_means = means.result(lambda values: self.parallel.sum(values, self.device))
+            if not main:                 # process 0 validates and writes while the others go on
+                continue
             self.model.eval()
             with torch.no_grad():
                 val = self.validate()
@@ -318,7 +337,7 @@ class EpochTrainer(ABC):
             improved = val["val_score"] < self.best_score
             if improved:
                 self.best_score = val["val_score"]
-            self.history.append({**row, **{f"train_{k}": v for k, v in means.result().items()}, **val,
+            self.history.append({**row, **{f"train_{k}": v for k, v in train_means.items()}, **val,
                                  "best": int(improved), "seconds": round(time.perf_counter() - t0, 3)})
             bar.set_postfix(val_score=float(val["val_score"]), best=float(self.best_score))
             if improved:
@@ -329,6 +348,7 @@ class EpochTrainer(ABC):
             if every and (epoch + 1) % every == 0:   # kept for learning curves, never read back
                 link_or_copy(self.out_dir / "last.pt", self.out_dir / f"epoch_{epoch + 1:04d}.pt")
             self.write_log()
+        self.parallel.finish()
         return self.out_dir / "best.pt"
 
 
@@ -348,8 +368,15 @@ class RunningMeans:
                 self.sums[key] += value * weight
                 self.weights[key] += weight
 
-    def result(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.weights[k] if self.weights[k] else float("nan") for k in self.sums}
+    def result(self, sum_over_processes=None) -> dict[str, float]:
+        """The means; ``sum_over_processes`` (data-parallel) adds the other processes' sums and
+        weights first, so the means are over the global batches."""
+        keys = list(self.sums)
+        sums, weights = [self.sums[k] for k in keys], [self.weights[k] for k in keys]
+        if sum_over_processes is not None:
+            both = sum_over_processes(sums + weights)
+            sums, weights = both[:len(keys)], both[len(keys):]
+        return {k: s / w if w else float("nan") for k, s, w in zip(keys, sums, weights)}
 
 
 def nrmse(pred: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:

@@ -145,17 +145,22 @@ class Trainer(EpochTrainer):
         return {"lambda_warm": lambda_warm(epoch, self.e_T, self.e_max), "lr_denoiser": lrs[0],
                 "lr_segmenter": lrs[1]}
 
-    def _noisy(self, hc: torch.Tensor, generator: torch.Generator):
+    def _noisy(self, hc: torch.Tensor, generator: torch.Generator, shard: bool = False):
+        """x0, t, noise and x_t of a batch. ``shard``: ``hc`` is this process's block of a
+        data-parallel global batch; the draws are the global batch's, of which it keeps its rows,
+        so every item gets the t and noise it gets in single-process training."""
         m = self.model
         x0 = m.to_diffusion(hc)
-        t = m.schedule.sample_t(hc.shape[0], generator).to(self.device)
-        noise = torch.randn(x0.shape, generator=generator).to(self.device)
+        n = hc.shape[0] * (self.parallel.world if shard else 1)
+        rows = self.parallel.rows(n) if shard else slice(None)
+        t = m.schedule.sample_t(n, generator)[rows].to(self.device)
+        noise = torch.randn((n, *x0.shape[1:]), generator=generator)[rows].to(self.device)
         return x0, t, noise, m.schedule.q_sample(x0, t, noise)
 
     def train_batch(self, batch: dict, epoch: int, generator: torch.Generator) -> dict[str, float]:
         m, opt = self.model, self.optimizers["adam"]
         hc, lc = batch["hc"].to(self.device), batch["lc"].to(self.device)
-        x0, t, noise, x_t = self._noisy(hc, generator)
+        x0, t, noise, x_t = self._noisy(hc, generator, shard=True)
         out = m.network(x_t, lc, t)   # the noise, or v (diffusion.prediction)
         aux = {}
         if lambda_warm(epoch, self.e_T, self.e_max) > 0:
