@@ -21,7 +21,7 @@ def test_every_key_has_a_description():
 
 def test_the_table_lists_site_keys_and_defaults():
     table = markdown(load_schema())
-    assert '| `sites.<site>.recon.engine` | `internal`, `external` | `"internal"` |' in table
+    assert '| `sites.<site>.recon.engine` | `internal`, `listmode`, `external` | `"internal"` |' in table
     assert "| `training.val_sampler_steps` | integer >= 0 | `10` |" in table
     # a key the code reads from a site is listed once, not per configured site
     assert "sites.mct." not in table

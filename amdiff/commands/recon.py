@@ -61,12 +61,20 @@ def recon(args) -> None:
                              count_fraction=fraction, acquisition=acquisition,
                              source=f"{args.config}: sites.{args.site}")
         return
-    from amdiff.physics.scanner import CylindricalScanner
-    from amdiff.recon.osem import reconstruct_listmode
-
     recon_cfg.pop("command", None)
     device = args.device or recon_cfg.pop("device", "cpu")
     recon_cfg.pop("device", None)
+    if site["recon"].get("engine") == "listmode":
+        from amdiff.recon.listmode_osem import reconstruct_any_scanner
+
+        reconstruct_any_scanner(args.listmode, mu.data, mu.affine, recon_cfg, args.out, device,
+                                count_fraction=fraction, use_tof=recon_cfg.pop("tof", True),
+                                background_fraction=site["acquisition"]["background_fraction"])
+        return
+    from amdiff.physics.scanner import CylindricalScanner
+    from amdiff.recon.osem import reconstruct_listmode
+
+    recon_cfg.pop("tof", None)
     # The flat randoms+scatter model is known from the acquisition settings (the PETSIRD
     # header has no field for it), exactly as the simulation used it.
     reconstruct_listmode(args.listmode, mu.data, mu.affine, recon_cfg, args.out,
