@@ -19,6 +19,9 @@ Checks, each timed, each a row of the table (status ok, FAIL with the reason, or
    counts of MONAI's sliding window. A projection, labelled so.
 5. ``recon``: ``benchmarks/recon_time.py --device <device>`` (demo reconstruction and the
    paper-size projection), as a subprocess with a time limit.
+6. ``list-mode``: the list-mode projector of any PETSIRD scanner (amdiff.physics.lines) with TOF
+   on a paper-size ring (220 x 220 x 110 voxels) on the device against the CPU on 20,000
+   events, and its events/s forward and back with TOF on 1 M events on the device.
 
 ``--small`` shrinks every size (demo networks, 32^3 windows, a small grid) and skips the
 reconstruction, so the script's code runs on a CPU in a test; its numbers then mean nothing.
@@ -85,12 +88,21 @@ def check_projector(device: torch.device, small: bool) -> str:
     if small:
         shape = [shape[0], shape[1], min(shape[2], 16)]
     image = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
-    results = {}
-    for dev in (torch.device("cpu"), device):
+    def project(dev):
         projector = RayProjector(scanner, shape, vox, device=dev)
         lors = torch.arange(0, scanner.n_lors, max(1, scanner.n_lors // 20000), device=dev)
         line = projector.forward(image.to(dev), lors)
-        back = projector.back(torch.ones_like(line), lors)
+        return line, projector.back(torch.ones_like(line), lors)
+    n, rel = _agreement(project, device)
+    return f"{n:,} LORs, forward and back agree to {rel:.1e} (relative)"
+
+
+def _agreement(project, device: torch.device) -> tuple[int, float]:
+    """(lines, largest relative difference) of ``project(dev)`` -> (forward, back) on the
+    device against the CPU; AssertionError beyond 1e-4."""
+    results = {}
+    for dev in (torch.device("cpu"), device):
+        line, back = project(dev)
         _sync(dev)
         results[dev.type] = (line.cpu().double(), back.cpu().double())
     (f_cpu, b_cpu), (f_dev, b_dev) = results["cpu"], results[device.type]
@@ -98,7 +110,47 @@ def check_projector(device: torch.device, small: bool) -> str:
               float((b_dev - b_cpu).abs().max() / b_cpu.abs().max()))
     if rel > 1e-4:
         raise AssertionError(f"{device.type} differs from cpu by {rel:.2e} (relative)")
-    return f"{len(f_cpu):,} LORs, forward and back agree to {rel:.1e} (relative)"
+    return len(f_cpu), rel
+
+
+def check_listmode(device: torch.device, small: bool) -> str:
+    from listmode_projector import PAPER_RING      # benchmarks/, this script's folder
+    from amdiff.listmode.geometry import DetectorGeometry
+    from amdiff.listmode.header import make_header
+    from amdiff.physics.lines import LineProjector
+
+    shape, vox = ([32, 32, 16], [13.2, 13.2, 8.0]) if small else ([220, 220, 110], [3.3, 3.3, 2.0])
+    header = make_header(PAPER_RING, subject_id="check", weight_kg=75.0, height_m=1.75,
+                         injected_mbq=250.0, calibration_factor=1.0)
+    points = DetectorGeometry.from_header(header).types[0].points
+    rng = np.random.default_rng(0)
+    edges = np.arange(-390.0, 391.0, 60.0)
+
+    def events(n):
+        bins = rng.integers(0, len(points), (n, 2))
+        return points[bins[:, 0]], points[bins[:, 1]], (edges, 70.0, rng.integers(0, len(edges) - 1, n))
+    image = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
+    start, end, tof = events(2000 if small else 20000)
+    def project(dev):
+        projector = LineProjector(shape, vox, device=dev)
+        line = projector.forward(image.to(dev), start, end, tof)
+        return line, projector.back(torch.ones_like(line), start, end, tof)
+    _, rel = _agreement(project, device)
+    n = 20_000 if small else 1_000_000
+    start, end, tof = events(n)
+    projector = LineProjector(shape, vox, device=device)
+    speed = []
+    for op in ("forward", "back"):
+        _sync(device)
+        t0 = time.perf_counter()
+        if op == "forward":
+            projector.forward(image.to(device), start, end, tof)
+        else:
+            projector.back(torch.ones(n, device=device), start, end, tof)
+        _sync(device)
+        speed.append(n / (time.perf_counter() - t0))
+    return (f"TOF, device agrees with cpu to {rel:.1e}; {speed[0] / 1e6:.2f} M events/s forward, "
+            f"{speed[1] / 1e6:.2f} M back ({n:,} events, {'x'.join(map(str, shape))} voxels)")
 
 
 def check_mamba(device: torch.device, small: bool) -> str:
@@ -206,7 +258,7 @@ def check_recon(device: torch.device, small: bool, timeout_s: int) -> str:
 
 
 CHECKS = (("projector", check_projector), ("mamba", check_mamba), ("train step", check_train_step),
-          ("inference", check_inference), ("recon", check_recon))
+          ("inference", check_inference), ("recon", check_recon), ("list-mode", check_listmode))
 
 
 def run_checks(device: torch.device, small: bool, recon_timeout_s: int) -> list[tuple[str, str, str, float]]:

@@ -31,4 +31,4 @@ def test_every_check_runs_on_cpu_in_small_mode():
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
             for line in run.stdout.splitlines() if line.startswith("| ") and "---" not in line}
     assert rows == {"check": "status", "projector": "ok", "mamba": "ok", "train step": "ok",
-                    "inference": "ok", "recon": "skip"}
+                    "inference": "ok", "recon": "skip", "list-mode": "ok"}
