@@ -15,10 +15,11 @@ Model of event e of module-type pair (t1, t2), line L, TOF bin k:
 - a_L = exp(-(P mu)_L / 10), mu in 1/cm on the image grid, P in mm.
 - P_k: line integral weighted by the Gaussian TOF kernel of bin k (amdiff.physics.lines); for a
   pair with one TOF bin (non-TOF) no kernel.
-- b_e: randoms (+ scatter), flat over the scanner's lines and TOF bins (our choice for now):
-  the number of delayed events when the list has any (delayeds estimate the randoms among the
-  prompts), otherwise ``background_fraction`` x prompts as the simulator defines it, divided
-  by the number of lines and the pair's TOF bins.
+- b_e: randoms, spread evenly over the line's TOF bins: with delayed events in the list, their
+  fan-sum estimate per line (amdiff.recon.randoms; the delayeds estimate the randoms among the
+  prompts); without, ``background_fraction`` x prompts (randoms + scatter, as the simulator
+  defines it) flat over the scanner's lines. Scatter is not modelled otherwise (our choice for
+  now).
 - T: the list's duration; ``count_fraction``: see amdiff.recon.osem.
 
 The sensitivity image is sum_L s eta_L a_L P_window^T 1 over every line of the scanner with
@@ -42,6 +43,7 @@ from amdiff.joblog import progress as progress_of
 from amdiff.listmode.efficiency import PairEfficiency
 from amdiff.listmode.geometry import DetectorGeometry
 from amdiff.physics.lines import LineProjector
+from amdiff.recon.randoms import RandomsModel, delayed_fan_sums
 
 log = logging.getLogger(__name__)
 LINES_PER_CHUNK = 200_000
@@ -61,6 +63,7 @@ class ListData:
     events: list[PairEvents]
     n_delayed: int
     duration_s: float
+    delayed_fans: list[np.ndarray]      # delayeds per detection bin, per module type
 
     @property
     def n_prompts(self) -> int:
@@ -68,11 +71,18 @@ class ListData:
 
 
 def read_list(path) -> ListData:
-    """Every prompt of a PETSIRD file by module-type pair, the number of delayeds, the duration."""
+    """Every prompt of a PETSIRD file by module-type pair, the delayeds' count and fan sums,
+    the duration."""
+    from petsird.helpers import get_num_detection_bins
+
     from amdiff.listmode.petsird_io import RawEventBlock, RawReader
 
     bins, tofs, n_delayed, first, last = {}, {}, 0, None, None
     with RawReader(path) as reader:
+        info = reader.header.scanner
+        n_bins = [int(get_num_detection_bins(info, t))
+                  for t in range(info.scanner_geometry.number_of_module_types())]
+        fans = [np.zeros(n) for n in n_bins]
         for block in reader.time_blocks():
             if not isinstance(block, RawEventBlock):
                 continue
@@ -84,8 +94,10 @@ def read_list(path) -> ListData:
                         bins.setdefault((i, j), []).append(ev[:, :2].astype(np.int64))
                         tofs.setdefault((i, j), []).append(ev[:, 2].astype(np.int64))
             n_delayed += sum(len(ev) for row in block.delayeds for ev in row)
+            for fan, more in zip(fans, delayed_fan_sums(block.delayeds, n_bins)):
+                fan += more
     events = [PairEvents(pair, np.concatenate(bins[pair]), np.concatenate(tofs[pair])) for pair in sorted(bins)]
-    return ListData(events, n_delayed, 0.0 if first is None else (last - first) / 1000.0)
+    return ListData(events, n_delayed, 0.0 if first is None else (last - first) / 1000.0, fans)
 
 
 def scanner_lines(geometry: DetectorGeometry, efficiency: PairEfficiency, chunk: int = LINES_PER_CHUNK):
@@ -140,30 +152,31 @@ class ListmodeOSEM:
         return torch.exp(-self.projector.forward(self.mu, start, end) / 10.0)
 
     @torch.no_grad()
-    def sensitivity(self) -> tuple[torch.Tensor, int]:
-        """sum over the scanner's lines of s eta a P_window^T 1, and the number of lines."""
+    def sensitivity(self, randoms: RandomsModel | None = None) -> torch.Tensor:
+        """sum over the scanner's lines of s eta a P_window^T 1; the lines are also added to
+        ``randoms``, which spreads its total over them."""
         sens = torch.zeros(self.projector.shape, device=self.projector.device)
-        n_lines = 0
         for pair, bins, eta in progress_of(scanner_lines(self.geometry, self.efficiency),
                                            desc="sensitivity", unit="chunk", enabled=self.progress, leave=False):
             start, end = self.geometry.endpoints(pair, bins)
             weight = self.scale * torch.as_tensor(eta, dtype=torch.float32, device=sens.device)
             weight = weight * self._attenuation(start, end)
             sens += self.projector.back(weight, start, end, self._window(pair, len(bins)))
-            n_lines += len(bins)
-        return sens, n_lines
+            if randoms is not None:
+                randoms.add_lines(pair, bins)
+        return sens
 
     def n_tof_bins(self, pair) -> int:
         binning = self.geometry.tof_binning(pair)
         return binning.n_bins if (self.use_tof and binning.is_tof) else 1
 
     @torch.no_grad()
-    def run(self, data: ListData, background_total: float, iterations: int, subsets: int) -> torch.Tensor:
+    def run(self, data: ListData, randoms: RandomsModel, iterations: int, subsets: int) -> torch.Tensor:
         """OSEM estimate of the activity x (Bq/mL) from the list's prompts."""
         if iterations < 1 or subsets < 1:
             raise ValueError("iterations and subsets must be >= 1")
         dev = self.projector.device
-        sens, n_lines = self.sensitivity()
+        sens = self.sensitivity(randoms)
         support = sens > 1e-6 * float(sens.max())
         # per event: endpoints, weight s eta a, TOF kernel, background b_e
         prepared = []
@@ -172,9 +185,10 @@ class ListmodeOSEM:
             eta = torch.as_tensor(self.efficiency(ev.type_pair, ev.bins), dtype=torch.float32, device=dev)
             weight = self.scale * eta * self._attenuation(start, end)
             kernel = self._kernel(ev.type_pair, ev.tof)
-            background = background_total / n_lines / self.n_tof_bins(ev.type_pair)
+            background = torch.as_tensor(randoms.per_line(ev.type_pair, ev.bins) / self.n_tof_bins(ev.type_pair),
+                                         dtype=torch.float32, device=dev)
             prepared.append((start, end, weight, kernel, background))
-        net = max(data.n_prompts - background_total, 1e-12)
+        net = max(data.n_prompts - randoms.total, 1e-12)
         x = support.to(torch.float32) * (net / float(sens[support].double().sum()))
         bar = progress_of(total=iterations * subsets, desc="list-mode OSEM", unit="subset",
                           enabled=self.progress, leave=False)
@@ -185,7 +199,7 @@ class ListmodeOSEM:
                     rows = slice(s, None, subsets)
                     k = None if kernel is None else (kernel[0], kernel[1], kernel[2][rows])
                     w = weight[rows]
-                    ybar = w * self.projector.forward(x, start[rows], end[rows], k) + background
+                    ybar = w * self.projector.forward(x, start[rows], end[rows], k) + background[rows]
                     update += self.projector.back(w / ybar.clamp(min=1e-20), start[rows], end[rows], k)
                 x = torch.where(support, x * update / (sens / subsets).clamp(min=1e-20), x)
                 bar.update(1)
@@ -212,9 +226,9 @@ def reconstruct_any_scanner(listmode_path, mu: np.ndarray, affine, recon_cfg: di
     if data.n_prompts == 0 or data.duration_s <= 0:
         raise InputError(listmode_path, "list-mode file holds no prompts or no time blocks")
     if data.n_delayed:
-        background_total = float(data.n_delayed)
+        randoms = RandomsModel(data.n_delayed, data.delayed_fans)
     elif background_fraction is not None:
-        background_total = float(background_fraction) * data.n_prompts
+        randoms = RandomsModel(float(background_fraction) * data.n_prompts)
     else:
         raise InputError(listmode_path, "no delayed events to estimate the randoms from, and no "
                                         "background_fraction given")
@@ -224,7 +238,7 @@ def reconstruct_any_scanner(listmode_path, mu: np.ndarray, affine, recon_cfg: di
                           source=listmode_path, progress=progress)
     log.info("%s: %d prompts, %d delayeds, %.1f s, scale %.4g, %d module type(s)", listmode_path.name,
              data.n_prompts, data.n_delayed, data.duration_s, scale, len(system.geometry.types))
-    x = system.run(data, background_total, int(recon_cfg["iterations"]), int(recon_cfg["subsets"]))
+    x = system.run(data, randoms, int(recon_cfg["iterations"]), int(recon_cfg["subsets"]))
     activity = x.cpu().numpy()
     image = gaussian_blur(activity, float(recon_cfg["postfilter_fwhm_mm"]), vox)
     suv = concentration_to_suv(np.clip(image, 0, None), acq["weight_kg"], acq["injected_mbq"])
