@@ -364,6 +364,20 @@ def _dotted_keys(tree, prefix: str = ""):
             yield from _dotted_keys(value, name)
 
 
+# training keys that do not change the weights, so changing them resumes rather than retrains
+# (amdiff.train) and re-runs no job (the training scopes of the workflow's config files): which
+# sites a model predicts (its own site is in the fingerprint), where the job runs and on how many
+# threads and processes, which epochs are also kept. Device, threads and data-parallel processes
+# change float rounding, not the model being trained; a job moved from CPU to GPU (or given more
+# cores or GPUs) should continue, not start over.
+NOT_WEIGHTS = ("train_sites", "device", "threads", "gpus", "checkpoint_every_epochs")
+
+
+def weight_settings(section: dict, drop=()) -> dict:
+    """``section`` without the keys that do not change the weights (and without ``drop``)."""
+    return {k: v for k, v in (section or {}).items() if k not in NOT_WEIGHTS and k not in drop}
+
+
 def load_config(path: str | os.PathLike) -> dict:
     """A YAML config file, validated against the schema and the cross-key rules."""
     return validate_config(read_config(path), str(Path(path)))

@@ -16,6 +16,7 @@ from amdiff.config import (
     run_kind,
     seed_replicates,
     standard_count_percent,
+    weight_settings,
 )
 from amdiff import contracts
 from amdiff.errors import InputError
@@ -91,9 +92,11 @@ def scope_settings(scope):
         keys = ("scanner", "acquisition", "acquisition_by_split")
         settings = {**{k: site.get(k) for k in keys}, "seed": config["seed"]}
     elif kind == "recon":
-        # the flat randoms+scatter fraction of the acquisition is part of the system model
+        # the flat randoms+scatter fraction of the acquisition is part of the system model;
+        # recon.tof is read by the list-mode engine only
+        recon = site["recon"]
         settings = {
-            "recon": site["recon"],
+            "recon": {k: v for k, v in recon.items() if k != "tof" or recon["engine"] == "listmode"},
             "scanner": site["scanner"],
             "background_fraction": site["acquisition"]["background_fraction"],
         }
@@ -102,8 +105,11 @@ def scope_settings(scope):
     elif kind == "diffusion":
         settings = diffusion_settings(name)
     elif scope == "baselines":
-        settings = {k: config.get(k) for k in ("training", "baselines", "inference")}
-    elif scope in ("inference", "training", "seed_replicates"):
+        settings = {k: config.get(k) for k in ("baselines", "inference")}
+        settings["training"] = weight_settings(config["training"])
+    elif scope == "training":
+        settings = weight_settings(config["training"])
+    elif scope in ("inference", "seed_replicates"):
         settings = config.get(scope)
     elif scope == "all":
         settings = CONFIG_SHA256
@@ -299,7 +305,9 @@ def diffusion_settings(model):
     Med-DDPM's own SUV cutoff (baselines.med_ddpm.suv_cutoff) counts for med_ddpm only, so
     lifting it does not re-train AMDiff and its ablations.
     """
-    sections = {k: config[k] for k in ("models", "training", "diffusion")}
+    sections = {k: config[k] for k in ("models", "diffusion")}
+    # where and how fast a model trains is not part of it (amdiff.config.NOT_WEIGHTS)
+    sections["training"] = weight_settings(config["training"])
     own = ((config.get("baselines") or {}).get("med_ddpm") or {}).get("suv_cutoff")
     if replicate_base(model) == "med_ddpm" and own is not None:
         sections["med_ddpm"] = {"suv_cutoff": own}

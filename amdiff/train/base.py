@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from amdiff import __version__
-from amdiff.config import derived_seed, replicate_base
+from amdiff.config import derived_seed, replicate_base, weight_settings
 from amdiff.data.cases import content_sha256, load_cases
 from amdiff.data.patches import PatchSampler, collate
 from amdiff.errors import InputError
@@ -76,19 +76,6 @@ def device_of(name: str, source: str = "training.device") -> torch.device:
 
 BEST_KEPT = "resume_best.pt"   # undeclared copy of best.pt that survives a Snakemake re-run
 PROGRESS = "progress.png"      # the curves so far, redrawn every epoch (amdiff.train.progress)
-
-# training keys that do not change the weights, so changing them resumes rather than retrains:
-# which sites a model predicts (its own site is in the fingerprint), where the job runs and on
-# how many threads and processes, which epochs are also kept. Device, threads and data-parallel
-# processes change float rounding, not the model being trained; a job moved from CPU to GPU (or
-# given more cores or GPUs) should continue, not start over.
-NOT_WEIGHTS = ("train_sites", "device", "threads", "gpus", "checkpoint_every_epochs")
-
-
-def weight_settings(section: dict, drop=()) -> dict:
-    """``section`` without the keys that do not change the weights (and without ``drop``)."""
-    return {k: v for k, v in (section or {}).items() if k not in NOT_WEIGHTS and k not in drop}
-
 
 def changed_keys(old, new, prefix: str = "") -> list[str]:
     """Dotted names of the entries that differ between two nested dicts (for the log line)."""

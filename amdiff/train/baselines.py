@@ -29,7 +29,8 @@ from amdiff.diffusion.samplers import sample
 from amdiff.errors import InputError
 from amdiff.models.amdiff import build_model
 from amdiff.models.baselines import DENOISERS, SEGMENTERS, get
-from amdiff.train.base import EpochTrainer, batches, nrmse, weight_settings
+from amdiff.config import weight_settings
+from amdiff.train.base import EpochTrainer, batches, nrmse
 from amdiff.train.checkpoint import file_sha256, load_checkpoint, load_weights
 from amdiff.train.trainer import SEG_HEADS, DiceTally
 
