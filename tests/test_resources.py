@@ -27,13 +27,24 @@ def test_network_jobs_ask_for_their_device(stage, device, first, gpu):
     assert res["mem_mb"](None, 2) == min(2 * first[0], MAX_MEM_MB)
 
 
-def test_the_training_rule_takes_its_resources_from_these_functions(repo, tmp_path, venv_env):
+def test_data_parallel_training_asks_for_a_gpu_and_memory_per_process():
+    res = network_resources("train", "cuda", processes=4)
+    assert (res["gpu"], res["mem_mb"](None, 1)) == (4, 4 * 32000)
+    assert network_resources("train", "cpu", processes=2)["gpu"] == 0
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_the_training_rule_takes_its_resources_from_these_functions(repo, tmp_path, venv_env, gpus):
     """Snakemake evaluates the rule's resource callables: a dry run of a training job shows the
-    first attempt's values (a CPU training job of the tiny config)."""
+    first attempt's values (a CPU training job of the tiny config; with training.gpus 2, two
+    processes' threads and memory)."""
+    override = tmp_path / "gpus.yaml"
+    override.write_text(f"training: {{gpus: {gpus}}}\n")
     result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-n",
                              "--directory", str(tmp_path), "--configfile", str(repo / ".test/config/config.yaml"),
-                             "--printshellcmds", "results/models/amdiff/mct/best.pt"],
+                             str(override), "--cores", "4", "--printshellcmds", "results/models/amdiff/mct/best.pt"],
                             env=venv_env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     block = result.stdout.split("rule train_diffusion:", 1)[1].split("\n\n", 1)[0]
-    assert "mem_mb=8000" in block and "runtime=120" in block, block
+    assert f"mem_mb={8000 * gpus}" in block and "runtime=120" in block, block
+    assert f"threads: {gpus}" in block or gpus == 1, block
