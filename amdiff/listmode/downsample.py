@@ -289,9 +289,10 @@ class _PendingBlock:
 def _output_headers(reader: RawReader, outs: list, seed: int) -> list[bytes]:
     """Each output's header bytes: the input's, with its down-sampling record.
 
-    The header is serialised once with a placeholder record, whose bytes are then replaced by
-    each output's record padded to the same length (so no length prefix changes): a scanner
-    header of tens of MB is not serialised once per output.
+    The header is serialised once with a blank record of the longest record's length (a JSON
+    object of "~"), which is then overwritten by each output's record padded with spaces to that
+    length, so no length prefix changes: a scanner header of tens of MB is not serialised once
+    per output.
     """
     header = reader.header
     efficiencies = header.scanner.detection_efficiencies
@@ -302,11 +303,11 @@ def _output_headers(reader: RawReader, outs: list, seed: int) -> list[bytes]:
                            "realization": o.realization, "seed": seed,
                            "thinned": THINNED, "carried": CARRIED}) for o in outs]
     width = max(map(len, records))
-    placeholder = "{" + "~" * (width - 2) + "}"
+    blank = "{" + "~" * (width - 2) + "}"
     try:
-        efficiencies.method_description = downsampled_description(original, placeholder)
+        efficiencies.method_description = downsampled_description(original, blank)
         template = serialised_header(header)
-        if template.count(placeholder.encode()) != 1:      # never seen; serialise each then
+        if template.count(blank.encode()) != 1:      # not unique in the bytes: serialise each
             out = []
             for record in records:
                 efficiencies.method_description = downsampled_description(original, record)
@@ -314,7 +315,7 @@ def _output_headers(reader: RawReader, outs: list, seed: int) -> list[bytes]:
             return out
     finally:
         efficiencies.method_description = original
-    return [template.replace(placeholder.encode(), record.ljust(width).encode())
+    return [template.replace(blank.encode(), record.ljust(width).encode())
             for record in records]
 
 
