@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from amdiff.errors import InputError
 from amdiff.io.nifti import centered_affine, read_volume, write_volume
@@ -69,6 +70,21 @@ def test_osem_converges_to_true_concentration_on_noise_free_data():
     # nothing is reconstructed beyond the scanner's transaxial FOV (150 mm), even with background
     beyond_fov = np.broadcast_to((_R2 > 150.0 ** 2)[:, :, None], SHAPE)
     assert beyond_fov.any() and np.all(x[beyond_fov] == 0)
+
+
+def test_recomputed_subset_sensitivities_give_the_kept_ones_image(monkeypatch):
+    # a paper-size grid recomputes each subset's sensitivity instead of keeping 21 images
+    import amdiff.recon.osem as osem
+    proj, trues, bg, atten = _noise_free(0.2, scale=10.0)
+    counts = np.random.default_rng(3).poisson(trues + bg)
+    kept = run_osem(proj, counts, 10.0, atten, bg, iterations=2, subsets=8, progress=False)
+    calls = []
+    back = proj.back
+    monkeypatch.setattr(proj, "back", lambda *a, **k: calls.append(1) or back(*a, **k))
+    monkeypatch.setattr(osem, "SENSITIVITY_CACHE_BYTES", 0)
+    recomputed = run_osem(proj, counts, 10.0, atten, bg, iterations=2, subsets=8, progress=False)
+    assert len(calls) == 8 + 2 * 8 * 2        # initial sum, then sensitivity + update per subset
+    torch.testing.assert_close(recomputed, kept, rtol=0, atol=0)
 
 
 def _thin(src, dst, fraction, seed):

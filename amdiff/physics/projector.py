@@ -9,9 +9,11 @@ memory is bounded by ``points_per_chunk`` samples, whatever the number of LORs.
 
 Fast path (``planar``, the default when ``max_ring_difference == 0``): every LOR then lies in
 a plane of constant z, where trilinear interpolation is linear interpolation in z between two
-slices of bilinear in-plane values. Each crystal pair is therefore traced once in 2D through
-all slices at once (slices as channels of a 2D ``grid_sample``) and each LOR blends the two
-slices its ring sits between. This is the same operator as the 3D path (tested), ~10x faster.
+slices of bilinear in-plane values. The in-plane line integrals of all crystal pairs are one
+sparse matrix shared by every slice (amdiff.physics.planar.PlanarMatrix, built once per
+projector), so a projection is a sparse-dense product with the image as (nx*ny, nz), and each
+LOR blends the two slices its ring sits between. This is the same operator as the 3D path
+(tested), about 100x faster at paper size.
 """
 
 from __future__ import annotations
@@ -20,10 +22,8 @@ import numpy as np
 import torch
 
 from amdiff.physics.lines import LineProjector
+from amdiff.physics.planar import PlanarMatrix
 from amdiff.physics.scanner import CylindricalScanner
-
-# grid_sample enums as used by aten: bilinear (trilinear in 3D), zero padding
-_BILINEAR, _ZEROS = 0, 0
 
 
 class RayProjector:
@@ -49,6 +49,7 @@ class RayProjector:
         self.planar = planar if planar is not None else scanner.max_ring_difference == 0
         if self.planar and scanner.max_ring_difference != 0:
             raise ValueError("planar projection needs max_ring_difference == 0")
+        self._planar_matrix: PlanarMatrix | None = None
 
     @property
     def n_lors(self) -> int:
@@ -65,27 +66,13 @@ class RayProjector:
         return self.lines.rays(self._detectors[torch.as_tensor(a, device=self.device)],
                                self._detectors[torch.as_tensor(b, device=self.device)])
 
-    def _planar_rays(self, pairs: np.ndarray):
-        """2D grid (1, n, K, 2) and weights (n, K) of in-plane crystal pairs (z = 0)."""
-        n_rp = self.scanner.n_ring_pairs
-        a, b = self.scanner.lor_detectors(pairs * n_rp)
-        p0 = self._detectors[torch.as_tensor(a, device=self.device)].clone()
-        p1 = self._detectors[torch.as_tensor(b, device=self.device)].clone()
-        p0[:, 2] = 0.0
-        p1[:, 2] = 0.0
-        pts, weight = self.lines.samples(p0, p1 - p0)
-        # grid_sample on a (1, nz, nx, ny) tensor: last grid dim is (W=y, H=x)
-        grid = (pts[..., :2] * self.lines.to_grid[:2]).flip(-1)[None].contiguous()
-        return grid, weight
-
     def _slice_taps(self, lors: np.ndarray):
-        """Direct-plane LORs: in-plane pair, and the two z slices (index, weight) they blend.
+        """Direct-plane LORs: the two z slices (index, weight) each LOR blends.
 
         Along a LOR of constant z, trilinear interpolation is linear interpolation in z of the
         bilinear in-plane values, so each LOR is (1-w) S[k0] + w S[k0+1] of the per-slice line
         integrals S of its crystal pair (a slice index outside the grid carries weight 0).
         """
-        pair = lors // self.scanner.n_ring_pairs
         bin_a, _ = self.scanner.lor_detectors(lors)
         _, ring = self.scanner.split_bin(bin_a)
         z = self.scanner.ring_z_mm()[ring]
@@ -100,7 +87,7 @@ class RayProjector:
             taps.append((torch.as_tensor(np.where(ok, k, 0), device=self.device),
                          torch.as_tensor(np.where(ok, w, 0.0), dtype=torch.float32,
                                          device=self.device)))
-        return pair, taps
+        return taps
 
     def _lors(self, lors) -> np.ndarray:
         return np.arange(self.n_lors) if lors is None else np.asarray(lors, dtype=np.int64)
@@ -110,9 +97,10 @@ class RayProjector:
     def forward(self, image, lors=None) -> torch.Tensor:
         """Line integrals (image units x mm) of ``image`` along ``lors``."""
         img = self.lines._as_image(image)
+        every_lor = lors is None
         lors = self._lors(lors)
         if self.planar:
-            return self._forward_planar(img, lors)
+            return self._forward_planar(img, lors, every_lor)
         img = img.reshape(1, 1, *self.shape)
         out = torch.zeros(len(lors), dtype=torch.float32, device=self.device)
         for sl, chunk in self._chunks(lors, self.lines.max_samples):
@@ -125,44 +113,51 @@ class RayProjector:
     @torch.no_grad()
     def back(self, values, lors=None) -> torch.Tensor:
         """Adjoint of :meth:`forward`: smear ``values`` (one per LOR) back into the image."""
+        every_lor = lors is None
         lors = self._lors(lors)
         values = torch.as_tensor(values, dtype=torch.float32, device=self.device)
         if values.shape != (len(lors),):
             raise ValueError(f"expected {len(lors)} LOR values, got shape {tuple(values.shape)}")
         if self.planar:
-            return self._back_planar(values, lors)
+            return self._back_planar(values, lors, every_lor)
         out = torch.zeros((1, 1, *self.shape), dtype=torch.float32, device=self.device)
         for sl, chunk in self._chunks(lors, self.lines.max_samples):
             grid, weight = self._rays(chunk)
             self.lines.accumulate(out, grid, values[sl, None] * weight)
         return out[0, 0]
 
-    # direct planes only: one 2D ray per crystal pair, all slices as channels
-    def _forward_planar(self, img: torch.Tensor, lors: np.ndarray) -> torch.Tensor:
-        pair, taps = self._slice_taps(lors)
-        pairs, inverse = np.unique(pair, return_inverse=True)
-        slices = img.permute(2, 0, 1)[None].contiguous()            # (1, nz, nx, ny)
-        per_slice = torch.empty((self.shape[2], len(pairs)), device=self.device)
-        for sl, chunk in self._chunks(pairs, self.lines.max_samples * self.shape[2]):
-            grid, weight = self._planar_rays(chunk)
-            samples = torch.nn.functional.grid_sample(slices, grid, mode="bilinear",
-                                                      padding_mode="zeros", align_corners=True)
-            per_slice[:, sl] = (samples[0] * weight).sum(dim=2)
-        inverse = torch.as_tensor(inverse, device=self.device)
-        return sum(w * per_slice[k, inverse] for k, w in taps)
+    # direct planes only: the in-plane matrix of each crystal pair, all slices at once
+    @property
+    def planar_matrix(self) -> PlanarMatrix:
+        """The in-plane system matrix of every crystal pair (built on first use)."""
+        if self._planar_matrix is None:
+            n_rp = self.scanner.n_ring_pairs
+            a, b = self.scanner.lor_detectors(np.arange(self.scanner.n_inplane_pairs) * n_rp)
+            pos = self.scanner.detector_positions()[:, :2]
+            self._planar_matrix = PlanarMatrix(self.lines, pos[a], pos[b])
+        return self._planar_matrix
 
-    def _back_planar(self, values: torch.Tensor, lors: np.ndarray) -> torch.Tensor:
-        pair, taps = self._slice_taps(lors)
-        pairs, inverse = np.unique(pair, return_inverse=True)
+    def _pairs(self, lors: np.ndarray, every_lor: bool):
+        """Sorted distinct crystal pairs of ``lors`` and each LOR's index into them."""
+        pair = lors // self.scanner.n_ring_pairs
+        if every_lor:                           # all LORs: every pair, no sort needed
+            return np.arange(self.scanner.n_inplane_pairs), pair
+        return np.unique(pair, return_inverse=True)
+
+    def _forward_planar(self, img: torch.Tensor, lors: np.ndarray, every_lor: bool) -> torch.Tensor:
+        pairs, inverse = self._pairs(lors, every_lor)
+        matrix = self.planar_matrix.rows(pairs)
+        nx, ny, nz = self.shape
+        per_slice = matrix @ img.reshape(nx * ny, nz)                # (pairs, nz)
         inverse = torch.as_tensor(inverse, device=self.device)
-        per_slice = torch.zeros((self.shape[2], len(pairs)), device=self.device)
-        for k, w in taps:                       # transpose of the z interpolation
-            per_slice.index_put_((k, inverse), w * values, accumulate=True)
-        out = torch.zeros((1, self.shape[2], self.shape[0], self.shape[1]), device=self.device)
-        for sl, chunk in self._chunks(pairs, self.lines.max_samples * self.shape[2]):
-            grid, weight = self._planar_rays(chunk)
-            grad_out = (per_slice[:, sl, None] * weight[None])[None].contiguous()
-            grad_in, _ = torch.ops.aten.grid_sampler_2d_backward(
-                grad_out, out, grid, _BILINEAR, _ZEROS, True, [True, False])
-            out += grad_in
-        return out[0].permute(1, 2, 0).contiguous()
+        return sum(w * per_slice[inverse, k] for k, w in self._slice_taps(lors))
+
+    def _back_planar(self, values: torch.Tensor, lors: np.ndarray, every_lor: bool) -> torch.Tensor:
+        pairs, inverse = self._pairs(lors, every_lor)
+        transposed = self.planar_matrix.rows(pairs, transposed=True)
+        inverse = torch.as_tensor(inverse, device=self.device)
+        nx, ny, nz = self.shape
+        per_slice = torch.zeros((len(pairs), nz), device=self.device)
+        for k, w in self._slice_taps(lors):      # transpose of the z interpolation
+            per_slice.index_put_((inverse, k), w * values, accumulate=True)
+        return (transposed @ per_slice).reshape(nx, ny, nz)

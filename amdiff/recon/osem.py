@@ -42,6 +42,11 @@ from amdiff.physics.scanner import CylindricalScanner
 log = logging.getLogger(__name__)
 
 
+# Our choice: subset sensitivity images are kept when all of them fit in 2 GiB (the demo's 21:
+# 52 MB); at paper size (21 x 310 MB) each is recomputed when its subset is updated instead.
+SENSITIVITY_CACHE_BYTES = 2 << 30
+
+
 def angular_subsets(scanner: CylindricalScanner, n_subsets: int) -> list[np.ndarray]:
     """LOR indices of each interleaved angular subset (sorted)."""
     if not 1 <= n_subsets <= scanner.n_crystals:
@@ -76,7 +81,8 @@ def run_osem(projector: RayProjector, counts, scale: float, attenuation, backgro
 
     ``scale`` = T * eta (* count_fraction); ``attenuation`` a_i; ``background`` b_i
     (scalar or per LOR), all in the model ybar = scale * a * P x + b. The subset
-    sensitivity images are kept in memory (``subsets`` images).
+    sensitivity images are kept in memory when they fit in ``SENSITIVITY_CACHE_BYTES``, else
+    each is recomputed at its subset's update (the same numbers, one more back-projection).
     """
     dev = projector.device
     y = torch.as_tensor(counts, dtype=torch.float32, device=dev)
@@ -86,10 +92,17 @@ def run_osem(projector: RayProjector, counts, scale: float, attenuation, backgro
         raise ValueError("iterations must be >= 1")
     lor_sets = [torch.as_tensor(s, device=dev) for s in angular_subsets(projector.scanner, subsets)]
     lor_sets_np = [s.cpu().numpy() for s in lor_sets]
-    sens = [projector.back(scale * a[s], lors) for s, lors in zip(lor_sets, lor_sets_np)]
-    total = torch.stack(sens).sum(0)
-    # voxels a subset hardly sees keep their value for that subset (no division by ~0)
-    seen = [sen > 1e-6 * float(sen.max()) for sen in sens]
+
+    def sensitivity(s, lors):
+        return projector.back(scale * a[s], lors)
+
+    keep = subsets * int(np.prod(projector.shape)) * 4 <= SENSITIVITY_CACHE_BYTES
+    kept, total = [], torch.zeros(projector.shape, device=dev)
+    for s, lors in zip(lor_sets, lor_sets_np):
+        sen = sensitivity(s, lors)
+        total += sen
+        if keep:
+            kept.append(sen)
     # Reconstruct inside the scanner's transaxial field of view only, as scanners do: voxels
     # beyond it are seen by few, grazing LORs and would hold only noise spikes.
     support = (total > 1e-6 * float(total.max())) & fov_mask(projector)
@@ -98,7 +111,10 @@ def run_osem(projector: RayProjector, counts, scale: float, attenuation, backgro
     x = support.to(torch.float32) * (net / float(total[support].double().sum()))
     bar = progress_of(total=iterations * subsets, desc="OSEM", unit="subset", enabled=progress, leave=False)
     for _ in range(iterations):
-        for s, lors, sen, ok in zip(lor_sets, lor_sets_np, sens, seen):
+        for i, (s, lors) in enumerate(zip(lor_sets, lor_sets_np)):
+            sen = kept[i] if keep else sensitivity(s, lors)
+            # voxels a subset hardly sees keep their value for that subset (no division by ~0)
+            ok = sen > 1e-6 * float(sen.max())
             ybar = scale * a[s] * projector.forward(x, lors) + b[s]
             ratio = torch.where(ybar > 0, y[s] / ybar.clamp(min=1e-20), torch.zeros_like(ybar))
             update = projector.back(scale * a[s] * ratio, lors)
