@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from amdiff.config import schema_default
 from amdiff.diffusion.samplers import sample
 from amdiff.errors import InputError
 from amdiff.models.amdiff import AMDiff
@@ -58,14 +59,39 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tupl
     return torch.nn.functional.pad(x, pads), (slice(None), slice(None), *crop)
 
 
+# inference.precision -> the autocast dtype of the networks' window passes (None: float32)
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _in_precision(predictor, dev: torch.device, precision: str):
+    """``predictor`` run under autocast at ``precision``, its outputs returned in float32.
+
+    Our choice: only the networks' window passes are cast; stitching, the sampler's updates
+    and the context-free revision stay in float32, so reduced precision touches the noise
+    estimates, not the trajectory's arithmetic.
+    """
+    dtype = AUTOCAST_DTYPES[precision]
+    if dtype is None:
+        return predictor
+
+    def run(patch):
+        with torch.autocast(dev.type, dtype=dtype):
+            out = predictor(patch)
+        if isinstance(out, dict):
+            return {key: value.float() for key, value in out.items()}
+        return out.float()
+    return run
+
+
 def _windows(inference: dict, dev: torch.device):
     roi = tuple(inference["patch_size"])
     overlap = float(inference["overlap"])
     sw_batch = int(inference["sw_batch_size"])
+    precision = inference.get("precision", schema_default("inference.precision"))
 
     def run(inputs, predictor):
-        return sliding_window_inference(inputs, roi, sw_batch, predictor, overlap=overlap,
-                                        mode="gaussian", sw_device=dev, device=dev)
+        return sliding_window_inference(inputs, roi, sw_batch, _in_precision(predictor, dev, precision),
+                                        overlap=overlap, mode="gaussian", sw_device=dev, device=dev)
     return run
 
 
