@@ -72,3 +72,34 @@ def test_the_check_sees_imports_inside_functions(tmp_path):
     probe.write_text("def f():\n    from amdiff.commands.train import train\n    import amdiff.cli\n")
     assert _imports(probe) == {"amdiff.commands.train", "amdiff.cli"}
     assert FLOOR[_unit("amdiff.commands.train")] > FLOOR[_unit("amdiff.io.nifti")]
+
+
+def test_the_learning_verbs_build_every_network_without_torchvision():
+    # train/predict/params mark torchvision absent so that `import monai` skips torch._dynamo;
+    # every network and the sliding-window inferer must still build and run
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from amdiff.commands.args import without_torchvision
+without_torchvision()
+import torch
+from amdiff.infer.predict import predict_baseline
+from amdiff.models.amdiff import AMDiff
+from amdiff.models.baselines import NAMES, SEGMENTERS, get
+for name in NAMES:
+    module = get(name)
+    model = module.build(**module.DEMO)
+    if type(model).forward is not torch.nn.Module.forward:   # Med-DDPM samples instead
+        with torch.no_grad():
+            model.eval()(torch.rand(1, 2 if name in SEGMENTERS else 1, 64, 64, 64))
+AMDiff("amdiff", denoiser={"channels": (4, 8, 8, 8), "norm_groups": 4, "attention_heads_channels": 8},
+       revision={"hidden": 4, "n_layers": 2}, segmenter={"width": 4}, timesteps=20)
+assert "torch._dynamo" not in sys.modules, "torch._dynamo was imported"
+assert sys.modules["torchvision"] is None
+print("ok")
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().endswith("ok")

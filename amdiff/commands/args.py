@@ -7,6 +7,7 @@ arguments from here when the parser is built, also in the torch-free evaluation 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from amdiff.errors import InputError
 
@@ -91,6 +92,19 @@ def add_run_kind(p: argparse.ArgumentParser) -> None:
     # the config's run_kind values (amdiff/schemas/config.schema.yaml; not imported: keeps --help fast)
     p.add_argument("--run-kind", choices=("demo", "study", "paper"), default="study",
                    help="demo: mark every output as an untrained smoke test (needs --budget)")
+
+
+def without_torchvision() -> None:
+    """Mark torchvision absent in this process, unless something imported it already.
+
+    Our choice, for the verbs that build networks: ``import monai`` imports every MONAI
+    submodule, among them detection backbones that import torchvision, which imports
+    torch._dynamo: about 1.4 s per process (of ~4 s), paid by every training and prediction
+    job, and none of our networks uses them. A ``None`` entry in ``sys.modules`` makes
+    ``import torchvision`` raise ImportError, which MONAI's optional imports expect. Not done
+    for ``amdiff labels``: TotalSegmentator's networks need torchvision.
+    """
+    sys.modules.setdefault("torchvision", None)
 
 
 def set_torch_threads(n) -> None:

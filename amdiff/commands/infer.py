@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from amdiff.commands.args import set_torch_threads
+from amdiff.commands.args import set_torch_threads, without_torchvision
 from amdiff.errors import InputError
 from amdiff.io.atomic import refuse_overwriting_inputs
 
@@ -25,6 +25,7 @@ def register(sub) -> None:
 
 def predict(args) -> None:
     """Write denoised.nii.gz (SUV), lesion.nii.gz, organs.nii.gz (and uncertainty.nii.gz)."""
+    without_torchvision()
     import numpy as np
 
     from amdiff.config import derived_seed, load_config, require_sections

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from amdiff.commands.args import without_torchvision
 from amdiff.errors import InputError
 
 
@@ -25,6 +26,7 @@ def _workflow_paper_config() -> Path:
 
 def params(args) -> None:
     """Print parameter counts at paper size: AMDiff's networks and variants, then the baselines."""
+    without_torchvision()
     import importlib
 
     from amdiff.config import load_config, require_sections

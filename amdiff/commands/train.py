@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from amdiff.commands.args import set_torch_threads
+from amdiff.commands.args import set_torch_threads, without_torchvision
 from amdiff.errors import InputError
 from amdiff.io.atomic import refuse_overwriting_inputs
 
@@ -43,6 +43,7 @@ def relaunch_data_parallel(training: dict, argv: list[str]) -> None:
 
 
 def train(args) -> None:
+    without_torchvision()
     from amdiff.config import load_config, replicate_base, require_sections
     from amdiff.contracts import VARIANTS
     from amdiff.train.base import BEST_KEPT
