@@ -35,9 +35,9 @@ import torch
 
 from amdiff.physics.lines import LineProjector
 
-# samples traced per chunk while building A: 4 taps each, ~2 GB of temporaries at 2^22
+# samples traced per chunk while building A: 4 taps of each give ~0.5 GB of temporaries
 _SAMPLES_PER_CHUNK = 1 << 21
-# distinct pair sets kept as device matrices (an OSEM run uses subsets + 1: all pairs)
+# pair sets x directions kept as device matrices (an OSEM run uses 2 per subset)
 _CACHED_SETS = 64
 
 
