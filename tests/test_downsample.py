@@ -332,6 +332,36 @@ def test_the_kept_fraction_is_recorded_and_compounds(tmp_path):
     assert len(all_ids(second[50][0])) == 300
 
 
+def test_headers_serialised_per_output_when_the_blank_record_is_not_unique(tmp_path, monkeypatch):
+    """When the blank record's bytes occur twice in the serialised header (free text holding
+    them), each output's header is serialised on its own: same records, events and header."""
+    from amdiff.listmode import downsample as module
+
+    src = write_input(tmp_path / "in.petsird", 2000)
+    fast = outputs_for(tmp_path / "fast", {5: 1, 20: 2})
+    downsample(src, fast, seed=4, block_events=100)
+    real_description, real_serialise = module.downsampled_description, module.serialised_header
+    calls = []
+
+    def description(original, record):      # the blank twice: once more in the free text
+        text = real_description(original, record)
+        return text + " " + record if record.startswith("{~") else text
+
+    def serialise(header):
+        calls.append(1)
+        return real_serialise(header)
+    monkeypatch.setattr(module, "downsampled_description", description)
+    monkeypatch.setattr(module, "serialised_header", serialise)
+    slow = outputs_for(tmp_path / "slow", {5: 1, 20: 2})
+    downsample(src, slow, seed=4, block_events=100)
+    assert len(calls) == 1 + 3                 # the template, then one per output
+    for a, b in zip(fast[5] + fast[20], slow[5] + slow[20]):
+        ha, hb = pio.read_header(a), pio.read_header(b)
+        assert petsird_header.downsampling_record(hb) == petsird_header.downsampling_record(ha)
+        assert without_record(hb) == without_record(ha)
+        assert [ids.tolist() for _, ids in read_ids(b)] == [ids.tolist() for _, ids in read_ids(a)]
+
+
 def test_generator_file_with_two_module_types(tmp_path):
     from tests.test_listmode_io import generator_file
     src = generator_file(tmp_path / "gen.petsird")
