@@ -42,8 +42,8 @@ rule evaluate_subject:
     shell:
         "amdiff evaluate --model {wildcards.model} --site {wildcards.site} --subject {wildcards.subject}"
         " --hc {input.hc:q} --lesion {input.lesion:q} --organs {input.organs:q} --ct {input.ct:q}"
-        " --nrmse-whole {params.nrmse_whole} --outputs {params.outputs}"
-        " {params.images} --standard-count-percent {params.standard} {params.lesion_match}"
+        " --nrmse-whole {params.nrmse_whole:q} --outputs {params.outputs:q}"
+        " {params.images} --standard-count-percent {params.standard:q} {params.lesion_match}"
         " --out {output:q} > {log:q} 2>&1"
 
 
@@ -99,7 +99,7 @@ rule study_checks:
     params:
         run_kind=run_kind(config),
     shell:
-        "amdiff study-checks --metrics {input.metrics:q} --budget {input.budget:q} --run-kind {params.run_kind}"
+        "amdiff study-checks --metrics {input.metrics:q} --budget {input.budget:q} --run-kind {params.run_kind:q}"
         " --out-tsv {output.tsv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
@@ -173,7 +173,7 @@ rule tables:
         run_kind=run_kind(config),
     shell:
         "amdiff tables --metrics {input.metrics:q} --gaussian-fit {params.fits} --out-dir {params.out_dir:q}"
-        " --seed {params.seed} --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
+        " --seed {params.seed:q} --budget {input.budget:q} --run-kind {params.run_kind:q} > {log:q} 2>&1"
 
 
 rule figure_regression:
@@ -208,7 +208,7 @@ rule figure_regression:
     shell:
         "amdiff figure-regression --metrics {input.metrics:q} --models {params.models}"
         " --png {output.png:q} --pdf {output.pdf:q} --stats {output.stats:q}"
-        " --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
+        " --budget {input.budget:q} --run-kind {params.run_kind:q} > {log:q} 2>&1"
 
 
 rule figure_slices:
@@ -247,7 +247,7 @@ rule figure_slices:
     shell:
         "amdiff figure-slices --metrics {input.metrics:q} --results {params.results:q} --site {wildcards.site}"
         " --models {params.models} --out-dir {params.prefix:q}"
-        " --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
+        " --budget {input.budget:q} --run-kind {params.run_kind:q} > {log:q} 2>&1"
 
 
 rule figure_training:
@@ -275,7 +275,7 @@ rule figure_training:
         run_kind=run_kind(config),
     shell:
         "amdiff figure-training --log {params.logs} --png {output.png:q} --pdf {output.pdf:q}"
-        " --budget {input.budget:q} --run-kind {params.run_kind} > {log:q} 2>&1"
+        " --budget {input.budget:q} --run-kind {params.run_kind:q} > {log:q} 2>&1"
 
 
 rule training_budget:

@@ -55,4 +55,4 @@ rule downsample:
         seed=lambda w: derived_seed(config["seed"], "downsample", w.site, w.subject),
     shell:
         "amdiff downsample --input {input:q} --levels {params.levels} --realizations {params.realizations}"
-        " --seed {params.seed} --outdir {output.lists:q} --counts {output.counts:q} > {log:q} 2>&1"
+        " --seed {params.seed:q} --outdir {output.lists:q} --counts {output.counts:q} > {log:q} 2>&1"

@@ -114,4 +114,4 @@ rule fit_gaussian_filter:
         nrmse_whole=config["evaluation"]["nrmse_whole"],
     shell:
         "amdiff fit-gaussian --manifest {input.manifest:q} --site {wildcards.train_site} --fwhm-grid {params.grid}"
-        " --nrmse-whole {params.nrmse_whole} --out {output:q} > {log:q} 2>&1"
+        " --nrmse-whole {params.nrmse_whole:q} --out {output:q} > {log:q} 2>&1"
