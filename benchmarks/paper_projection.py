@@ -171,10 +171,13 @@ def duration(seconds: float) -> str:
 
 
 def power_law(sizes: list[int], values: list[float], target: int) -> tuple[float, float]:
-    """(value at ``target``, exponent in the voxel count) through the two largest sizes."""
-    (s1, v1), (s2, v2) = sorted(zip(sizes, values))[-2:]
-    if len(sizes) < 2 or v1 <= 0 or v2 <= 0:
+    """(value at ``target``, exponent in the voxel count) through the two largest sizes; with
+    one size (or a value <= 0) linear in the voxels."""
+    points = sorted(zip(sizes, values))
+    s2, v2 = points[-1]
+    if len(points) < 2 or points[-2][1] <= 0 or v2 <= 0:
         return v2 * (target / s2) ** 3, 1.0
+    s1, v1 = points[-2]
     p = math.log(v2 / v1) / math.log((s2 / s1) ** 3)
     return v2 * ((target / s2) ** 3) ** p, p
 

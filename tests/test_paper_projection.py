@@ -31,6 +31,10 @@ def test_power_law_recovers_a_power_of_the_voxel_count(script, exponent):
     assert projected == pytest.approx(5.0 * (128 ** 3) ** exponent)
 
 
+def test_power_law_of_one_size_is_linear_in_the_voxels(script):
+    assert script["power_law"]([32], [3.0], 128) == (3.0 * 64, 1.0)
+
+
 def test_duration_picks_a_readable_unit(script):
     assert script["duration"](30) == "30.0 s"
     assert script["duration"](600) == "10.0 min"
