@@ -140,18 +140,24 @@ def check_listmode(device: torch.device, small: bool) -> str:
     n = 20_000 if small else 1_000_000
     start, end, tof = events(n)
     projector = LineProjector(shape, vox, device=device)
+    mu_per_mm = torch.full(tuple(shape), 0.0096, device=device)
     speed = []
-    for op in ("forward", "back"):
+    for op in ("forward", "back", "sensitivity"):
         _sync(device)
         t0 = time.perf_counter()
         if op == "forward":
             projector.forward(image.to(device), start, end, tof)
-        else:
+        elif op == "back":
             projector.back(torch.ones(n, device=device), start, end, tof)
+        else:
+            projector.back_attenuated(torch.ones(n, device=device), start, end, mu_per_mm, tof)
         _sync(device)
         speed.append(n / (time.perf_counter() - t0))
+    n_lines = len(points) * (len(points) - 1) // 2
     return (f"TOF, device agrees with cpu to {rel:.1e}; {speed[0] / 1e6:.2f} M events/s forward, "
-            f"{speed[1] / 1e6:.2f} M back ({n:,} events, {'x'.join(map(str, shape))} voxels)")
+            f"{speed[1] / 1e6:.2f} M back, {speed[2] / 1e6:.2f} M sensitivity lines/s, so "
+            f"{n_lines / speed[2] / 60:.1f} min for the ring's whole sensitivity image "
+            f"({n:,} events, {'x'.join(map(str, shape))} voxels)")
 
 
 def check_mamba(device: torch.device, small: bool) -> str:

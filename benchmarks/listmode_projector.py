@@ -1,5 +1,7 @@
 """Events per second of the geometry-general list-mode projector (amdiff.physics.lines), with
-and without TOF, forward and back, on a PETSIRD scanner read from its header.
+and without TOF: forward, back, and the sensitivity image's attenuated back-projection (each
+line traced once for both), on a PETSIRD scanner read from its header; then the projected time
+of the whole scanner's sensitivity image at that rate.
 
     python benchmarks/listmode_projector.py --events 10000000 --device cpu --threads 2
     python benchmarks/listmode_projector.py --input my_scanner.petsird --device cuda
@@ -58,8 +60,10 @@ def main(argv=None) -> None:
     print(f"scanner: {len(geometry.types)} module type(s), {n_bins} detection bins of type 0; "
           f"image {args.shape} x {args.voxel_mm} mm; device {projector.device}, "
           f"{torch.get_num_threads()} threads; {args.events} events")
+    mu_per_mm = torch.full(tuple(args.shape), 0.0096, device=projector.device)   # water
+    rates = {}
     for with_tof in (False, True):
-        for op in ("forward", "back"):
+        for op in ("forward", "back", "sensitivity"):
             seconds = 0.0
             for first in range(0, args.events, args.chunk_events):
                 n = min(args.chunk_events, args.events - first)
@@ -72,14 +76,25 @@ def main(argv=None) -> None:
                 t0 = time.perf_counter()
                 if op == "forward":
                     projector.forward(image, start, end, kernel)
-                else:
+                elif op == "back":
                     projector.back(values, start, end, kernel)
+                else:   # the sensitivity image's operation: attenuation and back-projection
+                    projector.back_attenuated(values, start, end, mu_per_mm, kernel)
                 if projector.device.type == "cuda":
                     torch.cuda.synchronize()
                 seconds += time.perf_counter() - t0
             label = f"{op}{' TOF' if with_tof else ''}"
-            print(f"{label:>12}: {seconds:8.2f} s  {args.events / seconds / 1e6:7.3f} M events/s  "
+            rates[label] = args.events / seconds
+            print(f"{label:>15}: {seconds:8.2f} s  {args.events / seconds / 1e6:7.3f} M events/s  "
                   f"(<= {projector.max_samples} samples per event)")
+
+    # the sensitivity image traces every element pair of the scanner once (all module types)
+    elements = [geometry.n_bins(t) // geometry.types[t].n_energy for t in range(len(geometry.types))]
+    n_lines = sum(a * b for i, a in enumerate(elements) for b in elements[:i]) + \
+        sum(n * (n - 1) // 2 for n in elements)
+    for label in ("sensitivity", "sensitivity TOF"):
+        print(f"{label} image over all {n_lines:,} element pairs (at most; pairs with efficiency 0 "
+              f"are skipped): {n_lines / rates[label] / 3600:.2f} h at this rate")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,22 @@ def test_back_projection_is_the_exact_adjoint(projector, with_tof):
     assert lhs > 0 and abs(lhs - rhs) <= 1e-5 * abs(lhs)
 
 
+@pytest.mark.parametrize("with_tof", [False, True])
+def test_attenuated_back_projection_is_back_projection_of_the_transmitted_values(projector, with_tof):
+    """The sensitivity's fused operation traces each line once for both projections; it must
+    equal back(values * exp(-forward(mu))), the TOF kernel weighting the back-projection only."""
+    rng = np.random.default_rng(1)
+    start, end = _lines(700, rng)
+    tof = (np.linspace(-200, 200, 9), 40.0, rng.integers(0, 8, 700)) if with_tof else None
+    mu = (0.02 * rng.random(SHAPE)).astype(np.float32)            # 1/mm: transmissions 0.1-1
+    values = rng.random(700).astype(np.float32)
+    transmission = torch.exp(-projector.forward(mu, start, end))
+    assert float(transmission.min()) < 0.5                           # the attenuation matters
+    expected = projector.back(torch.as_tensor(values) * transmission, start, end, tof)
+    fused = projector.back_attenuated(values, start, end, mu, tof)
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-6 * float(expected.max()))
+
+
 def test_tof_bins_add_up_to_the_non_tof_line_integral(projector):
     rng = np.random.default_rng(1)
     start, end = _lines(300, rng)

@@ -134,6 +134,35 @@ def test_scanner_lines_are_every_recording_pair_once():
         assert len(bins) == int((efficiency(pair, every) > 0).sum())
 
 
+def test_the_sensitivity_traced_per_element_pair_is_the_sum_over_every_detection_bin_pair():
+    """Energy bins share their element's point, so the sensitivity traces element pairs with
+    summed efficiencies; it must equal the plain sum of s eta a P_window^T 1 over every pair of
+    detection bins (type 0 has two energy bins), and the randoms must see every such pair."""
+    torch.set_num_threads(1)
+    from amdiff.recon.listmode_osem import ListmodeOSEM
+    from amdiff.recon.randoms import RandomsModel
+
+    header = two_type_tof_header()
+    activity, mu, *_ = _phantom()
+    system = ListmodeOSEM(header, mu, VOXEL, 3.0, progress=False)
+    rng = np.random.default_rng(2)
+    fans = [rng.uniform(0.5, 1.5, system.geometry.n_bins(t)) for t in (0, 1)]
+    merged_randoms, plain_randoms = RandomsModel(100.0, fans), RandomsModel(100.0, fans)
+    merged = system.sensitivity(merged_randoms)
+    plain = torch.zeros_like(merged)
+    n_lines = 0
+    for pair, bins, eta in scanner_lines(system.geometry, system.efficiency):
+        start, end = system.geometry.endpoints(pair, bins)
+        weight = 3.0 * torch.as_tensor(eta, dtype=torch.float32) * system._attenuation(start, end)
+        plain += system.projector.back(weight, start, end, system._window(pair, len(bins)))
+        plain_randoms.add_lines(pair, bins)
+        n_lines += len(bins)
+    n = [get_num_detection_bins(header.scanner, t) for t in (0, 1)]
+    assert n_lines > n[0] * n[1]                       # energy pairs: more lines than elements
+    torch.testing.assert_close(merged, plain, rtol=1e-4, atol=1e-5 * float(plain.max()))
+    assert merged_randoms.norm == pytest.approx(plain_randoms.norm, rel=1e-12)
+
+
 def test_on_a_ring_scanner_list_mode_mlem_gives_the_histogram_image(tmp_path):
     """One subset (MLEM), the same model: the event-by-event path and today's histogram path
     (angular subsets of the LOR enumeration) give the same image to float rounding."""

@@ -110,9 +110,12 @@ class LineProjector:
         pts, weight = self.samples(p0, d)
         if tof is not None:
             weight = weight * tof_weights(pts, p0, d, *tof)
-        # grid_sample on a (1, 1, nx, ny, nz) tensor: last grid dim is (W=z, H=y, D=x)
-        grid = (pts * self.to_grid).flip(-1)[None, :, :, None, :].contiguous()
-        return grid, weight
+        return self._grid(pts), weight
+
+    def _grid(self, pts: torch.Tensor) -> torch.Tensor:
+        """grid_sample's grid (1, n, K, 1, 3) of sample points (n, K, 3) mm: on a
+        (1, 1, nx, ny, nz) tensor its last dimension is (W=z, H=y, D=x)."""
+        return (pts * self.to_grid).flip(-1)[None, :, :, None, :].contiguous()
 
     def _as_image(self, image) -> torch.Tensor:
         image = torch.as_tensor(image, dtype=torch.float32, device=self.device)
@@ -148,6 +151,28 @@ class LineProjector:
         for sl in self.chunks(len(start), self.max_samples):
             grid, weight = self.rays(start[sl], end[sl], _tof_chunk(tof, sl, self.device))
             self.accumulate(out, grid, values[sl, None] * weight)
+        return out[0, 0]
+
+    @torch.no_grad()
+    def back_attenuated(self, values, start, end, mu_per_mm, tof=None) -> torch.Tensor:
+        """``back(values * exp(-forward(mu_per_mm)), start, end, tof)``, the sensitivity image's
+        operation, with each chunk's lines traced once for both projections: the transmission
+        along every line is the non-TOF line integral of the attenuation map (1/mm)."""
+        mu = self._as_image(mu_per_mm).reshape(1, 1, *self.shape)
+        start, end = self._points(start), self._points(end)
+        values = torch.as_tensor(values, dtype=torch.float32, device=self.device)
+        out = torch.zeros((1, 1, *self.shape), dtype=torch.float32, device=self.device)
+        for sl in self.chunks(len(start), self.max_samples):
+            p0, d = start[sl], end[sl] - start[sl]
+            pts, weight = self.samples(p0, d)
+            grid = self._grid(pts)
+            samples = torch.nn.functional.grid_sample(mu, grid, mode="bilinear",
+                                                      padding_mode="zeros", align_corners=True)
+            transmission = torch.exp(-(samples[0, 0, :, :, 0] * weight).sum(dim=1))
+            tof_sl = _tof_chunk(tof, sl, self.device)
+            if tof_sl is not None:
+                weight = weight * tof_weights(pts, p0, d, *tof_sl)
+            self.accumulate(out, grid, (values[sl] * transmission)[:, None] * weight)
         return out[0, 0]
 
     @staticmethod

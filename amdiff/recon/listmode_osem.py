@@ -24,7 +24,9 @@ Model of event e of module-type pair (t1, t2), line L, TOF bin k:
 
 The sensitivity image is sum_L s eta_L a_L P_window^T 1 over every line of the scanner with
 eta > 0, not only those with events, where P_window weights each point by the probability that
-its TOF difference falls inside the pair's TOF bins at all. Subsets are interleaved by event
+its TOF difference falls inside the pair's TOF bins at all. Energy bins of one element share
+its point, so each element pair is traced once, with the efficiencies of its energy
+combinations summed (E^2 fewer lines for E energy bins; the same sum). Subsets are interleaved by event
 index (event i in subset i mod n), each with 1/n of the sensitivity. The image is post-filtered
 and converted to SUV like the histogram path's.
 """
@@ -100,23 +102,42 @@ def read_list(path) -> ListData:
     return ListData(events, n_delayed, 0.0 if first is None else (last - first) / 1000.0, fans)
 
 
-def scanner_lines(geometry: DetectorGeometry, efficiency: PairEfficiency, chunk: int = LINES_PER_CHUNK):
-    """Every line of the scanner with efficiency > 0, in chunks: (type pair, bins (m, 2), eta (m,)).
-    Detection bins of one type pair the other way round are the same line: t1 >= t2, and
-    b1 > b2 within a type, as PETSIRD orders events."""
+def element_pairs(geometry: DetectorGeometry, efficiency: PairEfficiency, chunk: int = LINES_PER_CHUNK):
+    """Every pair of detecting elements that records coincidences, in chunks: (type pair,
+    bins (m, c, 2), eta (m, c)), where bins[:, k] are the detection bins of the element pair
+    with the k-th of its c = n_energy(t1) x n_energy(t2) energy combinations. Energy bins of
+    an element share its point, so the c combinations are one line with the summed efficiency.
+    A combination that is not a line of the scanner has eta 0: one with no efficiency, or,
+    within one module type, b1 <= b2 (PETSIRD orders a type's pairs b1 > b2; the same
+    element at two energies, b1 > b2, is kept as the header lists it, and is a line of zero
+    length). Element pairs with no recording combination are dropped."""
     for t1 in range(len(geometry.types)):
         for t2 in range(t1 + 1):
-            n1, n2 = geometry.n_bins(t1), geometry.n_bins(t2)
-            rows = max(1, chunk // max(1, n2))
+            e1, e2 = geometry.types[t1].n_energy, geometry.types[t2].n_energy
+            n1, n2 = geometry.n_bins(t1) // e1, geometry.n_bins(t2) // e2
+            combos = np.stack(np.meshgrid(np.arange(e1), np.arange(e2), indexing="ij"), -1).reshape(-1, 2)
+            rows = max(1, chunk // max(1, n2 * len(combos)))
             for start in range(0, n1, rows):
-                b1 = np.arange(start, min(start + rows, n1))
-                pairs = np.stack(np.meshgrid(b1, np.arange(n2), indexing="ij"), -1).reshape(-1, 2)
+                c1 = np.arange(start, min(start + rows, n1))
+                elements = np.stack(np.meshgrid(c1, np.arange(n2), indexing="ij"), -1).reshape(-1, 2)
                 if t1 == t2:
-                    pairs = pairs[pairs[:, 0] > pairs[:, 1]]
-                eta = efficiency((t1, t2), pairs)
-                keep = eta > 0
+                    elements = elements[elements[:, 0] >= elements[:, 1]]
+                bins = elements[:, None, :] * np.array([e1, e2]) + combos[None]
+                eta = efficiency((t1, t2), bins.reshape(-1, 2)).reshape(bins.shape[:2])
+                if t1 == t2:
+                    eta[bins[..., 0] <= bins[..., 1]] = 0.0
+                keep = (eta > 0).any(axis=1)
                 if keep.any():
-                    yield (t1, t2), pairs[keep], eta[keep]
+                    yield (t1, t2), bins[keep], eta[keep]
+
+
+def scanner_lines(geometry: DetectorGeometry, efficiency: PairEfficiency, chunk: int = LINES_PER_CHUNK):
+    """Every pair of detection bins with efficiency > 0, in chunks: (type pair, bins (m, 2),
+    eta (m,)). Detection bins of one type pair the other way round are the same line: t1 >= t2,
+    and b1 > b2 within a type, as PETSIRD orders events."""
+    for pair, bins, eta in element_pairs(geometry, efficiency, chunk):
+        recording = eta > 0
+        yield pair, bins[recording], eta[recording]
 
 
 class ListmodeOSEM:
@@ -127,7 +148,8 @@ class ListmodeOSEM:
         self.geometry = DetectorGeometry.from_header(header, source)
         self.efficiency = PairEfficiency(header, source)
         self.projector = LineProjector(mu.shape, voxel_size_mm, device=device)
-        self.mu = torch.as_tensor(mu, dtype=torch.float32, device=self.projector.device)
+        # mu-map 1/cm -> 1/mm, since the projector integrates in mm
+        self.mu_per_mm = torch.as_tensor(mu, dtype=torch.float32, device=self.projector.device) / 10.0
         self.scale = float(scale)
         self.use_tof = use_tof
         self.progress = progress
@@ -149,21 +171,22 @@ class ListmodeOSEM:
         return binning.edges[[0, -1]], binning.fwhm_mm, np.zeros(n, dtype=np.int64)
 
     def _attenuation(self, start, end) -> torch.Tensor:
-        return torch.exp(-self.projector.forward(self.mu, start, end) / 10.0)
+        return torch.exp(-self.projector.forward(self.mu_per_mm, start, end))
 
     @torch.no_grad()
     def sensitivity(self, randoms: RandomsModel | None = None) -> torch.Tensor:
         """sum over the scanner's lines of s eta a P_window^T 1; the lines are also added to
         ``randoms``, which spreads its total over them."""
         sens = torch.zeros(self.projector.shape, device=self.projector.device)
-        for pair, bins, eta in progress_of(scanner_lines(self.geometry, self.efficiency),
+        for pair, bins, eta in progress_of(element_pairs(self.geometry, self.efficiency),
                                            desc="sensitivity", unit="chunk", enabled=self.progress, leave=False):
-            start, end = self.geometry.endpoints(pair, bins)
-            weight = self.scale * torch.as_tensor(eta, dtype=torch.float32, device=sens.device)
-            weight = weight * self._attenuation(start, end)
-            sens += self.projector.back(weight, start, end, self._window(pair, len(bins)))
             if randoms is not None:
-                randoms.add_lines(pair, bins)
+                randoms.add_lines(pair, bins[eta > 0])
+            # one line per element pair: its energy combinations share the two points
+            start, end = self.geometry.endpoints(pair, bins[:, 0])
+            weight = self.scale * torch.as_tensor(eta.sum(axis=1), dtype=torch.float32, device=sens.device)
+            sens += self.projector.back_attenuated(weight, start, end, self.mu_per_mm,
+                                                   self._window(pair, len(bins)))
         return sens
 
     def n_tof_bins(self, pair) -> int:
