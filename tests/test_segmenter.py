@@ -84,6 +84,28 @@ def test_fallback_computes_the_mamba_recurrence_and_is_causal():
     assert torch.allclose(y[:, :7], y2[:, :7], atol=1e-6) and not torch.allclose(y[:, 7:], y2[:, 7:])
 
 
+def test_inference_on_cpu_runs_the_sequential_scan_and_both_scans_are_the_recurrence(monkeypatch):
+    """Without autograd on CPU the mixer takes mambapy's sequential scan (faster there); with
+    autograd the parallel scan. Both must give the recurrence written from its definition."""
+    torch.manual_seed(3)
+    m = make_mamba(8, d_state=4)
+    x = torch.randn(3, 21, 8)
+    used = []
+    sequential, parallel = MambapyMixer.selective_scan_seq, MambapyMixer.__mro__[1].selective_scan
+    monkeypatch.setattr(MambapyMixer, "selective_scan_seq",
+                        lambda self, *a: used.append("sequential") or sequential(self, *a))
+    monkeypatch.setattr(MambapyMixer.__mro__[1], "selective_scan",
+                        lambda self, *a: used.append("parallel") or parallel(self, *a))
+    reference = _reference_mamba(m, x)
+    with torch.no_grad():
+        y_inference = m(x)
+    y_training = m(x)
+    assert used == ["sequential", "parallel"]
+    assert torch.allclose(y_inference.double(), reference, atol=1e-5)
+    assert torch.allclose(y_training.double(), reference, atol=1e-5)
+    assert y_training.requires_grad
+
+
 def test_backend_selection_rules(monkeypatch):
     fake = types.ModuleType("mamba_ssm")
 
