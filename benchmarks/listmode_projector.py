@@ -1,7 +1,8 @@
 """Events per second of the geometry-general list-mode projector (amdiff.physics.lines), with
-and without TOF: forward, back, and the sensitivity image's attenuated back-projection (each
-line traced once for both), on a PETSIRD scanner read from its header; then the projected time
-of the whole scanner's sensitivity image at that rate.
+and without TOF: forward, back, a list-mode EM update (the back-projection of each event's
+weight over its expected counts) and the sensitivity image's attenuated back-projection (the
+last two trace each line once for both of their projections), on a PETSIRD scanner read from
+its header; then the projected time of the whole scanner's sensitivity image at that rate.
 
     python benchmarks/listmode_projector.py --events 10000000 --device cpu --threads 2
     python benchmarks/listmode_projector.py --input my_scanner.petsird --device cuda
@@ -63,7 +64,7 @@ def main(argv=None) -> None:
     mu_per_mm = torch.full(tuple(args.shape), 0.0096, device=projector.device)   # water
     rates = {}
     for with_tof in (False, True):
-        for op in ("forward", "back", "sensitivity"):
+        for op in ("forward", "back", "EM update", "sensitivity"):
             seconds = 0.0
             for first in range(0, args.events, args.chunk_events):
                 n = min(args.chunk_events, args.events - first)
@@ -78,6 +79,8 @@ def main(argv=None) -> None:
                     projector.forward(image, start, end, kernel)
                 elif op == "back":
                     projector.back(values, start, end, kernel)
+                elif op == "EM update":   # one list-mode OSEM sub-iteration's projections
+                    projector.back_of_ratio(image, values, values, start, end, kernel)
                 else:   # the sensitivity image's operation: attenuation and back-projection
                     projector.back_attenuated(values, start, end, mu_per_mm, kernel)
                 if projector.device.type == "cuda":

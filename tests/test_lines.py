@@ -66,6 +66,23 @@ def test_attenuated_back_projection_is_back_projection_of_the_transmitted_values
     torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-6 * float(expected.max()))
 
 
+@pytest.mark.parametrize("with_tof", [False, True])
+def test_back_of_ratio_is_the_two_pass_em_back_projection(projector, with_tof):
+    """The list-mode EM update's fused operation must equal back(w / (w P x + b)) computed in
+    two passes, with the TOF kernel in both projections."""
+    rng = np.random.default_rng(2)
+    start, end = _lines(700, rng)
+    tof = (np.linspace(-200, 200, 9), 40.0, rng.integers(0, 8, 700)) if with_tof else None
+    x = rng.random(SHAPE).astype(np.float32)
+    weight = torch.as_tensor(rng.uniform(0.2, 2.0, 700), dtype=torch.float32)
+    background = torch.as_tensor(rng.uniform(0.0, 5.0, 700), dtype=torch.float32)
+    expected_counts = weight * projector.forward(x, start, end, tof) + background
+    expected = projector.back(weight / expected_counts.clamp(min=1e-20), start, end, tof)
+    fused = projector.back_of_ratio(x, weight, background, start, end, tof)
+    assert float(expected.max()) > 0
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-6 * float(expected.max()))
+
+
 def test_tof_bins_add_up_to_the_non_tof_line_integral(projector):
     rng = np.random.default_rng(1)
     start, end = _lines(300, rng)

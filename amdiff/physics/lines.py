@@ -135,9 +135,7 @@ class LineProjector:
         out = torch.zeros(len(start), dtype=torch.float32, device=self.device)
         for sl in self.chunks(len(start), self.max_samples):
             grid, weight = self.rays(start[sl], end[sl], _tof_chunk(tof, sl, self.device))
-            samples = torch.nn.functional.grid_sample(img, grid, mode="bilinear",
-                                                      padding_mode="zeros", align_corners=True)
-            out[sl] = (samples[0, 0, :, :, 0] * weight).sum(dim=1)
+            out[sl] = _integrals(img, grid, weight)
         return out
 
     @torch.no_grad()
@@ -166,13 +164,28 @@ class LineProjector:
             p0, d = start[sl], end[sl] - start[sl]
             pts, weight = self.samples(p0, d)
             grid = self._grid(pts)
-            samples = torch.nn.functional.grid_sample(mu, grid, mode="bilinear",
-                                                      padding_mode="zeros", align_corners=True)
-            transmission = torch.exp(-(samples[0, 0, :, :, 0] * weight).sum(dim=1))
+            transmission = torch.exp(-_integrals(mu, grid, weight))
             tof_sl = _tof_chunk(tof, sl, self.device)
             if tof_sl is not None:
                 weight = weight * tof_weights(pts, p0, d, *tof_sl)
             self.accumulate(out, grid, (values[sl] * transmission)[:, None] * weight)
+        return out[0, 0]
+
+    @torch.no_grad()
+    def back_of_ratio(self, image, weight, background, start, end, tof=None) -> torch.Tensor:
+        """``back(weight / (weight * forward(image) + background), start, end, tof)``: the
+        back-projection of a list-mode EM update (weights s eta a and the expected background
+        per event), each chunk's lines traced once for both projections."""
+        img = self._as_image(image).reshape(1, 1, *self.shape)
+        start, end = self._points(start), self._points(end)
+        weight = torch.as_tensor(weight, dtype=torch.float32, device=self.device)
+        background = torch.as_tensor(background, dtype=torch.float32, device=self.device)
+        out = torch.zeros((1, 1, *self.shape), dtype=torch.float32, device=self.device)
+        for sl in self.chunks(len(start), self.max_samples):
+            grid, samples_weight = self.rays(start[sl], end[sl], _tof_chunk(tof, sl, self.device))
+            expected = weight[sl] * _integrals(img, grid, samples_weight) + background[sl]
+            ratio = weight[sl] / expected.clamp(min=1e-20)
+            self.accumulate(out, grid, ratio[:, None] * samples_weight)
         return out[0, 0]
 
     @staticmethod
@@ -183,6 +196,14 @@ class LineProjector:
         grad_in, _ = torch.ops.aten.grid_sampler_3d_backward(
             grad_out, out, grid, _BILINEAR, _ZEROS, True, [True, False])
         out += grad_in
+
+
+def _integrals(image: torch.Tensor, grid: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Line integrals (n,) of a (1, 1, nx, ny, nz) image: trilinear samples at ``grid`` times
+    their step weights (n, K), summed."""
+    samples = torch.nn.functional.grid_sample(image, grid, mode="bilinear",
+                                              padding_mode="zeros", align_corners=True)
+    return (samples[0, 0, :, :, 0] * weight).sum(dim=1)
 
 
 def _tof_chunk(tof, sl: slice, device):

@@ -221,9 +221,8 @@ class ListmodeOSEM:
                 for start, end, weight, kernel, background in prepared:
                     rows = slice(s, None, subsets)
                     k = None if kernel is None else (kernel[0], kernel[1], kernel[2][rows])
-                    w = weight[rows]
-                    ybar = w * self.projector.forward(x, start[rows], end[rows], k) + background[rows]
-                    update += self.projector.back(w / ybar.clamp(min=1e-20), start[rows], end[rows], k)
+                    update += self.projector.back_of_ratio(x, weight[rows], background[rows],
+                                                           start[rows], end[rows], k)
                 x = torch.where(support, x * update / (sens / subsets).clamp(min=1e-20), x)
                 bar.update(1)
         bar.close()
