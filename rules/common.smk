@@ -381,22 +381,18 @@ def evaluation_inputs(wildcards):
 
 
 def evaluation_args(wildcards):
-    """Several command-line words: flags bare, each name=path word shell-quoted."""
+    """Command-line words of the predictions (name=folder) and, for comparison segmenters, the
+    Med-DDPM images they quantify on; the shell command quotes each word."""
     images = test_images(wildcards.site, wildcards.subject)
-    args = " ".join(
-        shlex.quote(f"{i}={prediction_dir(wildcards.model, wildcards.site, wildcards.subject, i)}")
-        for i in images
-    )
-    args = f"--prediction {args}"
+    words = ["--prediction"] + [
+        f"{i}={prediction_dir(wildcards.model, wildcards.site, wildcards.subject, i)}" for i in images
+    ]
     if wildcards.model in COMPARISON_SEGMENTERS:
-        quant = " ".join(
-            shlex.quote(
-                f"{i}={prediction_dir('med_ddpm', wildcards.site, wildcards.subject, i)}/denoised.nii.gz"
-            )
+        words += ["--quant-image"] + [
+            f"{i}={prediction_dir('med_ddpm', wildcards.site, wildcards.subject, i)}/denoised.nii.gz"
             for i in images
-        )
-        args += f" --quant-image {quant}"
-    return args
+        ]
+    return words
 
 
 def case_metric_files():

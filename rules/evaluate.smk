@@ -33,17 +33,18 @@ rule evaluate_subject:
         # evaluated subjects are test subjects: their split's standard count (mCT Group II: one pass)
         standard=lambda w: standard_count_percent(config["sites"][w.site], "test"),
         # how predicted and true lesions match (evaluation.lesion_match)
-        lesion_match=" ".join(
-            f"--lesion-match-{key} {shlex.quote(str(value))}"
+        lesion_match=[
+            word
             for key, value in config["evaluation"]["lesion_match"].items()
-        ),
+            for word in (f"--lesion-match-{key}", str(value))
+        ],
         # the whole-image NRMSE's reading (evaluation.nrmse_whole)
         nrmse_whole=config["evaluation"]["nrmse_whole"],
     shell:
         "amdiff evaluate --model {wildcards.model} --site {wildcards.site} --subject {wildcards.subject}"
         " --hc {input.hc:q} --lesion {input.lesion:q} --organs {input.organs:q} --ct {input.ct:q}"
         " --nrmse-whole {params.nrmse_whole:q} --outputs {params.outputs:q}"
-        " {params.images} --standard-count-percent {params.standard:q} {params.lesion_match}"
+        " {params.images:q} --standard-count-percent {params.standard:q} {params.lesion_match:q}"
         " --out {output:q} > {log:q} 2>&1"
 
 
@@ -168,11 +169,11 @@ rule tables:
     params:
         out_dir=lambda w, output: os.path.dirname(output[0]),
         seed=config["seed"],
-        # site=path words, each shell-quoted (the rule leaves the param unquoted)
-        fits=" ".join(shlex.quote(f"{site}={path}") for site, path in gaussian_fits().items()),
+        # site=path words; the shell command quotes each one ({params.fits:q})
+        fits=[f"{site}={path}" for site, path in gaussian_fits().items()],
         run_kind=run_kind(config),
     shell:
-        "amdiff tables --metrics {input.metrics:q} --gaussian-fit {params.fits} --out-dir {params.out_dir:q}"
+        "amdiff tables --metrics {input.metrics:q} --gaussian-fit {params.fits:q} --out-dir {params.out_dir:q}"
         " --seed {params.seed:q} --budget {input.budget:q} --run-kind {params.run_kind:q} > {log:q} 2>&1"
 
 
@@ -203,10 +204,10 @@ rule figure_regression:
         mem_mb=2000,
         runtime=10,
     params:
-        models=" ".join(VARIANTS),
+        models=VARIANTS,
         run_kind=run_kind(config),
     shell:
-        "amdiff figure-regression --metrics {input.metrics:q} --models {params.models}"
+        "amdiff figure-regression --metrics {input.metrics:q} --models {params.models:q}"
         " --png {output.png:q} --pdf {output.pdf:q} --stats {output.stats:q}"
         " --budget {input.budget:q} --run-kind {params.run_kind:q} > {log:q} 2>&1"
 
@@ -239,14 +240,14 @@ rule figure_slices:
         mem_mb=4000,
         runtime=10,
     params:
-        models=" ".join(VARIANTS + BASELINES),
+        models=VARIANTS + BASELINES,
         # the results folder its images are read from (path contract), that of the pooled metrics
         results=lambda w, input: os.path.dirname(os.path.dirname(input.metrics)),
         prefix=lambda w, output: os.path.dirname(output[0]),
         run_kind=run_kind(config),
     shell:
         "amdiff figure-slices --metrics {input.metrics:q} --results {params.results:q} --site {wildcards.site}"
-        " --models {params.models} --out-dir {params.prefix:q}"
+        " --models {params.models:q} --out-dir {params.prefix:q}"
         " --budget {input.budget:q} --run-kind {params.run_kind:q} > {log:q} 2>&1"
 
 
@@ -271,10 +272,10 @@ rule figure_training:
         mem_mb=2000,
         runtime=10,
     params:
-        logs=lambda w, input: " ".join(shlex.quote(f"{name}={input[name]}") for name in training_logs()),
+        logs=lambda w, input: [f"{name}={input[name]}" for name in training_logs()],
         run_kind=run_kind(config),
     shell:
-        "amdiff figure-training --log {params.logs} --png {output.png:q} --pdf {output.pdf:q}"
+        "amdiff figure-training --log {params.logs:q} --png {output.png:q} --pdf {output.pdf:q}"
         " --budget {input.budget:q} --run-kind {params.run_kind:q} > {log:q} 2>&1"
 
 
@@ -298,7 +299,7 @@ rule training_budget:
         mem_mb=2000,
         runtime=10,
     params:
-        logs=lambda w, input: " ".join(shlex.quote(f"{name}={input[name]}") for name in training_logs()),
+        logs=lambda w, input: [f"{name}={input[name]}" for name in training_logs()],
     shell:
         # patches per epoch and batch size: the config the models trained with (a change re-trains them)
-        "amdiff training-budget --config {input.config:q} --log {params.logs} --out {output:q} > {log:q} 2>&1"
+        "amdiff training-budget --config {input.config:q} --log {params.logs:q} --out {output:q} > {log:q} 2>&1"
