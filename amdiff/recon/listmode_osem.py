@@ -26,9 +26,11 @@ The sensitivity image is sum_L s eta_L a_L P_window^T 1 over every line of the s
 eta > 0, not only those with events, where P_window weights each point by the probability that
 its TOF difference falls inside the pair's TOF bins at all. Energy bins of one element share
 its point, so each element pair is traced once, with the efficiencies of its energy
-combinations summed (E^2 fewer lines for E energy bins; the same sum). Subsets are interleaved by event
-index (event i in subset i mod n), each with 1/n of the sensitivity. The image is post-filtered
-and converted to SUV like the histogram path's.
+combinations summed (E^2 fewer lines for E energy bins; the same sum). Subsets are
+interleaved by event index (event i in subset i mod n), each with 1/n of the sensitivity; a
+sub-iteration traces each event's line once for its forward and back projections
+(LineProjector.back_of_ratio). The image is post-filtered and converted to SUV like the
+histogram path's.
 """
 
 from __future__ import annotations
