@@ -15,8 +15,9 @@ Checks, each timed, each a row of the table (status ok, FAIL with the reason, or
    memory. With 800 epochs of ``patches_per_epoch`` patches this gives a projected training time.
 4. ``inference``: f_den on ``sw_batch_size`` windows of 128^3, fp32 and bf16 autocast, seconds
    per window; projected time of a 440 x 440 x 620 volume for the paper's setting (DDPM, 250
-   steps, overlap 0.75) and for a fast setting (DDIM, 10 steps, overlap 0.25), from the window
-   counts of MONAI's sliding window. A projection, labelled so.
+   steps, overlap 0.75) and for two fast settings (DDIM, 10 steps, overlap 0.25; the mean of 4
+   DDIM-5 draws at overlap 0, benchmarks/fast_path.py), from the window counts of MONAI's sliding
+   window. A projection, labelled so.
 5. ``recon``: ``benchmarks/recon_time.py --device <device> --paper-count-scale 0.25`` (demo and
    paper-size simulation and reconstruction, a quarter of the clinical counts to keep the
    CPU-bound list writing short), as a subprocess with a time limit.
@@ -43,7 +44,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER_VOLUME = (440, 440, 620)         # the paper's whole-body volume (Sec. 4, inference time)
-SETTINGS = {"paper": ("ddpm", 250, 0.75), "fast": ("ddim", 10, 0.25)}
+# label: (sampler, steps, overlap, samples); samples > 1 is the mean of that many draws
+SETTINGS = {"paper": ("ddpm", 250, 0.75, 1), "fast": ("ddim", 10, 0.25, 1),
+            "fast, mean of 4": ("ddim", 5, 0.0, 4)}
 
 
 def windows_per_pass(volume, patch, overlap: float) -> int:
@@ -245,11 +248,12 @@ def check_inference(device: torch.device, small: bool) -> str:
         per_window[name] = (time.perf_counter() - start) / batch
     best = min(per_window, key=per_window.get)
     parts = [f"{name} {s * 1e3:.0f} ms/window" for name, s in per_window.items()]
-    for label, (sampler, steps, overlap) in SETTINGS.items():
+    for label, (sampler, steps, overlap, samples) in SETTINGS.items():
         n = windows_per_pass(PAPER_VOLUME, patch, overlap)
-        minutes = n * steps * per_window[best] / 60
-        parts.append(f"{label} ({sampler} {steps}, overlap {overlap}): {n} windows x {steps} "
-                     f"-> {minutes:.1f} min per {PAPER_VOLUME} volume ({best}, projection)")
+        minutes = n * steps * samples * per_window[best] / 60
+        parts.append(f"{label} ({sampler} {steps}, overlap {overlap}, {samples} sample(s)): {n} windows "
+                     f"x {steps} x {samples} -> {minutes:.1f} min per {PAPER_VOLUME} volume ({best}, "
+                     f"projection)")
     return "; ".join(parts) + _peak_mib(device)
 
 
