@@ -699,6 +699,11 @@ def _foreign_object(p):
     p["extra"] = argparse.Namespace(note="not a tensor or plain value")
 
 
+def _denoised_for_amdiff(d):
+    """An amdiff predict set with a (valid) Med-DDPM image it would not read."""
+    return checkpoint_with()(d) | {"bad": write_volume(d / "denoised.nii.gz", _suv(), AFFINE)}
+
+
 def checkpoint_not_a_file(kind):
     def make(d):
         files = checkpoint_with()(d)
@@ -1319,6 +1324,9 @@ COMMAND_LINE = [
      lambda f, out: predict(f, out, "--device", "cuda:3"), ["'cuda:3' requested"]),
     ("cli-predict-config-device-cuda", _no_gpu(_inference_device_cuda), predict,
      ["'cuda' requested, but no CUDA device is available"]),
+    ("cli-predict-denoised-to-amdiff", _denoised_for_amdiff,
+     lambda f, out: predict(f, out, "--denoised", f["bad"]),
+     ["--denoised is read only by the comparison segmenters", "amdiff does not take it"]),
     ("cli-output-is-input", _output_is_input, lambda f, out: ["mumap", "--ct", f["ct"], "--out", f["ct"]],
      ["is both an input and an output"]),
     ("cli-output-is-directory", _output_is_directory,

@@ -50,12 +50,17 @@ def predict(args) -> None:
     model, variant = model_of_checkpoint(state, args.checkpoint)
     load_weights(model, state["model"], args.checkpoint,   # a mismatch: one line naming the file
                  network=f"the {variant} network rebuilt from the settings it records")
+    from amdiff.models.baselines import SEGMENTERS
+
+    reads_denoised = state.get("kind") == "baseline" and variant in SEGMENTERS
+    if args.denoised and not reads_denoised:   # a silently unused input would mislead
+        raise InputError(args.denoised, f"--denoised is read only by the comparison segmenters "
+                                        f"({', '.join(SEGMENTERS)}); {variant} does not take it")
     if state.get("kind") == "baseline":
         from amdiff.infer.predict import predict_baseline
-        from amdiff.models.baselines import SEGMENTERS
 
         denoised = None
-        if variant in SEGMENTERS:
+        if reads_denoised:
             if not args.denoised:
                 raise InputError(args.checkpoint, f"{variant} needs --denoised (the Med-DDPM output)")
             den = read_volume(args.denoised, "suv")
