@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from amdiff.diffusion.samplers import sample
-from amdiff.infer.predict import predict_volume
+from amdiff.infer.predict import predict_volume, warn_voxel_size
 from amdiff.models.amdiff import AMDiff
 
 SMALL = dict(denoiser={"channels": (4, 8, 8, 8), "norm_groups": 4, "attention_heads_channels": 8},
@@ -104,3 +104,16 @@ def test_reduced_precision_runs_the_networks_in_bf16_and_stays_close(lc):
     assert gap.max() > 0                    # a different arithmetic, not a no-op
     # bf16 keeps ~3 significant digits: the trajectory stays close to the float32 one
     assert gap.mean() < 0.02 * float(full.denoised.max() - full.denoised.min())
+
+
+def test_voxel_size_other_than_the_training_one_is_warned_about(caplog):
+    state = {"voxel_size_mm": [[2.04, 2.04, 2.03], [4.0, 4.0, 4.0]]}
+    with caplog.at_level("WARNING", logger="amdiff.infer.predict"):
+        assert not warn_voxel_size(state, (2.0, 2.0, 2.0), "mct.nii.gz")      # within 5 % of the first
+        assert not warn_voxel_size(state, (4.1, 4.1, 3.9), "ok.nii.gz")       # of the second
+        assert not warn_voxel_size({}, (1.65, 1.65, 1.65), "old.nii.gz")      # checkpoint without the record
+        assert warn_voxel_size(state, (1.65, 1.65, 1.65), "vision.nii.gz")    # 19 % finer on every axis
+        assert warn_voxel_size(state, (2.04, 2.04, 4.0), "thick.nii.gz")      # one axis off is enough
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["vision.nii.gz", "thick.nii.gz"]
+    assert "voxels of 1.65 x 1.65 x 1.65 mm" in caplog.records[0].getMessage()
+    assert "trained on 2.04 x 2.04 x 2.03 or 4 x 4 x 4 mm voxels" in caplog.records[0].getMessage()

@@ -78,6 +78,7 @@ def test_warmup_log_and_checkpoints(full_run):
     best = load_checkpoint(full_run / "best.pt")
     assert best["epoch"] == int(log.epoch[log.val_score.idxmin()])
     assert best["config"]["training"]["epochs"] == 3 and best["variant"] == "amdiff"
+    assert best["voxel_size_mm"] == [[8.0, 8.0, 8.0]]   # what predict compares an image's voxels with
 
 
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(manifest, full_run, tmp_path):

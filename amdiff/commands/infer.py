@@ -29,7 +29,7 @@ def predict(args) -> None:
     import numpy as np
 
     from amdiff.config import derived_seed, load_config, require_sections
-    from amdiff.infer.predict import check_window, predict_volume
+    from amdiff.infer.predict import check_window, predict_volume, warn_voxel_size
     from amdiff.io.nifti import check_same_grid, read_volume, write_volume
     from amdiff.train.base import device_of
     from amdiff.train.checkpoint import load_checkpoint, load_weights, model_of_checkpoint
@@ -46,6 +46,7 @@ def predict(args) -> None:
     state = load_checkpoint(args.checkpoint)
     check_window(state, config, args.checkpoint)
     lc = read_volume(args.lc, "suv")
+    warn_voxel_size(state, lc.voxel_size_mm, args.lc)
     # the network is rebuilt exactly as it was trained, from what the checkpoint records
     model, variant = model_of_checkpoint(state, args.checkpoint)
     load_weights(model, state["model"], args.checkpoint,   # a mismatch: one line naming the file

@@ -44,6 +44,7 @@ from amdiff.data.cases import content_sha256, load_cases
 from amdiff.data.patches import PatchSampler, collate
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path, write_text
+from amdiff.physics.system import voxel_size_from_affine
 from amdiff.io.files import make_output_dir
 from amdiff.joblog import progress as progress_of
 from amdiff.train.checkpoint import (canonical_sha256, file_sha256, load_checkpoint, load_weights,
@@ -130,6 +131,9 @@ class EpochTrainer(ABC):
         self.val_patches = self.val_sampler.epoch(int(self.tcfg["val_patches"]), 0)
         self.manifest_sha256 = file_sha256(manifest)   # the training data, in the fingerprint:
         self.data_sha256 = content_sha256(self.train_sampler.cases + self.val_sampler.cases)   # and its voxels
+        # recorded so inference can say when an image's voxels are not the ones it learned on
+        self.voxel_sizes_mm = sorted({tuple(round(v, 3) for v in voxel_size_from_affine(case.affine))
+                                      for case in self.train_sampler.cases})
         self.start_epoch, self.best_score, self.history = 0, math.inf, []
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict = {}
@@ -186,7 +190,8 @@ class EpochTrainer(ABC):
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
                 "epoch": epoch, "best_score": self.best_score, "history": self.history,
-                "config": self.config, **self.fingerprint_record, **self.extra_payload()}
+                "config": self.config, "voxel_size_mm": [list(v) for v in self.voxel_sizes_mm],
+                **self.fingerprint_record, **self.extra_payload()}
 
     def resume(self) -> bool:
         last = self.out_dir / "last.pt"
