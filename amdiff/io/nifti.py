@@ -23,6 +23,11 @@ from amdiff.io.files import check_input_file
 AFFINE_ATOL_MM = 1e-3
 
 
+def voxel_size_from_affine(affine) -> tuple[float, float, float]:
+    """Voxel edge lengths (mm) = column norms of the affine's 3 x 3 part."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+
+
 @dataclass
 class Volume:
     """A 3D array with its voxel-to-world (RAS+, mm) affine."""
@@ -36,7 +41,7 @@ class Volume:
 
     @property
     def voxel_size_mm(self) -> tuple[float, float, float]:
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return voxel_size_from_affine(self.affine)
 
     @property
     def voxel_volume_ml(self) -> float:

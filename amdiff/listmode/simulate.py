@@ -29,7 +29,8 @@ import numpy as np
 from amdiff.errors import InputError
 from amdiff.physics.projector import RayProjector
 from amdiff.physics.suv import suv_to_concentration
-from amdiff.physics.system import expected_prompts, scanner_eta, voxel_size_from_affine
+from amdiff.io.nifti import voxel_size_from_affine
+from amdiff.physics.system import expected_prompts, scanner_eta
 from amdiff.physics.scanner import CylindricalScanner
 
 ACQUISITION_KEYS = ("dose_mbq", "duration_s", "sensitivity_cps_per_kbq", "count_scale",

@@ -42,11 +42,6 @@ CALIBRATION_RADIUS_MM = 100.0   # 20 cm diameter cylinder
 _ETA_CACHE: dict[tuple, float] = {}
 
 
-def voxel_size_from_affine(affine) -> tuple[float, float, float]:
-    """Voxel edge lengths (mm) = column norms of the affine; the image frame is the scanner's."""
-    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
-
-
 def gaussian_blur(image: np.ndarray, fwhm_mm: float, voxel_size_mm) -> np.ndarray:
     """Isotropic Gaussian of ``fwhm_mm`` (sigma converted to voxels per axis); 0 = no blur."""
     image = np.asarray(image, dtype=np.float32)

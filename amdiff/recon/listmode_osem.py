@@ -241,7 +241,8 @@ def reconstruct_any_scanner(listmode_path, mu: np.ndarray, affine, recon_cfg: di
     from amdiff.listmode.header import acquisition_from_header
     from amdiff.listmode.petsird_io import read_header
     from amdiff.physics.suv import concentration_to_suv
-    from amdiff.physics.system import gaussian_blur, voxel_size_from_affine
+    from amdiff.io.nifti import voxel_size_from_affine
+    from amdiff.physics.system import gaussian_blur
 
     listmode_path = Path(listmode_path)
     header = read_header(listmode_path)

@@ -36,7 +36,8 @@ from amdiff.errors import InputError
 from amdiff.io.nifti import AFFINE_ATOL_MM, read_volume, write_volume
 from amdiff.physics.projector import RayProjector
 from amdiff.physics.suv import concentration_to_suv
-from amdiff.physics.system import attenuation_factors, gaussian_blur, voxel_size_from_affine
+from amdiff.io.nifti import voxel_size_from_affine
+from amdiff.physics.system import attenuation_factors, gaussian_blur
 from amdiff.physics.scanner import CylindricalScanner
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ from amdiff.data.cases import content_sha256, load_cases
 from amdiff.data.patches import PatchSampler, collate
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path, write_text
-from amdiff.physics.system import voxel_size_from_affine
+from amdiff.io.nifti import voxel_size_from_affine
 from amdiff.io.files import make_output_dir
 from amdiff.joblog import progress as progress_of
 from amdiff.train.checkpoint import (canonical_sha256, file_sha256, load_checkpoint, load_weights,
