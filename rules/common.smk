@@ -238,13 +238,14 @@ def simulate_inputs(wildcards):
 
 
 def body_size(wildcards, input):
+    """The subject's weight (and height) as command-line words."""
     if PHANTOM:
         meta = json.loads(open(input.meta).read())
-        return f"--weight-kg {meta['weight_kg']} --height-m {meta['height_cm'] / 100:.3f}"
+        return ["--weight-kg", str(meta["weight_kg"]), "--height-m", f"{meta['height_cm'] / 100:.3f}"]
     # Public cohorts (autoPET) often lack the weight; SUV images do not depend on it, only
     # the simulated count level does, so a reference adult is used then.
     weight = subject_of(wildcards).get("weight_kg") or 75.0
-    return f"--weight-kg {weight}"
+    return ["--weight-kg", str(weight)]
 
 
 # --- reconstruction (rules/recon.smk) ---------------------------------------------------

@@ -41,7 +41,7 @@ rule evaluate_subject:
         # the whole-image NRMSE's reading (evaluation.nrmse_whole)
         nrmse_whole=config["evaluation"]["nrmse_whole"],
     shell:
-        "amdiff evaluate --model {wildcards.model} --site {wildcards.site} --subject {wildcards.subject}"
+        "amdiff evaluate --model {wildcards.model:q} --site {wildcards.site:q} --subject {wildcards.subject:q}"
         " --hc {input.hc:q} --lesion {input.lesion:q} --organs {input.organs:q} --ct {input.ct:q}"
         " --nrmse-whole {params.nrmse_whole:q} --outputs {params.outputs:q}"
         " {params.images:q} --standard-count-percent {params.standard:q} {params.lesion_match:q}"
@@ -246,7 +246,7 @@ rule figure_slices:
         prefix=lambda w, output: os.path.dirname(output[0]),
         run_kind=run_kind(config),
     shell:
-        "amdiff figure-slices --metrics {input.metrics:q} --results {params.results:q} --site {wildcards.site}"
+        "amdiff figure-slices --metrics {input.metrics:q} --results {params.results:q} --site {wildcards.site:q}"
         " --models {params.models:q} --out-dir {params.prefix:q}"
         " --budget {input.budget:q} --run-kind {params.run_kind:q} > {log:q} 2>&1"
 

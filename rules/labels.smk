@@ -24,12 +24,10 @@ rule organ_labels:
         ),
     params:
         method=LABELS["method"],
-        # several words: each path is shell-quoted here, the rule leaves the param unquoted
-        source=lambda w, input: (
-            f"--source {shlex.quote(str(input.source))}" if "source" in input.keys() else ""
-        ),
-        ts=("--fast " if LABELS["totalsegmentator"]["fast"] else "")
-        + f"--device {LABELS['totalsegmentator']['device']}",
+        # word lists: `:q` quotes each word, an empty list adds none
+        source=lambda w, input: ["--source", input.source] if "source" in input.keys() else [],
+        ts=(["--fast"] if LABELS["totalsegmentator"]["fast"] else [])
+        + ["--device", LABELS["totalsegmentator"]["device"]],
     shell:
-        "amdiff labels --method {params.method} --ct {input.ct:q} {params.source} {params.ts}"
+        "amdiff labels --method {params.method:q} --ct {input.ct:q} {params.source:q} {params.ts:q}"
         " --out {output:q} > {log:q} 2>&1"

@@ -24,8 +24,8 @@ rule simulate_listmode:
         # the split picks sites.<site>.acquisition_by_split (e.g. mCT Group II test scans)
         split=lambda w: subject_of(w)["split"],
     shell:
-        "amdiff simulate --config {input.config:q} --site {wildcards.site} --subject {wildcards.subject}"
-        " --split {params.split} --suv {input.suv:q} --mumap {input.mumap:q} {params.body}"
+        "amdiff simulate --config {input.config:q} --site {wildcards.site:q} --subject {wildcards.subject:q}"
+        " --split {params.split:q} --suv {input.suv:q} --mumap {input.mumap:q} {params.body:q}"
         " --out {output.listmode:q} --summary {output.summary:q} > {log:q} 2>&1"
 
 
@@ -54,5 +54,5 @@ rule downsample:
         realizations=lambda w: config["sites"][w.site]["realizations"],
         seed=lambda w: derived_seed(config["seed"], "downsample", w.site, w.subject),
     shell:
-        "amdiff downsample --input {input:q} --levels {params.levels} --realizations {params.realizations}"
+        "amdiff downsample --input {input:q} --levels {params.levels:q} --realizations {params.realizations:q}"
         " --seed {params.seed:q} --outdir {output.lists:q} --counts {output.counts:q} > {log:q} 2>&1"

@@ -26,5 +26,5 @@ rule phantom:
     params:
         outdir=lambda w, output: os.path.dirname(output.meta),
     shell:
-        "amdiff phantom --config {input.config:q} --site {wildcards.site} --subject {wildcards.subject}"
+        "amdiff phantom --config {input.config:q} --site {wildcards.site:q} --subject {wildcards.subject:q}"
         " --outdir {params.outdir:q} > {log:q} 2>&1"

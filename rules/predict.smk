@@ -27,10 +27,12 @@ rule predict_amdiff:
         **network_resources("predict", INFERENCE["device"]),
     params:
         outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
-        second_input="",
+        # word lists: `:q` quotes each word, an empty list adds none
+        second_input=[],
+        level=lambda w: f"{w.level}_r{w.real}",
     shell:
         "amdiff predict --config {input.config:q} --checkpoint {input.model:q} --lc {input.lc:q}"
-        "{params.second_input} --subject {wildcards.subject} --level {wildcards.level}_r{wildcards.real}"
+        " {params.second_input:q} --subject {wildcards.subject:q} --level {params.level:q}"
         " --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -54,7 +56,7 @@ use rule predict_amdiff as predict_segmenter_baseline with:
     wildcard_constraints:
         model=never(COMPARISON_SEGMENTERS),
     params:
-        second_input=lambda w, input: f" --denoised {shlex.quote(input.denoised)}",
+        second_input=lambda w, input: ["--denoised", input.denoised],
 
 
 rule predict_gaussian_filter:
@@ -76,9 +78,10 @@ rule predict_gaussian_filter:
         runtime=10,
     params:
         outdir=lambda w: f"{RESULTS}/predictions/gaussian_filter/{w.site}/{w.subject}/{w.level}_r{w.real}",
-        fwhm=lambda w, input: f"--fit {shlex.quote(input.fit)}",
+        # word lists: `:q` quotes each word
+        fwhm=lambda w, input: ["--fit", input.fit],
     shell:
-        "amdiff gaussian-filter --lc {input.lc:q} {params.fwhm} --out-dir {params.outdir:q} > {log:q} 2>&1"
+        "amdiff gaussian-filter --lc {input.lc:q} {params.fwhm:q} --out-dir {params.outdir:q} > {log:q} 2>&1"
 
 
 use rule predict_gaussian_filter as predict_lowcount_input with:
@@ -96,4 +99,4 @@ use rule predict_gaussian_filter as predict_lowcount_input with:
         runtime=10,
     params:
         outdir=lambda w: f"{RESULTS}/predictions/lowcount_input/{w.site}/{w.subject}/{w.level}_r{w.real}",
-        fwhm="--fwhm-mm 0",
+        fwhm=["--fwhm-mm", "0"],

@@ -37,11 +37,12 @@ rule qc_subject:
         mem_mb=2000,
         runtime=10,
     params:
-        # name=path words, each shell-quoted (the rule leaves the param unquoted)
-        lc=lambda w, input: " ".join(shlex.quote(f"{name}={input[name]}") for name in lc_images(w)),
+        # name=path words: `:q` quotes each one
+        lc=lambda w, input: [f"{name}={input[name]}" for name in lc_images(w)],
+        title=lambda w: f"{w.site} {w.subject}",
     shell:
-        "amdiff qc --hc {input.hc:q} --lc {params.lc} --lesion {input.lesion:q} --organs {input.organs:q}"
-        " --title '{wildcards.site} {wildcards.subject}' --out {output:q} > {log:q} 2>&1"
+        "amdiff qc --hc {input.hc:q} --lc {params.lc:q} --lesion {input.lesion:q} --organs {input.organs:q}"
+        " --title {params.title:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule subject_stats:
@@ -59,12 +60,13 @@ rule subject_stats:
         runtime=5,
     params:
         split=lambda w: subject_of(w)["split"],
-        extra=lambda w, input: " ".join(
-            f"--{k} {shlex.quote(str(input[k]))}" for k in ("acquisition", "counts") if k in input.keys()
-        ),
+        # a word list: `:q` quotes each word, an empty list adds none
+        extra=lambda w, input: [
+            word for k in ("acquisition", "counts") if k in input.keys() for word in (f"--{k}", input[k])
+        ],
     shell:
-        "amdiff subject-stats --site {wildcards.site} --subject {wildcards.subject} --split {params.split}"
-        " --hc {input.hc:q} --lesion {input.lesion:q} {params.extra} --out {output:q} > {log:q} 2>&1"
+        "amdiff subject-stats --site {wildcards.site:q} --subject {wildcards.subject:q} --split {params.split:q}"
+        " --hc {input.hc:q} --lesion {input.lesion:q} {params.extra:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule cohort_summary:
@@ -130,5 +132,5 @@ rule training_manifest:
         mem_mb=2000,
         runtime=10,
     shell:
-        "amdiff manifest --config {input.config:q} --site {wildcards.train_site} --splits train,val"
+        "amdiff manifest --config {input.config:q} --site {wildcards.train_site:q} --splits train,val"
         " --out {output:q} --validate > {log:q} 2>&1"

@@ -22,7 +22,7 @@ rule recon_highcount:
         **job_resources(4000, 60),
         gpu=recon_resources,
     shell:
-        "amdiff recon --config {input.config:q} --site {wildcards.site} --listmode {input.listmode:q}"
+        "amdiff recon --config {input.config:q} --site {wildcards.site:q} --listmode {input.listmode:q}"
         " --mumap {input.mumap:q} --count-percent 100 --out {output:q} > {log:q} 2>&1"
 
 
@@ -49,5 +49,5 @@ rule recon_lowcount:
         listmode=lambda w, input: f"{input.lists}/{w.level}_r{w.real}.petsird",
         percent=lambda w: percent_of(w.level),
     shell:
-        "amdiff recon --config {input.config:q} --site {wildcards.site} --listmode {params.listmode:q}"
-        " --mumap {input.mumap:q} --count-percent {params.percent} --out {output:q} > {log:q} 2>&1"
+        "amdiff recon --config {input.config:q} --site {wildcards.site:q} --listmode {params.listmode:q}"
+        " --mumap {input.mumap:q} --count-percent {params.percent:q} --out {output:q} > {log:q} 2>&1"

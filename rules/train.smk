@@ -40,8 +40,8 @@ rule train_diffusion:
     params:
         outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
     shell:
-        "amdiff train --config {input.config:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
-        " --variant {wildcards.model} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
+        "amdiff train --config {input.config:q} --manifest {input.manifest:q} --site {wildcards.train_site:q}"
+        " --variant {wildcards.model:q} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule train_baseline:
@@ -79,13 +79,13 @@ rule train_baseline:
         **network_resources("train", training_device(), TRAINING["gpus"]),
     params:
         outdir=lambda w: f"{RESULTS}/models/{w.model}/{w.train_site}",
-        # flag and shell-quoted path, or nothing (the rule leaves the param unquoted)
+        # a word list: `:q` quotes each word, an empty list adds none
         denoiser=lambda w, input: (
-            f"--denoiser-checkpoint {shlex.quote(str(input.denoiser))}" if "denoiser" in input.keys() else ""
+            ["--denoiser-checkpoint", input.denoiser] if "denoiser" in input.keys() else []
         ),
     shell:
-        "amdiff train --config {input.config:q} --manifest {input.manifest:q} --site {wildcards.train_site}"
-        " --variant {wildcards.model} {params.denoiser} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
+        "amdiff train --config {input.config:q} --manifest {input.manifest:q} --site {wildcards.train_site:q}"
+        " --variant {wildcards.model:q} {params.denoiser:q} --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule fit_gaussian_filter:
@@ -113,5 +113,5 @@ rule fit_gaussian_filter:
         # the criterion reads the whole-image NRMSE as the evaluation does
         nrmse_whole=config["evaluation"]["nrmse_whole"],
     shell:
-        "amdiff fit-gaussian --manifest {input.manifest:q} --site {wildcards.train_site} --fwhm-grid {params.grid}"
+        "amdiff fit-gaussian --manifest {input.manifest:q} --site {wildcards.train_site:q} --fwhm-grid {params.grid:q}"
         " --nrmse-whole {params.nrmse_whole:q} --out {output:q} > {log:q} 2>&1"

@@ -1546,8 +1546,11 @@ def test_console_script_exit_status_and_single_line(tmp_path, venv_env, case):
 # ---- the workflow's shell commands quote every path -----------------------------------------
 # A manifest path such as `a$(id>x).nii.gz` or one with a space reaches the rules' shell
 # commands; Snakemake's `:q` quotes a placeholder (each item of a list). Params holding several
-# words (flags and paths) are quoted inside their functions with shlex.quote instead.
+# words (flags and paths) are word lists, so `:q` quotes them too; only `{threads}` (an int
+# Snakemake sets) reaches the shell unquoted.
 PATH_PLACEHOLDER = re.compile(r"\{((?:input|output|log)(?:\.\w+)?|RESULTS)(:[^}]*)?\}")
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)(:[^}]*)?\}")
+UNQUOTED_ALLOWED = {"threads"}
 
 
 def _shell_blocks():
@@ -1564,6 +1567,6 @@ def test_rule_shell_commands_quote_their_paths():
     texts = [p.read_text() for p in (REPO / "rules").glob("*.smk")]
     assert len(blocks) == sum(t.count("shell:") for t in texts) > 20   # every shell: directive seen
     assert all(PATH_PLACEHOLDER.search(block) for _, block in blocks)
-    offenders = [f"{rule}: {m.group(0)}" for rule, block in blocks for m in PATH_PLACEHOLDER.finditer(block)
-                 if m.group(2) != ":q"]
-    assert offenders == [], "unquoted path placeholders (use {name:q}):\n" + "\n".join(offenders)
+    offenders = [f"{rule}: {m.group(0)}" for rule, block in blocks for m in PLACEHOLDER.finditer(block)
+                 if m.group(2) != ":q" and m.group(1) not in UNQUOTED_ALLOWED]
+    assert offenders == [], "unquoted placeholders (use {name:q}):\n" + "\n".join(offenders)

@@ -40,7 +40,7 @@ def rule_argv(rule: str, **values) -> list[str]:
     """The shell command of ``rule`` in rules/train.smk with its placeholders filled, as argv.
 
     The redirection ``> {log:q} 2>&1`` is left to the caller (which captures the output itself);
-    a placeholder's ``:q`` (Snakemake's shell quoting) is applied as ``shlex.quote``.
+    a placeholder's ``:q`` (Snakemake's shell quoting) is applied as ``shlex.quote`` per item.
     """
     text = (REPO / "rules" / "train.smk").read_text()
     block = text.split(f"rule {rule}:", 1)[1]
@@ -49,7 +49,14 @@ def rule_argv(rule: str, **values) -> list[str]:
     command, redirect = re.split(r" > \{log(?::q)?\}", command, maxsplit=1)
     assert redirect.strip() == "2>&1", command
     values.setdefault("AMDIFF", "amdiff")   # the rules call `<python> -m amdiff`; the tests, the script
-    return shlex.split(re.sub(r"\{([^}:]+)(?::q)?\}", lambda m: shlex.quote(str(values[m.group(1)])), command))
+    return shlex.split(re.sub(r"\{([^}:]+)(?::q)?\}", lambda m: _quoted(values[m.group(1)]), command))
+
+
+def _quoted(value) -> str:
+    """Snakemake's `:q`: a list becomes its items, each quoted; anything else one quoted word."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(shlex.quote(str(v)) for v in value)
+    return shlex.quote(str(value))
 
 
 def epochs_logged(out: Path) -> int:
