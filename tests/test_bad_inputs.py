@@ -700,8 +700,11 @@ def _foreign_object(p):
 
 
 def _denoised_for_amdiff(d):
-    """An amdiff predict set with a (valid) Med-DDPM image it would not read."""
-    return checkpoint_with()(d) | {"bad": write_volume(d / "denoised.nii.gz", _suv(), AFFINE)}
+    """An amdiff predict set with a (valid) Med-DDPM image it would not read. The checkpoint
+    trained on 2 mm voxels, so reading the 4 mm image first would also log a voxel warning:
+    the refusal must come before any image is read."""
+    files = checkpoint_with(_set_key("voxel_size_mm", [[2.0, 2.0, 2.0]]))(d)
+    return files | {"bad": write_volume(d / "denoised.nii.gz", _suv(), AFFINE)}
 
 
 def checkpoint_not_a_file(kind):
@@ -1529,7 +1532,8 @@ def test_workflow_config_typo_in_a_config_file_path_is_named(tmp_path):
 # ---- the installed console script, for the real exit status and stderr ------------------
 @pytest.mark.parametrize("case", ["lm-truncated-events-downsample", "config-yaml-syntax",
                                   "manifest-path-escapes-root", "nifti-declares-4000-cubed",
-                                  "manifest-fifo", "cli-missing-required"])
+                                  "manifest-fifo", "cli-missing-required",
+                                  "cli-predict-denoised-to-amdiff"])
 def test_console_script_exit_status_and_single_line(tmp_path, venv_env, case):
     _, maker, command, words = next(c for c in CATALOGUE if c[0] == case)
     d, out, files, argv, outputs = _prepare(tmp_path, maker, command)

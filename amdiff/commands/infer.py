@@ -45,25 +45,26 @@ def predict(args) -> None:
     set_torch_threads(args.threads)
     state = load_checkpoint(args.checkpoint)
     check_window(state, config, args.checkpoint)
-    lc = read_volume(args.lc, "suv")
-    warn_voxel_size(state, lc.voxel_size_mm, args.lc)
     # the network is rebuilt exactly as it was trained, from what the checkpoint records
     model, variant = model_of_checkpoint(state, args.checkpoint)
     load_weights(model, state["model"], args.checkpoint,   # a mismatch: one line naming the file
                  network=f"the {variant} network rebuilt from the settings it records")
     from amdiff.models.baselines import SEGMENTERS
 
+    # the second input is checked before any image is read, so a refusal is the only output
     reads_denoised = state.get("kind") == "baseline" and variant in SEGMENTERS
     if args.denoised and not reads_denoised:   # a silently unused input would mislead
         raise InputError(args.denoised, f"--denoised is read only by the comparison segmenters "
                                         f"({', '.join(SEGMENTERS)}); {variant} does not take it")
+    if reads_denoised and not args.denoised:
+        raise InputError(args.checkpoint, f"{variant} needs --denoised (the Med-DDPM output)")
+    lc = read_volume(args.lc, "suv")
+    warn_voxel_size(state, lc.voxel_size_mm, args.lc)
     if state.get("kind") == "baseline":
         from amdiff.infer.predict import predict_baseline
 
         denoised = None
         if reads_denoised:
-            if not args.denoised:
-                raise InputError(args.checkpoint, f"{variant} needs --denoised (the Med-DDPM output)")
             den = read_volume(args.denoised, "suv")
             check_same_grid(lc, den)
             denoised = den.data
