@@ -18,13 +18,12 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from amdiff.contracts import template_fields
+from amdiff.contracts import SPLITS, template_fields
 from amdiff.errors import InputError
 from amdiff.io.files import check_input_file
 
 # Package data (pyproject.toml), so an installed package validates configs from any folder.
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
-SPLITS = ("train", "val", "test")
 # One float32 image of this many voxels is 8 GB; the workflow holds several per job.
 MAX_VOXELS = 2_000_000_000
 

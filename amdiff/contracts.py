@@ -19,6 +19,8 @@ ORGAN_NAMES = tuple(ORGAN_CLASSES.values())          # liver, lung, bone, muscle
 ORGAN_LABELS = {name: label for label, name in ORGAN_CLASSES.items()}
 SEMANTIC_CLASSES = ("lesion", *ORGAN_NAMES)          # the paper's s = 1..8
 
+SPLITS = ("train", "val", "test")                    # a subject's split (manifest column split)
+
 # The six comparison models of Tables 2 and 3: denoisers write denoised.nii.gz, segmenters
 # lesion.nii.gz and organs.nii.gz (fed with the low-count image and Med-DDPM's output).
 COMPARISON_DENOISERS = ("leqmod_gan", "spach_transformer", "med_ddpm")

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from amdiff.contracts import SPLITS
 from amdiff.errors import InputError
-from amdiff.io.manifest import SPLITS, lc_pet_images, read_manifest
+from amdiff.io.manifest import lc_pet_images, read_manifest
 from amdiff.io.nifti import Volume, check_same_grid, open_image, read_volume
 from amdiff.levels import parse_image_name
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from amdiff.contracts import SPLITS
 from amdiff.errors import InputError
 from amdiff.io.files import file_kind
-from amdiff.io.manifest import COLUMNS, SPLITS, read_manifest, write_manifest
+from amdiff.io.manifest import COLUMNS, read_manifest, write_manifest
 
 STUDY_FILES = {"hc_pet": "SUV.nii.gz", "ct": "CTres.nii.gz", "lesion": "SEG.nii.gz"}
 

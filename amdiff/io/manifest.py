@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from amdiff.contracts import SPLITS
 from amdiff.errors import InputError
 from amdiff.io.files import check_input_file
 from amdiff.levels import parse_image_name
@@ -53,7 +54,6 @@ REQUIRED_COLUMNS = ("subject", "site", "split", "hc_pet", "ct", "lesion")
 OPTIONAL_COLUMNS = ("lc_pet", "listmode", "simulate_from_images", "organs", "weight_kg", "injected_mbq")
 COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 PATH_COLUMNS = ("hc_pet", "ct", "lesion", "listmode", "organs")
-SPLITS = ("train", "val", "test")
 
 _SUBJECT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _SITE_RE = re.compile(r"^[a-z][a-z0-9_]*$")

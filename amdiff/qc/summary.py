@@ -17,9 +17,9 @@ from scipy import ndimage
 from amdiff.errors import InputError
 from amdiff.io.atomic import atomic_path, write_text
 from amdiff.io.nifti import check_same_grid, read_volume
+from amdiff.contracts import SPLITS
 from amdiff.qc.figures import level_percent
 
-SPLITS = ("train", "val", "test")
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
