@@ -306,6 +306,27 @@ def simulate_suv_negative(d):
     return {"config": _config(d), "suv": suv, "mumap": mu, "bad": suv}
 
 
+def _simulate_set(bad):
+    """A valid simulate set (``bad``: what the error names)."""
+    def make(d):
+        return {"config": _config(d), "suv": write_volume(d / "suv.nii.gz", _suv(), AFFINE),
+                "mumap": write_volume(d / "mumap.nii.gz", np.full(SHAPE, 0.096), AFFINE), "bad": bad}
+    return make
+
+
+def _text(d, name, text):
+    (d / name).write_text(text)
+    return d / name
+
+
+def _not_text(name):
+    """``name`` holding gzip bytes (a NIfTI, say) where a text file belongs."""
+    def make(d):
+        (d / name).write_bytes(gzip.compress(b"\x00" * 64))
+        return {"bad": d / name}
+    return make
+
+
 def recon_mumap_nan(d):
     files = _listmode_inputs(d)
     mu = np.full(SHAPE, 0.096)
@@ -918,6 +939,28 @@ def qc_pair_without_level(f, out):
             "--organs", f["organs"], "--out", out / "qc.png"]
 
 
+def _evaluate_set(bad):
+    """An evaluate set: references and one prediction folder (``bad``: the argument blamed)."""
+    def make(d):
+        files = _qc_set(d)
+        (d / "pred").mkdir()
+        write_volume(d / "pred" / "denoised.nii.gz", _suv(2), AFFINE)
+        write_volume(d / "pred" / "lesion.nii.gz", _lesion(), AFFINE, np.uint8)
+        return files | {"pred": d / "pred", "bad": bad}
+    return make
+
+
+def evaluate_with(*extra, outputs="denoised,lesion", predictions=("p005_r0",)):
+    """`amdiff evaluate` of the set with ``extra`` arguments; every named image reads pred/."""
+    def command(f, out):
+        return ["evaluate", "--model", "amdiff", "--site", "mct", "--subject", "mct005",
+                "--hc", f["hc"], "--lesion", f["lesion"], "--organs", f["organs"],
+                "--nrmse-whole", "image_range", "--outputs", outputs,
+                "--prediction", *[f"{name}={f['pred']}" for name in predictions], *extra,
+                "--out", out / "metrics.tsv"]
+    return command
+
+
 def simulate(f, out):
     return ["simulate", "--config", f["config"], "--site", "mct", "--subject", "mct001",
             "--suv", f["suv"], "--mumap", f["bad"], "--weight-kg", "70",
@@ -1305,7 +1348,46 @@ COMMAND_LINE = [
                      "--out-dir", out / "g"], ["not allowed with argument --fwhm-mm"]),
     ("cli-fwhm-negative", argument("--fwhm-mm", _suv_input),
      lambda f, out: ["gaussian-filter", "--lc", f["suv"], "--fwhm-mm", "-2", "--out-dir", out / "g"],
-     ["must not be negative, got -2"]),
+     ["must be a finite number, not negative, got -2"]),
+    ("cli-fwhm-nan", argument("--fwhm-mm", _suv_input),
+     lambda f, out: ["gaussian-filter", "--lc", f["suv"], "--fwhm-mm", "nan", "--out-dir", out / "g"],
+     ["must be a finite number, not negative, got nan"]),
+    ("cli-fwhm-inf", argument("--fwhm-mm", _suv_input),
+     lambda f, out: ["gaussian-filter", "--lc", f["suv"], "--fwhm-mm", "inf", "--out-dir", out / "g"],
+     ["must be a finite number, not negative, got inf"]),
+    ("simulate-height-negative", _simulate_set("subject"),
+     lambda f, out: [*simulate_from(f, out), "--height-m", "-1.7"], ["height_m must be a positive number"]),
+    ("simulate-weight-inf", _simulate_set("subject"),
+     lambda f, out: [*simulate_from(f, out), "--weight-kg", "inf"], ["weight_kg must be a positive number"]),
+    ("summary-stats-not-text", _not_text("stats.json"),
+     lambda f, out: ["summary", "--out-tsv", out / "summary.tsv", f["bad"]], ["not valid JSON", "UTF-8"]),
+    ("cli-evaluate-unknown-output", _evaluate_set("--outputs"), evaluate_with(outputs="denoised,mask"),
+     ["expected some of denoised,lesion,organs", "'denoised,mask'"]),
+    ("cli-evaluate-match-threshold", _evaluate_set("--lesion-match-threshold"),
+     evaluate_with("--lesion-match-threshold", "1.5"), [r"must be in \[0, 1\), got 1.5"]),
+    ("cli-evaluate-image-name", _evaluate_set("--prediction"), evaluate_with(predictions=("lowdose",)),
+     ["'lowdose' is not a count-level name"]),
+    ("cli-evaluate-same-image-twice", _evaluate_set("--prediction"),
+     evaluate_with(predictions=("p005", "p005_r0")), ["'p005' and 'p005_r0' name the same image"]),
+    ("cli-evaluate-stray-quant-image", _evaluate_set("--quant-image"),
+     lambda f, out: evaluate_with("--quant-image", f"p010_r0={f['hc']}")(f, out),
+     ["p010_r0: no --prediction of that image"]),
+    ("cli-pair-given-twice", _evaluate_set("command line"), evaluate_with(predictions=("p005_r0", "p005_r0")),
+     ["p005_r0 is given twice"]),
+    ("cli-manifest-site-typo", lambda d: {"config": _config(d), "bad": "--site"},
+     lambda f, out: [*manifest(f, out), "--site", "mtc"], ["'mtc' is not a site of", "mct, vision"]),
+    ("cli-manifest-splits-typo", lambda d: {"config": _config(d), "bad": "--splits"},
+     lambda f, out: [*manifest(f, out), "--site", "mct", "--splits", "train,valid"],
+     ["expected some of train,val,test, got 'train,valid'"]),
+    ("manifest-site-without-subjects", lambda d: {"config": (c := _config(d)), "bad": c},
+     lambda f, out: [*manifest(f, out), "--site", "vision", "--splits", "train"],
+     ["no subject of site vision in split"]),
+    ("stats-acquisition-not-object", lambda d: _subject_stats_set(d) | {"bad": _text(d, "acq.json", "[1, 2]")},
+     lambda f, out: [*subject_stats(f, out)[:-2], "--acquisition", f["bad"], "--out", out / "stats.json"],
+     ["expected a JSON object, found a list"]),
+    ("stats-counts-without-events", lambda d: _subject_stats_set(d) | {"bad": _text(d, "counts.json", '{"n": 1}')},
+     lambda f, out: [*subject_stats(f, out)[:-2], "--counts", f["bad"], "--out", out / "stats.json"],
+     ["lacks key", "events"]),
     ("qc-lc-without-level", qc_lc_without_level, qc_pair_without_level,
      ["expected NAME=PATH", "lc_p005.nii.gz"]),
     ("cli-log-without-model", argument("command line", lambda d: {"config": _config(d)}),

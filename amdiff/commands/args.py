@@ -76,12 +76,15 @@ def fwhm_grid(text: str) -> list[float]:
 
 
 def pairs(items) -> dict:
-    """NAME=PATH arguments; a malformed one is bad input (one line), not a traceback."""
+    """NAME=PATH arguments; a malformed one, an empty side or a NAME given twice (which would
+    silently drop one of its paths) is bad input (one line), not a traceback."""
     out = {}
     for item in items or []:
-        if "=" not in item:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
             raise InputError("command line", f"expected NAME=PATH, got {item!r}")
-        key, value = item.split("=", 1)
+        if key in out:
+            raise InputError("command line", f"{key} is given twice ({out[key]!r} and {value!r})")
         out[key] = value
     return out
 

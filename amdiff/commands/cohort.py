@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from amdiff.contracts import SPLITS
 from amdiff.errors import InputError
 from amdiff.io.atomic import refuse_overwriting_inputs
 
@@ -53,10 +54,19 @@ def manifest(args) -> None:
     root = Path(config["results_dir"]).resolve()
     out_dir = Path(args.out).resolve().parent
     rel = lambda p: os.path.relpath(p, out_dir)
+    # a typo in --site or --splits would otherwise write a manifest without subjects
+    if args.site is not None and args.site not in config["sites"]:
+        raise InputError("--site", f"{args.site!r} is not a site of {args.config} "
+                                   f"({', '.join(config['sites'])})")
+    splits = set(args.splits.split(",")) if args.splits is not None else None
+    if splits is not None and (not splits or not splits <= set(SPLITS)):
+        raise InputError("--splits", f"expected some of {','.join(SPLITS)}, got {args.splits!r}")
     subjects = _manifest_subjects(config) if own else phantom_subjects(config)
-    splits = set(args.splits.split(",")) if args.splits else None
     subjects = [s for s in subjects if (args.site is None or s["site"] == args.site)
                 and (splits is None or s["split"] in splits)]
+    if not subjects:
+        raise InputError(args.config, f"no subject of site {args.site or 'any'} in split(s) "
+                                      f"{args.splits or ','.join(SPLITS)}")
     rows = []
     for s in subjects:
         d = root / s["site"] / s["subject"]

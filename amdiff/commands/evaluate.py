@@ -4,6 +4,7 @@ and their pooling, the tables, figures, budget, study checks and seed variance. 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from amdiff.commands.args import add_run_kind, fwhm_grid, pairs
@@ -150,18 +151,28 @@ def gaussian_filter(args) -> None:
     out = Path(args.out_dir) / "denoised.nii.gz"
     refuse_overwriting_inputs([args.lc, args.fit], [out])
     fwhm = read_fit(args.fit) if args.fit else args.fwhm_mm
-    if fwhm < 0:
-        raise InputError("--fwhm-mm", f"must not be negative, got {fwhm}")
+    if not (math.isfinite(fwhm) and fwhm >= 0):   # NaN would pass `fwhm < 0` and write NaNs
+        raise InputError("--fwhm-mm", f"must be a finite number, not negative, got {fwhm}")
     lc = read_volume(args.lc, "suv")
     write_volume(out, smooth(lc.data, fwhm, lc.voxel_size_mm), lc.affine)
 
 
 def evaluate(args) -> None:
     """Metrics TSV of one model on one subject: a row per low-count test image."""
-    from amdiff.evaluate.subject import evaluate_subject, read_references
+    from amdiff.evaluate.metrics import check_lesion_match
+    from amdiff.evaluate.subject import OUTPUT_KINDS, evaluate_subject, read_references
 
     outputs = tuple(filter(None, args.outputs.split(",")))
+    unknown = [name for name in outputs if name not in OUTPUT_KINDS]
+    if not outputs or unknown or len(set(outputs)) < len(outputs):
+        raise InputError("--outputs", f"expected some of {','.join(OUTPUT_KINDS)} (each once), "
+                                      f"got {args.outputs!r}")
+    try:
+        check_lesion_match(args.lesion_match_metric, args.lesion_match_threshold)
+    except ValueError as err:
+        raise InputError("--lesion-match-threshold", str(err)) from None
     predictions, quant_images = pairs(args.prediction), pairs(args.quant_image)
+    _check_image_names(predictions, quant_images)
     # a prediction folder's images are inputs too
     read = [Path(d) / f"{name}.nii.gz" for d in predictions.values() for name in outputs]
     refuse_overwriting_inputs([args.hc, args.lesion, args.organs, args.ct, *predictions.values(), *read,
@@ -172,6 +183,26 @@ def evaluate(args) -> None:
                           {"metric": args.lesion_match_metric, "threshold": args.lesion_match_threshold},
                           args.nrmse_whole)
     write_text(args.out, df.to_csv(sep="\t", index=False, float_format="%.6g"))
+
+
+def _check_image_names(predictions: dict, quant_images: dict) -> None:
+    """Each --prediction names a low-count image (pXXX or pXXX_rN) once, and each --quant-image
+    one of them: a second folder for the same image would give a duplicate row, an unmatched
+    quantification image would be ignored without a word."""
+    from amdiff.levels import parse_image_name
+
+    seen = {}
+    for name in predictions:
+        try:
+            key = parse_image_name(name)
+        except ValueError as err:
+            raise InputError("--prediction", str(err)) from None
+        if key in seen:
+            raise InputError("--prediction", f"{seen[key]!r} and {name!r} name the same image")
+        seen[key] = name
+    stray = sorted(set(quant_images) - set(predictions))
+    if stray:
+        raise InputError("--quant-image", f"{', '.join(stray)}: no --prediction of that image")
 
 
 def collect_metrics(args) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from amdiff.commands.args import pairs
+from amdiff.contracts import SPLITS
+from amdiff.errors import InputError
 from amdiff.io.atomic import refuse_overwriting_inputs
 
 
@@ -19,7 +21,7 @@ def register(sub) -> None:
     p = sub.add_parser("subject-stats", help="per-subject statistics for the cohort summary")
     p.add_argument("--site", required=True)
     p.add_argument("--subject", required=True)
-    p.add_argument("--split", required=True)
+    p.add_argument("--split", required=True, choices=SPLITS)
     p.add_argument("--hc", required=True)
     p.add_argument("--lesion", required=True)
     p.add_argument("--acquisition", help="simulate summary JSON")
@@ -50,10 +52,13 @@ def subject_stats(args) -> None:
     stats = {"site": args.site, "subject": args.subject, "split": args.split,
              "lesions": lesion_stats_from_masks(args.hc, args.lesion)}
     if args.acquisition:
-        acq = read_json(args.acquisition)
-        stats.update(events=acq.get("events"), dose_mbq=acq.get("dose_mbq"))
+        acq = read_json(args.acquisition, ("events",))
+        stats.update(events=acq["events"], dose_mbq=acq.get("dose_mbq"))
     if args.counts:
-        stats["events_per_level"] = read_json(args.counts)["events"]
+        counts = read_json(args.counts, ("events",))["events"]
+        if not isinstance(counts, dict):
+            raise InputError(args.counts, "events must map each list's name to its event count")
+        stats["events_per_level"] = counts
     write_json(args.out, stats)
 
 

@@ -47,8 +47,8 @@ def gaussian_filter(image: np.ndarray, fwhm_mm: float, voxel_size_mm) -> np.ndar
     of the axial field of view, where the body goes on, are not pulled towards zero.
     """
     image = np.asarray(image, dtype=np.float32)
-    if fwhm_mm < 0:
-        raise ValueError(f"FWHM must not be negative, got {fwhm_mm} mm")
+    if not (math.isfinite(fwhm_mm) and fwhm_mm >= 0):
+        raise ValueError(f"FWHM must be a finite number, not negative, got {fwhm_mm} mm")
     if fwhm_mm == 0:
         return image
     return ndimage.gaussian_filter(image, sigma=sigma_voxels(fwhm_mm, voxel_size_mm))

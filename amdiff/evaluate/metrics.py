@@ -265,7 +265,8 @@ def autopet_volumes(pred_mask: np.ndarray, true_mask: np.ndarray,
             "autopet_fn_volume_ml": _untouched_voxels(true_labels, n_true, pred) * voxel_ml}
 
 
-def _check_lesion_match(metric: str, threshold: float) -> None:
+def check_lesion_match(metric: str, threshold: float) -> None:
+    """ValueError unless ``metric`` is a match metric and ``threshold`` is in [0, 1)."""
     if metric not in MATCH_METRICS:
         raise ValueError(f"lesion match metric must be one of {', '.join(MATCH_METRICS)}, "
                          f"got {metric!r}")
@@ -306,7 +307,7 @@ def match_lesions(pred_mask: np.ndarray, true_mask: np.ndarray,
     lesion matches at most once. Pairs come back as (true id, predicted id, score).
     """
     check_same_shape(pred_mask=pred_mask, true_mask=true_mask)
-    _check_lesion_match(metric, threshold)
+    check_lesion_match(metric, threshold)
     true_labels, n_true = _components(true_mask)
     pred_labels, n_pred = _components(pred_mask)
     true_ids, pred_ids, score = component_overlaps(true_labels, n_true, pred_labels, n_pred, metric)

@@ -26,11 +26,20 @@ def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, default=_plain) + "\n")
 
 
-def read_json(path) -> dict:
-    """A JSON file; missing, unreadable or malformed: one-line InputError naming it."""
+def read_json(path, keys: tuple[str, ...] = ()) -> dict:
+    """A JSON object with at least ``keys``; missing, unreadable, malformed, another JSON value
+    or a key missing: one-line InputError naming the file."""
     path = Path(path)
     check_input_file(path)
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(path, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:   # e.g. a NIfTI or gzip file named in place of the JSON
+        raise InputError(path, "not valid JSON (not UTF-8 text)") from None
+    if not isinstance(record, dict):
+        raise InputError(path, f"expected a JSON object, found a {type(record).__name__}")
+    missing = [key for key in keys if key not in record]
+    if missing:
+        raise InputError(path, f"lacks key(s) {', '.join(missing)}")
+    return record

@@ -44,8 +44,8 @@ def _check_inputs(suv, mu, acquisition: dict, weight_kg: float):
     for key in ("dose_mbq", "duration_s", "sensitivity_cps_per_kbq", "count_scale"):
         if not float(acquisition[key]) > 0:
             raise InputError("acquisition", f"{key} must be positive, got {acquisition[key]}")
-    if not weight_kg > 0:
-        raise InputError("subject", f"weight_kg must be positive, got {weight_kg}")
+    if not (math.isfinite(weight_kg) and weight_kg > 0):
+        raise InputError("subject", f"weight_kg must be a positive number, got {weight_kg}")
     suv = np.asarray(suv, dtype=np.float32)
     mu = np.asarray(mu, dtype=np.float32)
     if suv.ndim != 3 or suv.shape != mu.shape:
@@ -119,6 +119,8 @@ def simulate_listmode(path, suv, mu, affine, scanner: CylindricalScanner, acquis
     from amdiff.listmode.header import make_header
     from amdiff.listmode.petsird_io import write_listmode
 
+    if not (math.isfinite(height_m) and height_m > 0):   # the header's patient size, in m
+        raise InputError("subject", f"height_m must be a positive number, got {height_m}")
     model = expected_counts(suv, mu, affine, scanner, acquisition, weight_kg, device)
     ybar = model["trues"] + model["background"]
     rng = np.random.default_rng(seed)
