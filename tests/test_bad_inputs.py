@@ -950,6 +950,20 @@ def _evaluate_set(bad):
     return make
 
 
+def _metrics_table(rows: bool):
+    """A metrics TSV of model amdiff on the evaluate set (``bad``), or its header alone."""
+    def make(d):
+        from amdiff.evaluate.subject import evaluate_subject, read_references
+
+        f = _evaluate_set(None)(d)
+        df = evaluate_subject("amdiff", "mct", "mct005", read_references(f["hc"], f["lesion"], f["organs"]),
+                              {"p005_r0": f["pred"]}, ("denoised", "lesion"), nrmse_whole="image_range")
+        path = d / "metrics.tsv"
+        path.write_text((df if rows else df.iloc[:0]).to_csv(sep="\t", index=False))
+        return {"bad": path}
+    return make
+
+
 def evaluate_with(*extra, outputs="denoised,lesion", predictions=("p005_r0",)):
     """`amdiff evaluate` of the set with ``extra`` arguments; every named image reads pred/."""
     def command(f, out):
@@ -1372,6 +1386,12 @@ COMMAND_LINE = [
     ("cli-evaluate-stray-quant-image", _evaluate_set("--quant-image"),
      lambda f, out: evaluate_with("--quant-image", f"p010_r0={f['hc']}")(f, out),
      ["p010_r0: no --prediction of that image"]),
+    ("metrics-no-rows", _metrics_table(rows=False),
+     lambda f, out: ["tables", "--metrics", f["bad"], "--out-dir", out / "tables"], ["holds no rows"]),
+    ("metrics-model-absent", _metrics_table(rows=True),
+     lambda f, out: ["figure-regression", "--metrics", f["bad"], "--models", "amdiff", "amdiff_no_lro",
+                     "--png", out / "f.png", "--pdf", out / "f.pdf", "--stats", out / "f.tsv"],
+     ["no rows of model", "amdiff_no_lro"]),
     ("cli-pair-given-twice", _evaluate_set("command line"), evaluate_with(predictions=("p005_r0", "p005_r0")),
      ["p005_r0 is given twice"]),
     ("cli-manifest-site-typo", lambda d: {"config": _config(d), "bad": "--site"},

@@ -273,6 +273,9 @@ def figure_regression(args) -> None:
 
     refuse_overwriting_inputs([args.metrics, args.budget], [args.png, args.pdf, args.stats])
     metrics = read_metrics(args.metrics)
+    absent = [m for m in args.models if m not in set(metrics["model"].astype(str))]
+    if absent:   # a typo would otherwise draw empty panels
+        raise InputError(args.metrics, f"no rows of model(s) {', '.join(absent)}")
     regression_figure(metrics, args.models, png=args.png, pdf=args.pdf, banner=_budget_and_banner(args)[1])
     stats = regression_stats(metrics, args.models)
     write_text(args.stats, stats.to_csv(sep="\t", index=False, float_format="%.6g"))

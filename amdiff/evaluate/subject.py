@@ -109,14 +109,18 @@ def evaluate_subject(model: str, site: str, subject: str, references: dict[str, 
 
 
 def read_metrics(path: str | Path) -> pd.DataFrame:
-    """A metrics TSV written by `amdiff evaluate`/`collect`, with its columns checked."""
+    """A metrics TSV written by `amdiff evaluate`/`collect`, with its columns checked and at
+    least one row (`evaluate` writes one per image, so an empty table is a broken input)."""
     path = Path(path)
     check_input_file(path, "metrics table")
     try:
         df = pd.read_csv(path, sep="\t")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise InputError(path, f"not a readable metrics table ({type(exc).__name__})") from None
-    return validate_metrics(df, path)
+    df = validate_metrics(df, path)
+    if df.empty:
+        raise InputError(path, "metrics table holds no rows")
+    return df
 
 
 def validate_metrics(df: pd.DataFrame, source) -> pd.DataFrame:
