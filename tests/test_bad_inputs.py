@@ -1003,6 +1003,16 @@ def manifest(f, out):
     return ["manifest", "--config", f["config"], "--out", out / "manifest.tsv"]
 
 
+def source_dir_typo(d):
+    """--source-dir naming a folder that is not there (amdif for amdiff)."""
+    return {"config": _config(d), "benchmarks": d, "bad": d / "amdif"}
+
+
+def provenance(f, out):
+    return ["provenance", "--config", f["config"], "--benchmarks", f["benchmarks"], "--source-dir",
+            f["bad"], "--out", out / "provenance.json"]
+
+
 def manifest_validate(f, out):
     return ["manifest", "--config", f["config"], "--out", out / "manifest.tsv", "--validate"]
 
@@ -1255,6 +1265,8 @@ CONFIG = [
     ("config-not-utf8", config_text(b"seed: 1\nname: \xff\xfe\n"), check_config, [r"not UTF-8 text \(byte"]),
     ("config-duplicate-key", config_duplicate_key, check_config, [r"line \d+: duplicate key 'seed'"]),
     ("config-typo-check-config", config_typo, check_config, ["config file does not exist"]),
+    # named, not recorded as "commit: null" (an install without git)
+    ("provenance-source-dir-missing", source_dir_typo, provenance, ["is not a folder"]),
     ("config-typo-train", config_typo, train, ["config file does not exist"]),
     ("config-typo-predict", config_typo, predict, ["config file does not exist"]),
     ("config-directory", config_not_a_file("directory"), check_config, ["is a directory, not a config file"]),

@@ -32,7 +32,15 @@ def provenance(args) -> None:
     from amdiff.provenance import provenance as record
     from amdiff.provenance import write_provenance
 
+    from pathlib import Path
+
+    from amdiff.errors import InputError
+
     refuse_overwriting_inputs([args.config, args.benchmarks, args.source_dir], [args.out])
+    # a missing folder would record "commit: null", the same as an install without git
+    if not Path(args.source_dir).is_dir():
+        raise InputError(args.source_dir, "is not a folder (--source-dir: the workflow's source, "
+                                          "whose git commit the record holds)")
     # filled, so the hash is that of the settings, defaults written out or not (the workflow's
     # effective config is already valid and filled: the same hash)
     config = fill_defaults(read_config(args.config))
