@@ -13,11 +13,12 @@ Checks, each timed, each a row of the table (status ok, FAIL with the reason, or
 3. ``train step``: AMDiff at the paper's size (config/paper.yaml ``models``, 128^3 patches,
    batch 1): f_den and f_seg forward and backward with a proxy loss, seconds per step and peak
    memory. With 800 epochs of ``patches_per_epoch`` patches this gives a projected training time.
-4. ``inference``: f_den on ``sw_batch_size`` windows of 128^3, fp32 and bf16 autocast, seconds
-   per window; projected time of a 440 x 440 x 620 volume for the paper's setting (DDPM, 250
-   steps, overlap 0.75) and for two fast settings (DDIM, 10 steps, overlap 0.25; the mean of 4
-   DDIM-5 draws at overlap 0, benchmarks/fast_path.py), from the window counts of MONAI's sliding
-   window. A projection, labelled so.
+4. ``inference``: f_den on ``sw_batch_size`` windows of 128^3, fp32 and bf16 autocast, each
+   contiguous and channels_last (``inference.memory_format``), seconds per window; projected
+   time of a 440 x 440 x 620 volume for the paper's setting (DDPM, 250 steps, overlap 0.75) and
+   for two fast settings (DDIM, 10 steps, overlap 0.25; the mean of 4 DDIM-5 draws at overlap 0,
+   benchmarks/fast_path.py), from the window counts of MONAI's sliding window, with the fastest
+   of the four. A projection, labelled so.
 5. ``recon``: ``benchmarks/recon_time.py --device <device> --paper-count-scale 0.25`` (demo and
    paper-size simulation and reconstruction, a quarter of the clinical counts to keep the
    CPU-bound list writing short), as a subprocess with a time limit.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import math
 import subprocess
 import sys
@@ -237,15 +239,18 @@ def check_inference(device: torch.device, small: bool) -> str:
     t = torch.full((batch,), 10, device=device, dtype=torch.long)
     per_window = {}
     dtypes = [("fp32", None)] + ([("bf16", torch.bfloat16)] if device.type == "cuda" else [])
-    for name, dtype in dtypes:
+    layouts = (("", torch.contiguous_format), (" channels_last", torch.channels_last_3d))
+    for (name, dtype), (layout_name, layout) in itertools.product(dtypes, layouts):
+        model.to(memory_format=layout)         # as inference.memory_format does
+        xs, lcs = x.contiguous(memory_format=layout), lc.contiguous(memory_format=layout)
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            model.denoiser(x, lc, t)           # warm-up
+            model.denoiser(xs, lcs, t)         # warm-up
             _sync(device)
             _reset_peak(device)
             start = time.perf_counter()
-            model.denoiser(x, lc, t)
+            model.denoiser(xs, lcs, t)
             _sync(device)
-        per_window[name] = (time.perf_counter() - start) / batch
+        per_window[name + layout_name] = (time.perf_counter() - start) / batch
     best = min(per_window, key=per_window.get)
     parts = [f"{name} {s * 1e3:.0f} ms/window" for name, s in per_window.items()]
     for label, (sampler, steps, overlap, samples) in SETTINGS.items():

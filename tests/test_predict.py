@@ -106,6 +106,40 @@ def test_reduced_precision_runs_the_networks_in_bf16_and_stays_close(lc):
     assert gap.mean() < 0.02 * float(full.denoised.max() - full.denoised.min())
 
 
+def _layout(x: torch.Tensor) -> str:
+    """'cl' (NDHWC only), 'cf' (NCDHW only) or 'both' (one channel or one voxel: either layout)."""
+    cl, cf = x.is_contiguous(memory_format=torch.channels_last_3d), x.is_contiguous()
+    return "both" if cl and cf else "cl" if cl else "cf" if cf else "strided"
+
+
+def test_channels_last_feeds_the_networks_that_layout_and_predicts_the_same_images(lc):
+    torch.manual_seed(0)
+    model = randomised(AMDiff("amdiff", **SMALL))
+    stem = next(m for m in model.denoiser.modules() if isinstance(m, nn.Conv3d))
+    windows, weights = [], []
+    hooks = [stem.register_forward_pre_hook(lambda conv, args: windows.append(_layout(args[0])))]
+
+    def record(conv, args, out):        # returns None: the output is left alone
+        weights.append(_layout(conv.weight))
+    hooks += [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Conv3d)]
+    plain = predict_volume(model, lc, INF, seed=3)
+    assert set(windows) == {"cf"} and "cf" in weights and "cl" not in weights
+    windows.clear(), weights.clear()
+    fast = predict_volume(model, lc, dict(INF, memory_format="channels_last"), seed=3)
+    # the windows reach the denoiser NDHWC, and every 5-D weight is NDHWC
+    assert set(windows) == {"cl"} and "cl" in weights and "cf" not in weights
+    weights.clear()
+    again = predict_volume(model, lc, dict(INF, memory_format="contiguous"), seed=3)
+    for hook in hooks:
+        hook.remove()
+    assert "cl" not in weights                                # the model is put back
+    np.testing.assert_array_equal(again.denoised, plain.denoised)
+    # a layout, not another computation: only float rounding (amplified by the sampler) moves
+    gap = np.abs(fast.denoised - plain.denoised).max()
+    assert 0 < gap < 1e-3 * float(plain.denoised.max() - plain.denoised.min())
+    assert np.mean(fast.lesion != plain.lesion) < 1e-3 and np.mean(fast.organs != plain.organs) < 1e-3
+
+
 def test_voxel_size_other_than_the_training_one_is_warned_about(caplog):
     state = {"voxel_size_mm": [[2.04, 2.04, 2.03], [4.0, 4.0, 4.0]]}
     with caplog.at_level("WARNING", logger="amdiff.infer.predict"):

@@ -103,14 +103,34 @@ def _in_precision(predictor, dev: torch.device, precision: str):
     return run
 
 
-def _windows(inference: dict, dev: torch.device):
+# inference.memory_format -> torch's layout of the networks' weights and window tensors
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last_3d}
+
+
+def _in_layout(model: torch.nn.Module, inference: dict):
+    """Put ``model``'s 5-D weights in ``inference.memory_format`` and return the matching
+    conversion of a window batch.
+
+    Our choice: channels_last (NDHWC) is a layout, not a different computation: oneDNN and
+    cuDNN pick faster 3-D convolution kernels for it, and the result differs from the
+    contiguous one only by float rounding (another summation order). Stitching and the
+    sampler see ordinary tensors either way.
+    """
+    layout = MEMORY_FORMATS[inference.get("memory_format", schema_default("inference.memory_format"))]
+    model.to(memory_format=layout)     # in place; 1-D to 4-D parameters are left as they are
+    return lambda patch: patch.contiguous(memory_format=layout)
+
+
+def _windows(inference: dict, dev: torch.device, model: torch.nn.Module):
     roi = tuple(inference["patch_size"])
     overlap = float(inference["overlap"])
     sw_batch = int(inference["sw_batch_size"])
     precision = inference.get("precision", schema_default("inference.precision"))
+    to_layout = _in_layout(model, inference)
 
     def run(inputs, predictor):
-        return sliding_window_inference(inputs, roi, sw_batch, _in_precision(predictor, dev, precision),
+        in_precision = _in_precision(predictor, dev, precision)
+        return sliding_window_inference(inputs, roi, sw_batch, lambda patch: in_precision(to_layout(patch)),
                                         overlap=overlap, mode="gaussian", sw_device=dev, device=dev)
     return run
 
@@ -123,7 +143,7 @@ def predict_baseline(model: torch.nn.Module, lc_suv: np.ndarray, inference: dict
     [I_LC, denoised] to lesion and organ labels."""
     model.eval()
     dev = torch.device(device)
-    windows = _windows(inference, dev)
+    windows = _windows(inference, dev, model)
     lc, crop = _pad_to_multiple(torch.as_tensor(lc_suv, dtype=torch.float32)[None, None].to(dev), 8)
     if denoised_suv is None:
         out = windows(lc, model).clamp(min=0.0)   # SUV is non-negative
@@ -148,7 +168,7 @@ def predict_volume(model: AMDiff, lc_suv: np.ndarray, inference: dict, seed: int
     """Denoise and segment one low-count SUV volume."""
     model.eval()
     dev = torch.device(device)
-    windows = _windows(inference, dev)
+    windows = _windows(inference, dev, model)
     lc, crop = _pad_to_multiple(torch.as_tensor(lc_suv, dtype=torch.float32)[None, None].to(dev), 8)
 
     def eps_fn(x_t, t):
