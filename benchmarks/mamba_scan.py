@@ -1,12 +1,13 @@
-"""Seconds per Mamba mixer call with mambapy's parallel and sequential scans, at inference.
+"""Seconds per Mamba mixer call with mambapy's parallel and sequential scans and our blocked
+sequential scan, at inference.
 
     python benchmarks/mamba_scan.py [--threads 1] [--device cpu] [--repeats 3]
 
-amdiff.models.mamba_backend.MambapyMixer takes the sequential scan on CPU without autograd
-(faster there) and the parallel scan elsewhere. The shapes (batch x tokens x channels) are
+amdiff.models.mamba_backend.MambapyMixer takes the blocked scan on CPU without autograd
+(fastest there) and the parallel scan elsewhere. The shapes (batch x tokens x channels) are
 those of the demo segmenter's three Mamba stages at 32^3 windows (batch 4, four siamese views:
-16 sequences) and two larger ones. Prints per shape the best time of each scan and their
-largest relative difference.
+16 sequences) and two larger ones. Prints per shape the best time of each scan and the largest
+difference of the others from the parallel scan's output, relative to its largest value.
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ from amdiff.models.mamba_backend import MambapyMixer
 SHAPES = [(16, 4096, 16), (16, 512, 32), (16, 64, 64), (2, 32768, 32), (4, 4096, 128)]
 
 
-def time_scan(mixer: MambapyMixer, x: torch.Tensor, sequential: bool, repeats: int):
+def scans(mixer: MambapyMixer) -> dict:
+    return {"parallel": super(MambapyMixer, mixer).selective_scan,
+            "sequential": mixer.selective_scan_seq, "blocked": mixer.selective_scan_blocked}
+
+
+def time_scan(mixer: MambapyMixer, x: torch.Tensor, scan, repeats: int):
     """Best seconds of ``repeats`` calls with the scan forced, and the last output."""
-    scan = mixer.selective_scan_seq if sequential else super(MambapyMixer, mixer).selective_scan
     mixer.selective_scan = scan          # an instance attribute overrides the method
     best, y = float("inf"), None
     for _ in range(repeats):
@@ -47,17 +52,21 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"device {args.device}, {torch.get_num_threads()} threads, best of {args.repeats}")
-    print("| batch x tokens x channels | parallel scan, s | sequential scan, s | speed-up | relative difference |")
-    print("|---|---|---|---|---|")
+    print("| batch x tokens x channels | parallel scan, s | mambapy sequential, s | blocked (ours), s | "
+          "blocked vs parallel | difference: sequential, blocked |")
+    print("|---|---|---|---|---|---|")
     for b, length, d in SHAPES:
         mixer = MambapyMixer(d).eval().to(args.device)
         x = torch.randn(b, length, d, device=args.device)
         with torch.no_grad():
-            t_par, y_par = time_scan(mixer, x, False, args.repeats)
-            t_seq, y_seq = time_scan(mixer, x, True, args.repeats)
-        diff = float((y_par - y_seq).abs().max() / y_par.abs().max())
-        print(f"| {b} x {length} x {d} | {t_par:.3f} | {t_seq:.3f} | {t_par / t_seq:.2f}x | {diff:.1e} |")
-
+            timed = {name: time_scan(mixer, x, scan, args.repeats) for name, scan in scans(mixer).items()}
+        y_par = timed["parallel"][1]
+        diff = {name: float((timed[name][1] - y_par).abs().max() / y_par.abs().max())
+                for name in ("sequential", "blocked")}
+        seconds = {name: value[0] for name, value in timed.items()}
+        print(f"| {b} x {length} x {d} | {seconds['parallel']:.3f} | {seconds['sequential']:.3f} | "
+              f"{seconds['blocked']:.3f} | {seconds['parallel'] / seconds['blocked']:.2f}x | "
+              f"{diff['sequential']:.1e}, {diff['blocked']:.1e} |")
 
 if __name__ == "__main__":
     main()

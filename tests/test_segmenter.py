@@ -84,25 +84,31 @@ def test_fallback_computes_the_mamba_recurrence_and_is_causal():
     assert torch.allclose(y[:, :7], y2[:, :7], atol=1e-6) and not torch.allclose(y[:, 7:], y2[:, 7:])
 
 
-def test_inference_on_cpu_runs_the_sequential_scan_and_both_scans_are_the_recurrence(monkeypatch):
-    """Without autograd on CPU the mixer takes mambapy's sequential scan (faster there); with
-    autograd the parallel scan. Both must give the recurrence written from its definition."""
+def test_inference_on_cpu_runs_the_blocked_scan_and_every_scan_is_the_recurrence(monkeypatch):
+    """Without autograd on CPU the mixer takes its blocked sequential scan (faster there); with
+    autograd mambapy's parallel scan. Each, and mambapy's own sequential scan, must give the
+    recurrence written from its definition, also across block boundaries and a short last block."""
     torch.manual_seed(3)
     m = make_mamba(8, d_state=4)
-    x = torch.randn(3, 21, 8)
+    monkeypatch.setattr(MambapyMixer, "SCAN_BLOCK", 8)
+    x = torch.randn(3, 21, 8)            # blocks of 8, 8 and 5 tokens
     used = []
-    sequential, parallel = MambapyMixer.selective_scan_seq, MambapyMixer.__mro__[1].selective_scan
-    monkeypatch.setattr(MambapyMixer, "selective_scan_seq",
-                        lambda self, *a: used.append("sequential") or sequential(self, *a))
+    blocked, parallel = MambapyMixer.selective_scan_blocked, MambapyMixer.__mro__[1].selective_scan
+    monkeypatch.setattr(MambapyMixer, "selective_scan_blocked",
+                        lambda self, *a: used.append("blocked") or blocked(self, *a))
     monkeypatch.setattr(MambapyMixer.__mro__[1], "selective_scan",
                         lambda self, *a: used.append("parallel") or parallel(self, *a))
     reference = _reference_mamba(m, x)
     with torch.no_grad():
         y_inference = m(x)
+        m.selective_scan = m.selective_scan_seq          # mambapy's, for comparison
+        y_mambapy_sequential = m(x)
+        del m.selective_scan
     y_training = m(x)
-    assert used == ["sequential", "parallel"]
-    assert torch.allclose(y_inference.double(), reference, atol=1e-5)
-    assert torch.allclose(y_training.double(), reference, atol=1e-5)
+    assert used == ["blocked", "parallel"]
+    for y in (y_inference, y_mambapy_sequential, y_training):
+        assert torch.allclose(y.double(), reference, atol=1e-5)
+    assert torch.allclose(y_inference, y_mambapy_sequential, rtol=0, atol=1e-6)
     assert y_training.requires_grad
 
 
