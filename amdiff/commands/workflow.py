@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from amdiff.errors import InputError
 from amdiff.io.atomic import refuse_overwriting_inputs
 
 
@@ -31,10 +34,6 @@ def provenance(args) -> None:
     from amdiff.config import fill_defaults, read_config
     from amdiff.provenance import provenance as record
     from amdiff.provenance import write_provenance
-
-    from pathlib import Path
-
-    from amdiff.errors import InputError
 
     refuse_overwriting_inputs([args.config, args.benchmarks, args.source_dir], [args.out])
     # a missing folder would record "commit: null", the same as an install without git
