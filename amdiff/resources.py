@@ -18,14 +18,17 @@ MAX_MEM_MB = 512_000      # one large node
 MAX_RUNTIME_MIN = 10_080  # one week, a common partition limit
 
 
-def by_attempt(base: int, cap: int, factor: float = GROWTH) -> ResourceFunction:
+def by_attempt(base: int, cap: int, factor: float = GROWTH,
+               per_job: Callable[..., int] | None = None) -> ResourceFunction:
     """A Snakemake resource callable: ``base`` on the first attempt, ``base * factor**(n-1)`` on
-    attempt n, never above ``cap``."""
+    attempt n, never above ``cap``; times ``per_job(wildcards)`` when given (e.g. the number of
+    images one job predicts)."""
     if base <= 0 or cap < base or factor < 1.0:
         raise ValueError(f"need 0 < base <= cap and factor >= 1, got base={base}, cap={cap}, factor={factor}")
 
     def resource(wildcards=None, attempt: int = 1) -> int:
-        return int(min(cap, math.ceil(base * factor ** (max(1, int(attempt)) - 1))))
+        scale = 1 if per_job is None else max(1, int(per_job(wildcards)))
+        return int(min(cap, math.ceil(base * scale * factor ** (max(1, int(attempt)) - 1))))
 
     resource.__name__ = f"by_attempt_{base}"
     return resource
@@ -41,14 +44,20 @@ def job_resources(mem_mb: int, runtime_min: int, gpu: int | None = None) -> dict
 
 
 # (mem_mb, runtime in minutes) of a network job on each device: a CPU job of the demo or study
-# sizes; a CUDA job at paper size (800 epochs of 128^3 patches, whole-body inference).
+# sizes; a CUDA job at paper size (800 epochs of 128^3 patches, whole-body inference of one image).
 NETWORK_JOB = {"train": {"cpu": (8000, 120), "cuda": (32000, 2880)},
                "predict": {"cpu": (4000, 60), "cuda": (32000, 240)}}
 
 
-def network_resources(stage: str, device: str, processes: int = 1) -> dict:
+def network_resources(stage: str, device: str, processes: int = 1,
+                      images: Callable[..., int] | None = None) -> dict:
     """``resources:`` of a training (``stage="train"``) or inference job on ``device``; a
-    data-parallel training of ``processes`` processes needs their memory and one GPU each."""
+    data-parallel training of ``processes`` processes needs their memory and one GPU each. An
+    inference job predicting ``images(wildcards)`` images one after another needs their time
+    and one image's memory."""
     sizes = NETWORK_JOB[stage]
     mem_mb, runtime = sizes["cpu" if device == "cpu" else "cuda"]
-    return job_resources(mem_mb * processes, runtime, gpu=processes if device == "cuda" else 0)
+    resources = job_resources(mem_mb * processes, runtime, gpu=processes if device == "cuda" else 0)
+    if images is not None:
+        resources["runtime"] = by_attempt(runtime, MAX_RUNTIME_MIN, per_job=images)
+    return resources

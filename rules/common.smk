@@ -344,21 +344,72 @@ def outputs_of(model):
     return ("denoised",) if model in DENOISER_BASELINES + TRAINING_FREE else ("lesion", "organs")
 
 
+def predicted_by_network(model):
+    """A trained network predicts all test images of a subject in one job, into one folder."""
+    return model not in TRAINING_FREE
+
+
 def prediction_targets():
-    return [
-        f"{RESULTS}/predictions/{model}/{site}/{subject}/{name}/{item}.nii.gz"
-        for model in VARIANTS + BASELINES + TRAINING_FREE
-        for site, subject, name in test_cases()
-        for item in outputs_of(model)
-    ]
+    targets = []
+    for model in VARIANTS + BASELINES + TRAINING_FREE:
+        for site, subject, name in test_cases():
+            if predicted_by_network(model):
+                targets.append(subject_predictions(model, site, subject))
+            else:
+                targets += [
+                    f"{prediction_dir(model, site, subject, name)}/{item}.nii.gz"
+                    for item in outputs_of(model)
+                ]
+    return sorted(set(targets))
 
 
 def test_images(site, subject):
     return [name for s, subj, name in test_cases() if (s, subj) == (site, subject)]
 
 
+def subject_predictions(model, site, subject):
+    """Folder of ``model``'s predictions of one subject: one pXXX_rN folder per test image."""
+    return f"{RESULTS}/predictions/{model}/{site}/{subject}"
+
+
 def prediction_dir(model, site, subject, image):
-    return f"{RESULTS}/predictions/{model}/{site}/{subject}/{image}"
+    return f"{subject_predictions(model, site, subject)}/{image}"
+
+
+def prediction_inputs(model, site, subject):
+    """What reading ``model``'s predictions of one subject depends on: a network's subject folder
+    (the output of one job), or each image's files of a training-free row."""
+    if predicted_by_network(model):
+        return {f"{model}_{subject}": subject_predictions(model, site, subject)}
+    return {
+        f"{model}_{subject}_{image}_{item}": f"{prediction_dir(model, site, subject, image)}/{item}.nii.gz"
+        for image in test_images(site, subject)
+        for item in outputs_of(model)
+    }
+
+
+def images_to_predict(wildcards):
+    return len(test_images(wildcards.site, wildcards.subject))
+
+
+def lowcount_inputs(wildcards):
+    """The low-count images a network predicts for one subject, in test_images' order."""
+    d = subject_dir(wildcards.site, wildcards.subject)
+    return [f"{d}/lc_{image}.nii.gz" for image in test_images(wildcards.site, wildcards.subject)]
+
+
+def prediction_args(wildcards, denoised_by=None):
+    """`amdiff predict` words for all test images of one subject: each image's --lc, --level and
+    --out-dir (and --denoised: ``denoised_by``'s prediction of it); the shell quotes each word."""
+    images = test_images(wildcards.site, wildcards.subject)
+    words = ["--lc", *lowcount_inputs(wildcards), "--level", *images, "--out-dir"]
+    words += [prediction_dir(wildcards.model, wildcards.site, wildcards.subject, i) for i in images]
+    if denoised_by:
+        words += ["--denoised"] + [
+            f"{prediction_dir(denoised_by, wildcards.site, wildcards.subject, i)}/denoised.nii.gz"
+            for i in images
+        ]
+    return words
 
 
 def evaluation_inputs(wildcards):
@@ -369,15 +420,9 @@ def evaluation_inputs(wildcards):
         "organs": f"{d}/organs.nii.gz",
         "ct": f"{d}/ct.nii.gz",
     }  # its body mask: the whole-image NRMSE's region
-    for image in test_images(wildcards.site, wildcards.subject):
-        for item in outputs_of(wildcards.model):
-            inputs[f"{image}_{item}"] = (
-                f"{prediction_dir(wildcards.model, wildcards.site, wildcards.subject, image)}/{item}.nii.gz"
-            )
-        if wildcards.model in COMPARISON_SEGMENTERS:  # they quantify on the Med-DDPM image they were fed
-            inputs[f"{image}_quant"] = (
-                f"{prediction_dir('med_ddpm', wildcards.site, wildcards.subject, image)}/denoised.nii.gz"
-            )
+    inputs.update(prediction_inputs(wildcards.model, wildcards.site, wildcards.subject))
+    if wildcards.model in COMPARISON_SEGMENTERS:  # they quantify on the Med-DDPM image they were fed
+        inputs.update(prediction_inputs("med_ddpm", wildcards.site, wildcards.subject))
     return inputs
 
 
@@ -453,10 +498,7 @@ def slice_inputs(wildcards):
         for ref in ("hc", "lesion", "organs"):
             inputs[f"{subject}_{ref}"] = f"{d}/{ref}.nii.gz"
         for model in VARIANTS + BASELINES:
-            for item in outputs_of(model):
-                inputs[f"{model}_{subject}_{image}_{item}"] = (
-                    f"{prediction_dir(model, site, subject, image)}/{item}.nii.gz"
-                )
+            inputs.update(prediction_inputs(model, site, subject))
     return inputs
 
 
@@ -494,6 +536,7 @@ if MODELS:
     TABLES = ["table2_denoising", "table3_segmentation", "table4_ablation", "table5_quantification"]
     PAPER_TABLES = {"headline": ("tsv", "md"), "paper_vs_reproduction": ("tsv", "md"), "claims": ("tsv",)}
     TEST_SITES = sorted({site for site, _, _ in test_cases()})
+    TEST_SUBJECT_IDS = never(sorted({subject for _, subject, _ in test_cases()}))  # wildcard regex
     SLICE_FIGURES = [(4, "denoising"), (5, "lesions"), (6, "organs")]
 
 

@@ -3,44 +3,42 @@
 # mask and the organ label map on the input's grid. What a model writes differs (AMDiff: all
 # three; a denoiser: the image; a segmenter: the masks, from the image and the Med-DDPM output),
 # so each kind has its rule; the two baseline rules are predict_amdiff with other files.
+# A network predicts all test images of a subject in one job (one start of torch and one
+# checkpoint read, 6-9 s on a CPU, instead of one per image): its output is the subject's
+# folder, with a pXXX_rN folder per image. Each image keeps its own sampler seed.
 
 
 rule predict_amdiff:
     input:
         config=f"{CONFIG_DIR}/inference.yaml",
         model=lambda w: f"{RESULTS}/models/{w.model}/{TRAINED_ON[w.site]}/best.pt",
-        lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
+        lc=lowcount_inputs,
     output:
-        denoised=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",
-        lesion=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/lesion.nii.gz",
-        organs=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/organs.nii.gz",
+        directory(f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}"),
     log:
-        "logs/predict/{model}/{site}/{subject}/{level}_r{real}.log",
+        "logs/predict/{model}/{site}/{subject}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/predict/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
+        f"{RESULTS}/benchmarks/predict/{{model}}/{{site}}/{{subject}}.tsv"
     wildcard_constraints:
         model=never(VARIANTS + [r for m in VARIANTS for r in REPLICATES.get(m, [])]),
+        subject=TEST_SUBJECT_IDS,
     conda:
         "../envs/learning.yaml"
     threads: 1
     resources:
-        **network_resources("predict", INFERENCE["device"]),
+        **network_resources("predict", INFERENCE["device"], images=images_to_predict),
     params:
-        outdir=lambda w: f"{RESULTS}/predictions/{w.model}/{w.site}/{w.subject}/{w.level}_r{w.real}",
-        # word lists: `:q` quotes each word, an empty list adds none
-        second_input=[],
-        level=lambda w: f"{w.level}_r{w.real}",
+        # word lists: `:q` quotes each word
+        images=prediction_args,
     shell:
-        "amdiff predict --config {input.config:q} --checkpoint {input.model:q} --lc {input.lc:q}"
-        " {params.second_input:q} --subject {wildcards.subject:q} --level {params.level:q}"
-        " --out-dir {params.outdir:q} --threads {threads} > {log:q} 2>&1"
+        "amdiff predict --config {input.config:q} --checkpoint {input.model:q} {params.images:q}"
+        " --subject {wildcards.subject:q} --threads {threads} > {log:q} 2>&1"
 
 
 use rule predict_amdiff as predict_denoiser_baseline with:
-    output:
-        denoised=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",
     wildcard_constraints:
         model=never(DENOISER_BASELINES + REPLICATES.get("med_ddpm", [])),
+        subject=TEST_SUBJECT_IDS,
 
 
 use rule predict_amdiff as predict_segmenter_baseline with:
@@ -48,15 +46,13 @@ use rule predict_amdiff as predict_segmenter_baseline with:
     input:
         config=f"{CONFIG_DIR}/inference.yaml",
         model=lambda w: f"{RESULTS}/models/{w.model}/{TRAINED_ON[w.site]}/best.pt",
-        lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
-        denoised=f"{RESULTS}/predictions/med_ddpm/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",
-    output:
-        lesion=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/lesion.nii.gz",
-        organs=f"{RESULTS}/predictions/{{model}}/{{site}}/{{subject}}/{{level}}_r{{real}}/organs.nii.gz",
+        lc=lowcount_inputs,
+        denoised=lambda w: subject_predictions("med_ddpm", w.site, w.subject),
     wildcard_constraints:
         model=never(COMPARISON_SEGMENTERS),
+        subject=TEST_SUBJECT_IDS,
     params:
-        second_input=lambda w, input: ["--denoised", input.denoised],
+        images=lambda w: prediction_args(w, denoised_by="med_ddpm"),
 
 
 rule predict_gaussian_filter:

@@ -1081,6 +1081,12 @@ def import_suv_of(f, out):
     return ["import-image", "--kind", "suv", "--input", f["suv"], "--out", out / "hc.nii.gz"]
 
 
+def predict_two(f, out, second_lc, *levels):
+    """Two images of one subject in one call: ``f["lc"]`` and ``second_lc``, with ``levels``."""
+    return ["predict", "--config", f["config"], "--checkpoint", f["checkpoint"], "--lc", f["lc"], second_lc,
+            "--subject", "mct003", "--level", *levels, "--out-dir", out / "p005_r0", out / "p040_r0"]
+
+
 def predict_into(f, out):
     return ["predict", "--config", f["config"], "--checkpoint", f["checkpoint"], "--lc", f["lc"],
             "--subject", "mct003", "--level", "p005_r0", "--out-dir", f["target"]]
@@ -1441,6 +1447,16 @@ COMMAND_LINE = [
      lambda f, out: predict(f, out, "--device", "cuda:3"), ["'cuda:3' requested"]),
     ("cli-predict-config-device-cuda", _no_gpu(_inference_device_cuda), predict,
      ["'cuda' requested, but no CUDA device is available"]),
+    ("cli-predict-levels-unpaired", lambda d: checkpoint_with()(d) | {"bad": "--level"},
+     lambda f, out: predict_two(f, out, f["lc"], "p005_r0"),
+     ["1 given for 2 --lc images; give one per image"]),
+    ("cli-predict-level-twice", lambda d: checkpoint_with()(d) | {"bad": "--level"},
+     lambda f, out: predict_two(f, out, f["lc"], "p005_r0", "p005_r0"),
+     ["p005_r0 is given twice"]),
+    # the second image is missing: refused before the first is predicted, so nothing is written
+    ("cli-predict-second-image-missing", lambda d: checkpoint_with()(d) | {"bad": d / "lc_p040.nii.gz"},
+     lambda f, out: predict_two(f, out, f["bad"], "p005_r0", "p040_r0"),
+     ["low-count image does not exist"]),
     ("cli-predict-denoised-to-amdiff", _denoised_for_amdiff,
      lambda f, out: predict(f, out, "--denoised", f["bad"]),
      ["--denoised is read only by the comparison segmenters", "amdiff does not take it"]),

@@ -151,3 +151,67 @@ def test_voxel_size_other_than_the_training_one_is_warned_about(caplog):
     assert [r.getMessage().split(":")[0] for r in caplog.records] == ["vision.nii.gz", "thick.nii.gz"]
     assert "voxels of 1.65 x 1.65 x 1.65 mm" in caplog.records[0].getMessage()
     assert "trained on 2.04 x 2.04 x 2.03 or 4 x 4 x 4 mm voxels" in caplog.records[0].getMessage()
+
+
+def _checkpoint(path, variant: str, config: dict):
+    """A checkpoint of ``variant`` at the demo size with random weights whose outputs vary with
+    the input (an untrained AMDiff's zero output layers are perturbed)."""
+    from amdiff.models.amdiff import build_model
+    from amdiff.models.baselines import NAMES, get
+    from amdiff.train.baselines import baseline_kwargs
+    from amdiff.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(3)
+    if variant in NAMES and variant != "med_ddpm":
+        kwargs = baseline_kwargs(config, variant)
+        model, record = get(variant).build(**kwargs), {"kind": "baseline", "baseline_kwargs": kwargs}
+    else:
+        model, record = randomised(build_model(variant, config)), {"kind": "amdiff"}
+    return save_checkpoint(path, {"model": model.state_dict(), "variant": variant, "config": config, **record})
+
+
+@pytest.mark.parametrize("variant", ["amdiff", "medsam3d"])
+def test_one_call_predicting_several_images_writes_what_one_call_per_image_does(tmp_path, variant):
+    """`amdiff predict` with the images of a subject in one process (the workflow's job) gives
+    each image the outputs of its own process: its own sampler seed (subject, level), its own
+    --denoised image, no state carried from the image before."""
+    import yaml
+
+    from amdiff.cli import main
+    from amdiff.config import fill_defaults
+    from amdiff.io.nifti import centered_affine, read_volume, write_volume
+    from tests.conftest import REPO
+
+    config = fill_defaults(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    ckpt = _checkpoint(tmp_path / "best.pt", variant, config)
+    rng, affine = np.random.default_rng(1), centered_affine((40, 36, 32), (8.0, 8.0, 8.0))
+    levels = ["p005_r0", "p040_r0"]
+    for level in levels:   # two different images, and a stand-in Med-DDPM output of each
+        write_volume(tmp_path / f"lc_{level}.nii.gz", (rng.random((40, 36, 32)) * 5).astype(np.float32), affine)
+        write_volume(tmp_path / f"den_{level}.nii.gz", (rng.random((40, 36, 32)) * 5).astype(np.float32), affine)
+    denoised = variant == "medsam3d"   # a comparison segmenter: fed a --denoised image
+
+    def run(out: str, *images: str) -> None:
+        argv = ["predict", "--config", str(tmp_path / "config.yaml"), "--checkpoint", str(ckpt),
+                "--subject", "mct003", "--threads", "1",
+                "--lc", *[str(tmp_path / f"lc_{i}.nii.gz") for i in images], "--level", *images,
+                "--out-dir", *[str(tmp_path / out / i) for i in images]]
+        if denoised:
+            argv += ["--denoised", *[str(tmp_path / f"den_{i}.nii.gz") for i in images]]
+        assert main(argv) == 0
+
+    run("together", *levels)
+    for level in levels:
+        run("apart", level)
+    items = ("lesion", "organs") if denoised else ("denoised", "lesion", "organs")
+
+    def read(out: str, level: str, item: str) -> np.ndarray:
+        return read_volume(tmp_path / out / level / f"{item}.nii.gz", "suv" if item == "denoised" else "labels").data
+
+    for level in levels:
+        for item in items:
+            np.testing.assert_array_equal(read("together", level, item), read("apart", level, item))
+    # the two images' outputs differ, so a shared seed or a swapped pairing would show
+    for item in items:
+        assert not np.array_equal(read("together", levels[0], item), read("together", levels[1], item)), item

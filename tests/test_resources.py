@@ -27,6 +27,13 @@ def test_network_jobs_ask_for_their_device(stage, device, first, gpu):
     assert res["mem_mb"](None, 2) == min(2 * first[0], MAX_MEM_MB)
 
 
+def test_an_inference_job_of_several_images_asks_for_their_time_and_one_images_memory():
+    res = network_resources("predict", "cuda", images=lambda wildcards: len(wildcards["images"]))
+    three = {"images": ["p005_r0", "p010_r0", "p020_r0"]}
+    assert (res["runtime"](three, 1), res["runtime"](three, 2), res["mem_mb"](three, 1)) == (720, 1440, 32000)
+    assert res["runtime"]({"images": []}, 1) == 240   # never below one image's time
+
+
 def test_data_parallel_training_asks_for_a_gpu_and_memory_per_process():
     res = network_resources("train", "cuda", processes=4)
     assert (res["gpu"], res["mem_mb"](None, 1)) == (4, 4 * 32000)
