@@ -344,23 +344,14 @@ def outputs_of(model):
     return ("denoised",) if model in DENOISER_BASELINES + TRAINING_FREE else ("lesion", "organs")
 
 
-def predicted_by_network(model):
-    """A trained network predicts all test images of a subject in one job, into one folder."""
-    return model not in TRAINING_FREE
-
-
 def prediction_targets():
-    targets = []
-    for model in VARIANTS + BASELINES + TRAINING_FREE:
-        for site, subject, name in test_cases():
-            if predicted_by_network(model):
-                targets.append(subject_predictions(model, site, subject))
-            else:
-                targets += [
-                    f"{prediction_dir(model, site, subject, name)}/{item}.nii.gz"
-                    for item in outputs_of(model)
-                ]
-    return sorted(set(targets))
+    return sorted(
+        {
+            subject_predictions(model, site, subject)
+            for model in VARIANTS + BASELINES + TRAINING_FREE
+            for site, subject, _ in test_cases()
+        }
+    )
 
 
 def test_images(site, subject):
@@ -368,24 +359,13 @@ def test_images(site, subject):
 
 
 def subject_predictions(model, site, subject):
-    """Folder of ``model``'s predictions of one subject: one pXXX_rN folder per test image."""
+    """Folder of ``model``'s predictions of one subject, one pXXX_rN folder per test image
+    inside: the output of one job (rules/predict.smk)."""
     return f"{RESULTS}/predictions/{model}/{site}/{subject}"
 
 
 def prediction_dir(model, site, subject, image):
     return f"{subject_predictions(model, site, subject)}/{image}"
-
-
-def prediction_inputs(model, site, subject):
-    """What reading ``model``'s predictions of one subject depends on: a network's subject folder
-    (the output of one job), or each image's files of a training-free row."""
-    if predicted_by_network(model):
-        return {f"{model}_{subject}": subject_predictions(model, site, subject)}
-    return {
-        f"{model}_{subject}_{image}_{item}": f"{prediction_dir(model, site, subject, image)}/{item}.nii.gz"
-        for image in test_images(site, subject)
-        for item in outputs_of(model)
-    }
 
 
 def images_to_predict(wildcards):
@@ -398,12 +378,15 @@ def lowcount_inputs(wildcards):
     return [f"{d}/lc_{image}.nii.gz" for image in test_images(wildcards.site, wildcards.subject)]
 
 
-def prediction_args(wildcards, denoised_by=None):
-    """`amdiff predict` words for all test images of one subject: each image's --lc, --level and
-    --out-dir (and --denoised: ``denoised_by``'s prediction of it); the shell quotes each word."""
+def prediction_args(wildcards, model, levels=True, denoised_by=None):
+    """Command-line words for all test images of one subject: each image's --lc, its --level
+    (the sampler's seed) and --out-dir, and --denoised (``denoised_by``'s prediction of it);
+    the shell quotes each word."""
     images = test_images(wildcards.site, wildcards.subject)
-    words = ["--lc", *lowcount_inputs(wildcards), "--level", *images, "--out-dir"]
-    words += [prediction_dir(wildcards.model, wildcards.site, wildcards.subject, i) for i in images]
+    words = ["--lc", *lowcount_inputs(wildcards)]
+    if levels:
+        words += ["--level", *images]
+    words += ["--out-dir"] + [prediction_dir(model, wildcards.site, wildcards.subject, i) for i in images]
     if denoised_by:
         words += ["--denoised"] + [
             f"{prediction_dir(denoised_by, wildcards.site, wildcards.subject, i)}/denoised.nii.gz"
@@ -420,9 +403,9 @@ def evaluation_inputs(wildcards):
         "organs": f"{d}/organs.nii.gz",
         "ct": f"{d}/ct.nii.gz",
     }  # its body mask: the whole-image NRMSE's region
-    inputs.update(prediction_inputs(wildcards.model, wildcards.site, wildcards.subject))
+    inputs["predictions"] = subject_predictions(wildcards.model, wildcards.site, wildcards.subject)
     if wildcards.model in COMPARISON_SEGMENTERS:  # they quantify on the Med-DDPM image they were fed
-        inputs.update(prediction_inputs("med_ddpm", wildcards.site, wildcards.subject))
+        inputs["quant"] = subject_predictions("med_ddpm", wildcards.site, wildcards.subject)
     return inputs
 
 
@@ -498,7 +481,7 @@ def slice_inputs(wildcards):
         for ref in ("hc", "lesion", "organs"):
             inputs[f"{subject}_{ref}"] = f"{d}/{ref}.nii.gz"
         for model in VARIANTS + BASELINES:
-            inputs.update(prediction_inputs(model, site, subject))
+            inputs[f"{model}_{subject}"] = subject_predictions(model, site, subject)
     return inputs
 
 

@@ -3,7 +3,7 @@
 # mask and the organ label map on the input's grid. What a model writes differs (AMDiff: all
 # three; a denoiser: the image; a segmenter: the masks, from the image and the Med-DDPM output),
 # so each kind has its rule; the two baseline rules are predict_amdiff with other files.
-# A network predicts all test images of a subject in one job (one start of torch and one
+# Every model predicts all test images of a subject in one job (one start of torch and one
 # checkpoint read, 6-9 s on a CPU, instead of one per image): its output is the subject's
 # folder, with a pXXX_rN folder per image. Each image keeps its own sampler seed.
 
@@ -29,7 +29,7 @@ rule predict_amdiff:
         **network_resources("predict", INFERENCE["device"], images=images_to_predict),
     params:
         # word lists: `:q` quotes each word
-        images=prediction_args,
+        images=lambda w: prediction_args(w, w.model),
     shell:
         "amdiff predict --config {input.config:q} --checkpoint {input.model:q} {params.images:q}"
         " --subject {wildcards.subject:q} --threads {threads} > {log:q} 2>&1"
@@ -52,20 +52,22 @@ use rule predict_amdiff as predict_segmenter_baseline with:
         model=never(COMPARISON_SEGMENTERS),
         subject=TEST_SUBJECT_IDS,
     params:
-        images=lambda w: prediction_args(w, denoised_by="med_ddpm"),
+        images=lambda w: prediction_args(w, w.model, denoised_by="med_ddpm"),
 
 
 rule predict_gaussian_filter:
-    # the training-free row: the low-count image smoothed by the FWHM fitted on validation images
+    # the training-free row: the low-count images smoothed by the FWHM fitted on validation images
     input:
         fit=lambda w: f"{RESULTS}/models/gaussian_filter/{TRAINED_ON[w.site]}/fit.json",
-        lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
+        lc=lowcount_inputs,
     output:
-        denoised=f"{RESULTS}/predictions/gaussian_filter/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",
+        directory(f"{RESULTS}/predictions/gaussian_filter/{{site}}/{{subject}}"),
     log:
-        "logs/predict/gaussian_filter/{site}/{subject}/{level}_r{real}.log",
+        "logs/predict/gaussian_filter/{site}/{subject}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/predict/gaussian_filter/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
+        f"{RESULTS}/benchmarks/predict/gaussian_filter/{{site}}/{{subject}}.tsv"
+    wildcard_constraints:
+        subject=TEST_SUBJECT_IDS,
     conda:
         "../envs/evaluate.yaml"
     threads: 1
@@ -73,26 +75,26 @@ rule predict_gaussian_filter:
         mem_mb=4000,
         runtime=10,
     params:
-        outdir=lambda w: f"{RESULTS}/predictions/gaussian_filter/{w.site}/{w.subject}/{w.level}_r{w.real}",
         # word lists: `:q` quotes each word
+        images=lambda w: prediction_args(w, "gaussian_filter", levels=False),
         fwhm=lambda w, input: ["--fit", input.fit],
     shell:
-        "amdiff gaussian-filter --lc {input.lc:q} {params.fwhm:q} --out-dir {params.outdir:q} > {log:q} 2>&1"
+        "amdiff gaussian-filter {params.images:q} {params.fwhm:q} > {log:q} 2>&1"
 
 
 use rule predict_gaussian_filter as predict_lowcount_input with:
     # the input itself as a "denoised" image: FWHM 0 writes its voxels unchanged
     input:
-        lc=f"{RESULTS}/{{site}}/{{subject}}/lc_{{level}}_r{{real}}.nii.gz",
+        lc=lowcount_inputs,
     output:
-        denoised=f"{RESULTS}/predictions/lowcount_input/{{site}}/{{subject}}/{{level}}_r{{real}}/denoised.nii.gz",
+        directory(f"{RESULTS}/predictions/lowcount_input/{{site}}/{{subject}}"),
     log:
-        "logs/predict/lowcount_input/{site}/{subject}/{level}_r{real}.log",
+        "logs/predict/lowcount_input/{site}/{subject}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/predict/lowcount_input/{{site}}/{{subject}}/{{level}}_r{{real}}.tsv"
+        f"{RESULTS}/benchmarks/predict/lowcount_input/{{site}}/{{subject}}.tsv"
     resources:
         mem_mb=2000,
         runtime=10,
     params:
-        outdir=lambda w: f"{RESULTS}/predictions/lowcount_input/{w.site}/{w.subject}/{w.level}_r{w.real}",
+        images=lambda w: prediction_args(w, "lowcount_input", levels=False),
         fwhm=["--fwhm-mm", "0"],

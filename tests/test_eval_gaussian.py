@@ -119,6 +119,23 @@ def test_the_filter_uses_each_axis_voxel_size(tmp_path):
     np.testing.assert_allclose(out.affine, centered_affine(data.shape, voxel))
 
 
+def test_several_images_in_one_call_are_each_filtered_on_their_own_grid(tmp_path):
+    """The workflow's job passes all of a subject's images: each --lc goes to its own --out-dir,
+    filtered with its own voxel size."""
+    rng = np.random.default_rng(4)
+    images = {"p005_r0": (2.0, 2.5, 4.0), "p040_r0": (4.0, 4.0, 2.0)}
+    for name, voxel in images.items():
+        data = rng.gamma(2.0, 0.5, (20, 18, 16)).astype(np.float32)
+        write_volume(tmp_path / f"lc_{name}.nii.gz", data, centered_affine(data.shape, voxel))
+    assert main(["gaussian-filter", "--fwhm-mm", "6", "--lc", *[str(tmp_path / f"lc_{n}.nii.gz") for n in images],
+                 "--out-dir", *[str(tmp_path / "pred" / n) for n in images]]) == 0
+    for name, voxel in images.items():
+        lc = read_volume(tmp_path / f"lc_{name}.nii.gz", "suv").data
+        out = read_volume(tmp_path / "pred" / name / "denoised.nii.gz", "suv").data
+        np.testing.assert_allclose(out, ndimage.gaussian_filter(lc, sigma=[_sigma(6.0, v) for v in voxel]),
+                                   rtol=1e-6, atol=1e-7)
+
+
 def test_the_lowcount_row_is_the_nrmse_of_the_input_itself(cohort, tmp_path):
     d = cohort / "s2"
     pred = tmp_path / "lowcount_input" / "p010_r0"

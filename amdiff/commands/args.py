@@ -89,6 +89,29 @@ def pairs(items) -> dict:
     return out
 
 
+def per_image(lc: list, **lists) -> list[tuple]:
+    """Zip ``--lc`` with the verb's other per-image lists (``out_dir=[...]``, ``level=[...]``;
+    None when not given) by position, after checking that each has one value per image and
+    that no two images share a level or an output folder. Several images of a subject in one
+    call load torch, MONAI and a checkpoint once (6-9 s on a CPU) instead of once each."""
+    from pathlib import Path
+
+    n = len(lc)
+    flags = {f"--{name.replace('_', '-')}": values for name, values in lists.items()}
+    for flag, values in flags.items():
+        if values is not None and len(values) != n:
+            raise InputError(flag, f"{len(values)} given for {n} --lc image{'s' * (n > 1)}; "
+                                   "give one per image, in the same order")
+        if flag in ("--level", "--out-dir") and values is not None:
+            seen = set()
+            for value in values:
+                key = str(Path(value).resolve()) if flag == "--out-dir" else value
+                if key in seen:
+                    raise InputError(flag, f"{value} is given twice; each image needs its own")
+                seen.add(key)
+    return list(zip(lc, *[values if values is not None else [None] * n for values in flags.values()]))
+
+
 def add_run_kind(p: argparse.ArgumentParser) -> None:
     """--budget and --run-kind: a demo run's outputs say they come from an untrained smoke test."""
     p.add_argument("--budget", default=None, help="training budget TSV (amdiff training-budget)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from amdiff.commands.args import add_run_kind, fwhm_grid, pairs
+from amdiff.commands.args import add_run_kind, fwhm_grid, pairs, per_image
 from amdiff.errors import InputError
 from amdiff.io.atomic import refuse_overwriting_inputs, write_text
 
@@ -29,11 +29,12 @@ def register(sub) -> None:
 
     p = sub.add_parser("gaussian-filter", help="smooth a low-count image by a Gaussian (Table 2's "
                                                "training-free rows; FWHM 0 = the input itself)")
-    p.add_argument("--lc", required=True, help="low-count PET in SUV")
+    p.add_argument("--lc", required=True, nargs="+", help="low-count PET in SUV (one or more images)")
     fwhm = p.add_mutually_exclusive_group(required=True)
     fwhm.add_argument("--fwhm-mm", type=float, help="FWHM in mm (0: write the input unchanged)")
     fwhm.add_argument("--fit", help="fit JSON of fit-gaussian, whose chosen FWHM is used")
-    p.add_argument("--out-dir", required=True, help="prediction folder: denoised.nii.gz is written there")
+    p.add_argument("--out-dir", required=True, nargs="+",
+                   help="prediction folder of each --lc image: its denoised.nii.gz is written there")
     p.set_defaults(handler=gaussian_filter)
 
     p = sub.add_parser("evaluate", help="per-case metrics of one model on one subject's test images")
@@ -143,18 +144,22 @@ def fit_gaussian(args) -> None:
 
 
 def gaussian_filter(args) -> None:
-    """denoised.nii.gz: the low-count image smoothed by the fitted (or given) FWHM."""
+    """denoised.nii.gz of each low-count image: smoothed by the fitted (or given) FWHM."""
     from amdiff.evaluate.gaussian import gaussian_filter as smooth
     from amdiff.evaluate.gaussian import read_fit
+    from amdiff.io.files import check_input_file
     from amdiff.io.nifti import read_volume, write_volume
 
-    out = Path(args.out_dir) / "denoised.nii.gz"
-    refuse_overwriting_inputs([args.lc, args.fit], [out])
+    images = [(lc, Path(out) / "denoised.nii.gz") for lc, out in per_image(args.lc, out_dir=args.out_dir)]
+    refuse_overwriting_inputs([*args.lc, args.fit], [out for _, out in images])
+    for lc, _ in images:   # a missing image stops the call before the first is written
+        check_input_file(lc, "low-count image")
     fwhm = read_fit(args.fit) if args.fit else args.fwhm_mm
     if not (math.isfinite(fwhm) and fwhm >= 0):   # NaN would pass `fwhm < 0` and write NaNs
         raise InputError("--fwhm-mm", f"must be a finite number, not negative, got {fwhm}")
-    lc = read_volume(args.lc, "suv")
-    write_volume(out, smooth(lc.data, fwhm, lc.voxel_size_mm), lc.affine)
+    for lc_path, out in images:
+        lc = read_volume(lc_path, "suv")
+        write_volume(out, smooth(lc.data, fwhm, lc.voxel_size_mm), lc.affine)
 
 
 def evaluate(args) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from amdiff.commands.args import set_torch_threads, without_torchvision
+from amdiff.commands.args import per_image, set_torch_threads, without_torchvision
 from amdiff.errors import InputError
 from amdiff.io.atomic import refuse_overwriting_inputs
 
@@ -27,26 +27,6 @@ def register(sub) -> None:
     p.set_defaults(handler=predict)
 
 
-def _images(args) -> list[tuple[str, str | None, str, Path]]:
-    """(lc, denoised or None, level, out-dir) of each image: the lists pair up by position.
-
-    Our choice: one process predicts all images of a subject because starting one (importing
-    torch and MONAI, rebuilding the network, reading the checkpoint) costs 6-9 s on a CPU,
-    as much as a demo prediction. Each image keeps its own seed, so the outputs are those of
-    one process per image.
-    """
-    n = len(args.lc)
-    for flag, values in (("--level", args.level), ("--out-dir", args.out_dir), ("--denoised", args.denoised)):
-        if values is not None and len(values) != n:
-            raise InputError(flag, f"{len(values)} given for {n} --lc image{'s' * (n > 1)}; "
-                                   "give one per image, in the same order")
-    for flag, values in (("--level", args.level), ("--out-dir", [str(Path(d).resolve()) for d in args.out_dir])):
-        repeated = sorted({v for v in values if values.count(v) > 1})
-        if repeated:
-            raise InputError(flag, f"{repeated[0]} is given twice; each image needs its own")
-    return list(zip(args.lc, args.denoised or [None] * n, args.level, map(Path, args.out_dir)))
-
-
 def predict(args) -> None:
     """Write denoised.nii.gz (SUV), lesion.nii.gz, organs.nii.gz (and uncertainty.nii.gz) of
     each low-count image into its --out-dir."""
@@ -57,7 +37,8 @@ def predict(args) -> None:
     from amdiff.train.base import device_of
     from amdiff.train.checkpoint import load_checkpoint, load_weights, model_of_checkpoint
 
-    images = _images(args)
+    images = [(lc, denoised, level, Path(out)) for lc, denoised, level, out
+              in per_image(args.lc, denoised=args.denoised, level=args.level, out_dir=args.out_dir)]
     refuse_overwriting_inputs([args.config, args.checkpoint, *args.lc, *(args.denoised or [])],
                               [out / f"{name}.nii.gz" for *_, out in images for name in OUTPUT_NAMES])
     for lc, denoised, _, _ in images:   # a missing image stops the job before the first is written
