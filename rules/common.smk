@@ -373,7 +373,7 @@ def images_to_predict(wildcards):
 
 
 def lowcount_inputs(wildcards):
-    """The low-count images a network predicts for one subject, in test_images' order."""
+    """The low-count test images of one subject, in test_images' order: what its prediction jobs read."""
     d = subject_dir(wildcards.site, wildcards.subject)
     return [f"{d}/lc_{image}.nii.gz" for image in test_images(wildcards.site, wildcards.subject)]
 
