@@ -42,15 +42,17 @@ def test_temporaries_are_listed_only_while_written(tmp_path):
 
 
 def test_signal_handlers_are_restored_and_an_ignored_signal_stays_ignored():
+    # SIGINT set here, not inherited: under nohup or `cmd &` it arrives ignored, and stays so
     old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        before_int = signal.getsignal(signal.SIGINT)
         with remove_temporaries_on_signals():
             assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
-            assert signal.getsignal(signal.SIGINT) is not before_int
-        assert signal.getsignal(signal.SIGINT) is before_int
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
 
 
 def test_sigint_deletes_the_temporaries_then_raises_keyboard_interrupt(tmp_path):
