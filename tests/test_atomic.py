@@ -56,10 +56,12 @@ def test_signal_handlers_are_restored_and_an_ignored_signal_stays_ignored():
 
 
 def test_sigint_deletes_the_temporaries_then_raises_keyboard_interrupt(tmp_path):
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        pytest.skip("SIGINT is ignored in this process")
-    with pytest.raises(KeyboardInterrupt):
-        with remove_temporaries_on_signals(), atomic_path(tmp_path / "img.nii.gz") as tmp:
-            tmp.write_bytes(b"half")
-            signal.raise_signal(signal.SIGINT)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with remove_temporaries_on_signals(), atomic_path(tmp_path / "img.nii.gz") as tmp:
+                tmp.write_bytes(b"half")
+                signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, old_int)
     assert list(tmp_path.iterdir()) == []
